@@ -1,0 +1,99 @@
+"""The ``vizoo`` command line.
+
+    vizoo run CONFIG.toml [--set key=value ...] [--out DIR] [--no-progress]
+    vizoo list
+    vizoo --help
+
+Errors in the input (config, overrides, data) print one line to stderr and exit with status 2.
+Ctrl-C during training stops cleanly: what finished is written, metrics.json says "interrupted",
+and the exit status is 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.resources import files
+
+from models.errors import VizooError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"vizoo: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="vizoo",
+        description="Latent-variable models in Pyro: mean-field and amortised guides checked against exact EM.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run an experiment from a TOML config")
+    run.add_argument("config", help="path to a TOML config, or the name of a bundled one (see 'vizoo list')")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set svi.steps=200 --set guides='[\"mean_field\"]'")
+    run.add_argument("--out", default=None, help="folder for run folders (default: the config's output_dir, 'runs')")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list models, their guides, valid ELBOs and data sets, and bundled configs")
+    return parser
+
+
+def bundled_configs() -> dict[str, str]:
+    root = files("experiments") / "configs"
+    return {p.name.removesuffix(".toml"): str(p) for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
+
+
+def cmd_list() -> None:
+    from models import MODELS
+
+    for spec in MODELS.values():
+        print(f"{spec.name}: {spec.summary}")
+        print(f"  exact reference: {spec.exact.method if spec.exact else 'none'}")
+        for g in spec.guides.values():
+            print(f"  guide {g.name}: {g.summary}  [ELBOs: {', '.join(g.valid_elbos)}]")
+        print(f"  data sets: {', '.join(spec.datasets)}, file (data.path = .npy/.csv)")
+    print("bundled configs: " + ", ".join(bundled_configs()))
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from experiments.config import load_config
+    from experiments.run import run_experiment
+
+    path = ns.config
+    if not Path(path).exists() and path in bundled_configs():
+        path = bundled_configs()[path]
+    overrides = list(ns.overrides)
+    if ns.out is not None:
+        overrides.append(f"output_dir={json.dumps(ns.out)}")
+    cfg = load_config(path, overrides)
+    result = run_experiment(cfg, progress=False if ns.no_progress else None)
+    print(f"report: {result.run_dir / 'report.md'}")
+    return 130 if result.interrupted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if ns.command == "list":
+            cmd_list()
+            return 0
+        return cmd_run(ns)
+    except VizooError as err:
+        print(f"vizoo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vizoo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""Experiment configs: TOML parsed into typed, frozen dataclasses.
+
+A config holds only what differs from the defaults below. Unknown keys, wrong types and
+out-of-range values raise :class:`ConfigError` with one line naming the key and the value.
+``--set key=value`` overrides are applied to the raw table before parsing, so they are checked
+exactly like the file.
+
+    name = "gmm_faithful"          # run folder prefix (default: the file's stem)
+    model = "gmm"
+    guides = ["mean_field", "amortised"]
+    seed = 0
+    [data]        -> models.datasets.DataOptions
+    [model_args]  -> the model's own args dataclass (e.g. models.gmm.GMMArgs)
+    [guide_args]  -> GuideArgs
+    [svi]         -> SVIConfig
+    [em]          -> EMConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from models import ELBOS, MODELS, ModelSpec
+from models.datasets import DataOptions
+from models.errors import ConfigError
+
+OPTIMISERS = ("adam", "sgd")
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class GuideArgs:
+    """Options passed to every guide's builder.
+
+    hidden: hidden layer sizes of an amortised guide's network.
+    start: where a mean-field guide starts: "uniform", or "posterior" (the E-step at the initial
+        parameters, for guides that offer it).
+    """
+
+    hidden: tuple[int, ...] = (32,)
+    start: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"guide_args.hidden sizes must be >= 1, got {list(self.hidden)}")
+        if self.start not in ("uniform", "posterior"):
+            raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {self.start!r}")
+
+
+@dataclass(frozen=True)
+class SVIConfig:
+    """Stochastic variational inference.
+
+    elbo: Trace_ELBO (default), TraceGraph_ELBO, TraceEnum_ELBO or TraceMeanField_ELBO, where valid.
+    num_particles: samples per step for the Monte Carlo estimators.
+    optimiser, lr: torch optimiser and its initial step size; lr_final: the step size decays
+        geometrically to this by the last step (default: no decay).
+    steps: optimisation steps (0 evaluates the initialisation).
+    """
+
+    elbo: str = "Trace_ELBO"
+    num_particles: int = 1
+    optimiser: str = "adam"
+    lr: float = 0.05
+    lr_final: float | None = None
+    steps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.elbo not in ELBOS:
+            raise ValueError(f"svi.elbo must be one of {ELBOS}, got {self.elbo!r}")
+        if self.optimiser not in OPTIMISERS:
+            raise ValueError(f"svi.optimiser must be one of {OPTIMISERS}, got {self.optimiser!r}")
+        if self.steps < 0:
+            raise ValueError(f"svi.steps must be >= 0, got {self.steps}")
+        if self.num_particles < 1:
+            raise ValueError(f"svi.num_particles must be >= 1, got {self.num_particles}")
+        if not self.lr > 0:
+            raise ValueError(f"svi.lr must be > 0, got {self.lr}")
+        if self.lr_final is not None and not self.lr_final > 0:
+            raise ValueError(f"svi.lr_final must be > 0, got {self.lr_final}")
+
+
+@dataclass(frozen=True)
+class EMConfig:
+    """The exact reference fit (for models that have one): run it, and its stopping rule."""
+
+    enabled: bool = True
+    max_iter: int = 1000
+    tol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1:
+            raise ValueError(f"em.max_iter must be >= 1, got {self.max_iter}")
+        if not self.tol > 0:
+            raise ValueError(f"em.tol must be > 0, got {self.tol}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    model: str = "gmm"
+    guides: tuple[str, ...] = ("mean_field", "amortised")
+    seed: int = 0
+    dtype: str = "float64"
+    output_dir: str = "runs"
+    progress: bool = True
+    data: DataOptions = field(default_factory=DataOptions)
+    model_args: Any = None
+    guide_args: GuideArgs = field(default_factory=GuideArgs)
+    svi: SVIConfig = field(default_factory=SVIConfig)
+    em: EMConfig = field(default_factory=EMConfig)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.model]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (every default filled in), for the run folder."""
+        return _drop_none(dataclasses.asdict(self))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, tuple):
+        return list(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML file, apply ``key=value`` overrides, and parse into a :class:`RunConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {str(path)!r}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {str(path)!r} is not UTF-8 text: {err}") from None
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_config(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b=value`` in the raw table; the value is read as TOML, or as a bare string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    *parents, leaf = key.split(".")
+    table = raw
+    for p in parents:
+        table = table.setdefault(p, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a table")
+    table[leaf] = value
+
+
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    """Check the raw table against the dataclasses; resolve model_args against the model's type."""
+    raw = dict(raw)
+    model_name = raw.get("model", "gmm")
+    if not isinstance(model_name, str) or model_name not in MODELS:
+        raise ConfigError(f"model: unknown model {model_name!r}; known: {', '.join(MODELS)}")
+    spec = MODELS[model_name]
+    model_args_raw = raw.pop("model_args", {})
+    cfg: RunConfig = _build(RunConfig, raw, "")
+    model_args = _build(spec.args_type, model_args_raw, "model_args.")
+    cfg = dataclasses.replace(cfg, model_args=model_args)
+    _check_choices(cfg, spec)
+    return cfg
+
+
+def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
+    if not cfg.guides:
+        raise ConfigError("guides: list at least one guide")
+    for g in cfg.guides:
+        if g not in spec.guides:
+            raise ConfigError(f"guides: unknown guide {g!r} for model {spec.name!r}; known: {', '.join(spec.guides)}")
+        gs = spec.guides[g]
+        if cfg.svi.elbo not in gs.valid_elbos:
+            raise ConfigError(
+                f"svi.elbo={cfg.svi.elbo!r} is not valid for model {spec.name!r} with guide {g!r}: {gs.why_not}; "
+                f"valid: {', '.join(gs.valid_elbos)}"
+            )
+    if cfg.data.name != "file" and cfg.data.name not in spec.datasets:
+        raise ConfigError(
+            f"data.name: unknown data set {cfg.data.name!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}, file"
+        )
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
+        raise ConfigError(f"name must be a plain folder name (no '/', no leading '.'), got {cfg.name!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types field by field."""
+    table = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{table} must be a table, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r} in {table}; known keys: {', '.join(fields)}")
+    missing = [n for n, f in fields.items() if n not in raw and _no_default(f)]
+    if missing:
+        raise ConfigError(f"missing key {prefix}{missing[0]!r}")
+    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # range checks in __post_init__
+        raise ConfigError(str(err)) from None
+
+
+def _no_default(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp`` (int, float, bool, str, tuples, optionals, dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _coerce(inner, value, key)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        (inner, _) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {_show(value)}")
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {_show(value)}")
+        return value
+    raise TypeError(f"config field {key} has unsupported type {tp}")  # a bug in this module, not user input

@@ -1,0 +1,170 @@
+"""Everything a run writes, written atomically.
+
+Each file is written to a temporary name in the same folder and renamed into place, so a reader
+never sees half a file. ``metrics.json`` is written last and says ``"status": "complete"`` (or
+``"interrupted"``); a run folder without it did not finish.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A dict of plain tensors, loadable with ``torch.load(path, weights_only=True)``."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def make_run_dir(root: Path, name: str) -> Path:
+    """``root/<name>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = root / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder under {root}")
+
+
+def to_toml(table: dict[str, Any]) -> str:
+    """Serialise a config dict (scalars, lists of scalars, one level of sub-tables) as TOML."""
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for name, sub in tables.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in sub.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def json_ready(obj: Any) -> Any:
+    """Floats that JSON can hold (NaN/inf become null), tensors as lists."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_ready(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(json_ready(obj), indent=2) + "\n")
+
+
+def comparison_table(metrics: dict[str, Any]) -> str:
+    """Markdown table: one row for the exact reference, one per guide."""
+    head = (
+        "| method | estimator | ELBO / point | log p(x) / point | KL(q ‖ p(z|x)) / point | "
+        "log p(x) − EM optimum | steps | time (s) |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [head]
+    em = metrics.get("exact")
+    ref = em["log_likelihood_per_point"] if em else None
+    if em:
+        rows.append(
+            f"| {em['method']} | closed form | {_f(ref)} | {_f(ref)} | 0 | 0 | {em['iterations']} | {em['wall_time_s']:.3f} |"
+        )
+    for name, g in metrics["guides"].items():
+        ll = g.get("log_likelihood_per_point")
+        diff = ll - ref if (ll is not None and ref is not None) else None
+        rows.append(
+            f"| SVI {name} | {g['elbo']} | {_f(g['final_elbo_per_point'])} | {_f(ll)} | {_f(g.get('kl_per_point'))} | "
+            f"{_f(diff, signed=True)} | {g['steps']} | {g['wall_time_s']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def _f(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.4f}" if signed else f"{v:.4f}"
+
+
+def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
+    """ELBO per point against step for each guide, with the exact log-likelihood lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    finals = []
+    for name, g in metrics["guides"].items():
+        curve = np.asarray(g["elbo_curve"], dtype=float)
+        if curve.size == 0:
+            continue
+        steps = np.arange(1, curve.size + 1)
+        (line,) = ax.plot(steps, curve, alpha=0.25, lw=0.8)
+        window = max(1, curve.size // 50)
+        smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color=line.get_color(), lw=1.6, label=f"SVI {name} ({g['elbo']})")
+        finals.append(g["final_elbo_per_point"])
+        finals.append(float(np.percentile(curve, 20)))
+    refs = []
+    if metrics.get("exact"):
+        ll = metrics["exact"]["log_likelihood_per_point"]
+        ax.axhline(ll, color="k", ls="--", lw=1.2, label=f"{metrics['exact']['method']}: log p(x) / point = {ll:.4f}")
+        refs.append(ll)
+    if metrics.get("truth_log_likelihood_per_point") is not None:
+        ll = metrics["truth_log_likelihood_per_point"]
+        ax.axhline(ll, color="grey", ls=":", lw=1.2, label=f"true parameters: log p(x) / point = {ll:.4f}")
+        refs.append(ll)
+    values = [v for v in finals + refs if v is not None and math.isfinite(v)]
+    if values:
+        top, bottom = max(values), min(values)
+        pad = max(0.05, 0.1 * (top - bottom))
+        ax.set_ylim(bottom - pad, top + pad)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("nats per data point")
+    ax.set_title(metrics["title"], fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())

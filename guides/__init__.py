@@ -1,0 +1,1 @@
+"""Hand-written guides: for each model, a ``mean_field`` and an ``amortised`` guide (see ``guides/<model>.py``)."""

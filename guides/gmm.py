@@ -1,0 +1,105 @@
+r"""Guides for the Gaussian mixture (:mod:`models.gmm`).
+
+Both guides are in the same family, a categorical per point,
+
+    q(z) = prod_n Cat(z_n | phi_n),
+
+and differ in where phi_n comes from:
+
+* ``mean_field``: phi_n = softmax(logits_n), one free logit vector per data point (N x K parameters).
+* ``amortised``: phi_n = softmax(g(x_n; lambda)), g an MLP shared across points; the same family,
+  so any extra gap over ``mean_field`` at the same model parameters is the amortisation gap.
+
+Valid ELBO estimators: ``Trace_ELBO`` (score-function gradient for the discrete z, Rao-Blackwellised
+per point by the plate), ``TraceGraph_ELBO`` (the same with a decaying-average baseline, set here in
+the site's ``infer`` dict), and ``TraceEnum_ELBO`` (the runner wraps the guide in
+``config_enumerate``: the expectation over each z_n is summed exactly, no sampling). Not valid:
+``TraceMeanField_ELBO``, which needs a fully reparameterised guide; z is discrete.
+
+Each guide also exposes ``probs(x)`` -> (N, K), the table q(z_n = k), which the exact reference
+(:mod:`models.exact.gmm`) uses to compute the ELBO and KL(q || p(z|x)) by enumeration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor
+
+from guides.nets import MLP, Standardise
+from models.exact import gmm as exact_gmm
+from models.gmm import GMMParams
+
+VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
+_BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+
+
+class MeanField(PyroModule):
+    """q(z_n) = Cat(softmax(logits_n)); ``logits``: (N, K), free per point."""
+
+    def __init__(self, num_points: int, num_components: int, init_logits: Tensor | None = None, dtype=torch.float64):
+        super().__init__()
+        if init_logits is None:
+            init_logits = torch.zeros(num_points, num_components, dtype=dtype)
+        if init_logits.shape != (num_points, num_components):
+            raise ValueError(f"init_logits must have shape {(num_points, num_components)}, got {tuple(init_logits.shape)}")
+        self.logits = PyroParam(init_logits.detach().clone())
+
+    def probs(self, x: Tensor) -> Tensor:
+        if x.shape[0] != self.logits.shape[0]:
+            raise ValueError(
+                f"the mean-field guide was built for {self.logits.shape[0]} points, got x with {x.shape[0]}: "
+                "free per-point parameters do not transfer to new data (use the amortised guide)"
+            )
+        return torch.softmax(self.logits, -1)
+
+    def forward(self, x: Tensor) -> None:
+        with pyro.plate("points", x.shape[0]):
+            pyro.sample("z", dist.Categorical(logits=self.logits), infer=dict(_BASELINE))
+
+
+class Amortised(PyroModule):
+    """q(z_n | x_n) = Cat(softmax(g(x_n))); g: Standardise -> MLP(D -> hidden -> K)."""
+
+    def __init__(self, x_train: Tensor, num_components: int, hidden: Sequence[int] = (32,)):
+        super().__init__()
+        self.standardise = Standardise(x_train)
+        self.net = MLP(x_train.shape[-1], hidden, num_components).to(x_train.dtype)
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.net(self.standardise(x))  # (N, K)
+
+    def probs(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.logits(x), -1)
+
+    def forward(self, x: Tensor) -> None:
+        with pyro.plate("points", x.shape[0]):
+            pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=dict(_BASELINE))
+
+
+def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform") -> MeanField:
+    """Mean-field guide for data x: (N, D) and initial model parameters ``init``.
+
+    start="uniform": q(z_n) uniform. start="posterior": q(z_n) = p(z_n | x_n; init), the E-step at
+    the initial parameters, so SVI starts where EM's first bound touches log p(x).
+    """
+    logits = None
+    if start == "posterior":
+        logits = exact_gmm.log_joint(x, init).log_softmax(-1)
+    elif start != "uniform":
+        raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {start!r}")
+    return MeanField(x.shape[0], init.num_components, logits, dtype=x.dtype)
+
+
+def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform") -> Amortised:
+    """Amortised guide for data x: (N, D); an MLP with the given hidden sizes.
+
+    The network's last layer starts at zero, so q starts uniform (``start`` must be "uniform").
+    """
+    if start != "uniform":
+        raise ValueError(f"guide_args.start={start!r} is not available for the amortised guide; use 'uniform'")
+    return Amortised(x, init.num_components, hidden)

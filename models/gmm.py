@@ -1,0 +1,235 @@
+r"""Finite Gaussian mixture with point-estimated parameters (the frequentist case).
+
+Generative process, for points n = 1..N and components k = 1..K::
+
+    z_n       ~ Categorical(pi)                          pi: (K,)  on the simplex
+    x_n | z_n ~ Normal(mu_{z_n}, diag(sigma_{z_n}^2))    mu, sigma: (K, D)
+
+Graphical model::
+
+        pi      mu, sigma
+         |         |
+         v         v
+    +--[z_n] --> (x_n)--+
+    |         points N  |
+    +-------------------+
+
+Covariances are diagonal (``covariance="diag"``, sigma: (K, D) free) or spherical
+(``covariance="spherical"``, one scale per component broadcast over the D dimensions).
+
+Tensor shapes under ``Trace.format_shapes()`` with ``x: (N, D)``::
+
+     Sample Sites:
+    points dist       |
+          value     N |
+        z dist    N   |
+          value   N   |          (K, 1 under parallel enumeration of the guide)
+        x dist    N   | D
+          value   N   | D
+
+The exact posterior p(z_n | x_n) is a K-way categorical, so everything here is
+enumerable: :mod:`models.exact.gmm` holds closed-form EM, log p(x) and the posterior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor
+from torch.distributions import constraints
+
+from models.datasets import DataOptions, Dataset
+from models.errors import DataError
+
+COVARIANCE_TYPES = ("diag", "spherical")
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Parameters of a Gaussian mixture.
+
+    weights : (K,)   mixing proportions pi, on the simplex
+    locs    : (K, D) component means mu
+    scales  : (K, D) component standard deviations sigma (> 0)
+    """
+
+    weights: Tensor
+    locs: Tensor
+    scales: Tensor
+
+    @property
+    def num_components(self) -> int:
+        return self.weights.shape[-1]
+
+    @property
+    def dim(self) -> int:
+        return self.locs.shape[-1]
+
+    def _map(self, fn) -> "GMMParams":
+        return GMMParams(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def to(self, dtype: torch.dtype) -> "GMMParams":
+        return self._map(lambda t: t.to(dtype))
+
+    def detach(self) -> "GMMParams":
+        return self._map(lambda t: t.detach().clone())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
+        return {f.name: getattr(self, f.name).detach().clone() for f in dataclasses.fields(self)}
+
+    def permute(self, order: Tensor) -> "GMMParams":
+        """Reorder components (to compare fits up to label switching)."""
+        return GMMParams(self.weights[order], self.locs[order], self.scales[order])
+
+
+@dataclass(frozen=True)
+class GMMArgs:
+    """Model options, as they appear under ``[model_args]`` in a config.
+
+    num_components: K, the number of mixture components.
+    covariance: "diag" (a scale per component and dimension) or "spherical" (a scale per component).
+    reg_covar: variance floor added in the M-step and the initialisation, as scikit-learn does.
+    """
+
+    num_components: int = 2
+    covariance: str = "diag"
+    reg_covar: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.num_components < 1:
+            raise ValueError(f"model_args.num_components must be >= 1, got {self.num_components}")
+        if self.covariance not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"model_args.covariance must be one of {COVARIANCE_TYPES}, got {self.covariance!r}"
+            )
+        if not self.reg_covar >= 0:
+            raise ValueError(f"model_args.reg_covar must be >= 0, got {self.reg_covar}")
+
+
+def model(x: Tensor, params: GMMParams) -> None:
+    r"""Pyro model of the mixture given its parameters.
+
+    z_n ~ Cat(pi);  x_n | z_n ~ N(mu_{z_n}, diag(sigma_{z_n}^2))
+    x: (num_points, dim)
+    """
+    with pyro.plate("points", x.shape[0]):
+        z = pyro.sample("z", dist.Categorical(params.weights))  # (N,) or (K, 1) enumerated
+        pyro.sample("x", dist.Normal(params.locs[z], params.scales[z]).to_event(1), obs=x)
+
+
+class GMM(PyroModule):
+    """The mixture with learnable point-estimated parameters, for SVI.
+
+    Calling the module runs :func:`model` with the current constrained parameter values,
+    which appear in the trace as param sites ``weights``, ``locs`` and ``scales_free``.
+    """
+
+    def __init__(self, init: GMMParams, covariance: str = "diag"):
+        super().__init__()
+        if covariance not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}")
+        self.covariance = covariance
+        self.dim = init.dim
+        self.weights = PyroParam(init.weights.detach().clone(), constraint=constraints.simplex)
+        self.locs = PyroParam(init.locs.detach().clone())
+        free = init.scales if covariance == "diag" else init.scales.mean(-1, keepdim=True)
+        self.scales_free = PyroParam(free.detach().clone(), constraint=constraints.positive)
+
+    @property
+    def params(self) -> GMMParams:
+        return GMMParams(self.weights, self.locs, self.scales_free.expand(-1, self.dim))
+
+    def forward(self, x: Tensor) -> None:
+        model(x, self.params)
+
+
+def simulate(params: GMMParams, num_points: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Draw ``num_points`` points from the mixture.
+
+    Returns x: (num_points, D) and the true assignments z: (num_points,).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.multinomial(params.weights, num_points, replacement=True, generator=gen)
+    eps = torch.randn(num_points, params.dim, generator=gen, dtype=params.locs.dtype)
+    return params.locs[z] + params.scales[z] * eps, z
+
+
+def random_params(
+    num_components: int,
+    dim: int,
+    seed: int,
+    separation: float = 4.0,
+    covariance: str = "diag",
+    dtype: torch.dtype = torch.float64,
+) -> GMMParams:
+    """Well-separated random parameters for synthetic data with known truth.
+
+    Means are drawn on a sphere-ish cloud of radius ~``separation`` (in units of the scales),
+    scales in [0.5, 1.5], weights from a Dirichlet(5) so no component is tiny.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    locs = separation * torch.randn(num_components, dim, generator=gen, dtype=dtype)
+    shape = (num_components, dim) if covariance == "diag" else (num_components, 1)
+    scales = (0.5 + torch.rand(shape, generator=gen, dtype=dtype)).expand(num_components, dim)
+    gamma = torch.distributions.Gamma(torch.full((num_components,), 5.0, dtype=dtype), 1.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        weights = gamma.sample()
+    return GMMParams(weights / weights.sum(), locs, scales.contiguous())
+
+
+def validate_data(x, num_components: int) -> Tensor:
+    """Check a data matrix before any work starts; return it as a float64 tensor.
+
+    Raises :class:`DataError` naming the problem: not 2-D, empty, non-finite entries,
+    or fewer points than components.
+    """
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if x.dim() != 2:
+        raise DataError(f"data must be a matrix of shape (num_points, dim); got rank {x.dim()} shape {tuple(x.shape)}")
+    if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
+        raise DataError(f"data must be numeric; got dtype {x.dtype}")
+    x = x.to(torch.float64)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise DataError(f"data is empty: shape {tuple(x.shape)}")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise DataError(
+            f"data has {int(bad.sum())} non-finite entries (NaN or inf); first at row {row}, column {col}: {x[row, col].item()}"
+        )
+    if x.shape[0] < num_components:
+        raise DataError(f"data has {x.shape[0]} points, fewer than num_components={num_components}")
+    return x
+
+
+def init_params(x: Tensor, args: GMMArgs, seed: int) -> GMMParams:
+    """k-means++ seeding, hard assignment to the nearest seed, then one M-step.
+
+    The same initialisation feeds exact EM, SVI and (as weights/means/precisions_init)
+    scikit-learn, so every method starts from the same point.
+    """
+    from sklearn.cluster import kmeans_plusplus  # heavy import, only needed here
+
+    from models.exact.gmm import m_step
+
+    centres, _ = kmeans_plusplus(x.detach().cpu().numpy(), args.num_components, random_state=seed)
+    centres = torch.as_tensor(centres, dtype=x.dtype)
+    nearest = torch.cdist(x, centres).argmin(-1)
+    resp = torch.nn.functional.one_hot(nearest, args.num_components).to(x.dtype)
+    return m_step(x, resp, args.covariance, args.reg_covar)
+
+
+def synthetic(opts: DataOptions, args: GMMArgs, seed: int) -> Dataset:
+    """``opts.num_points`` points in ``opts.dim`` dimensions from :func:`random_params` (known truth)."""
+    truth = random_params(args.num_components, opts.dim, seed, opts.separation, args.covariance)
+    x, z = simulate(truth, opts.num_points, seed + 1)
+    desc = f"synthetic mixture (K={args.num_components}, N={opts.num_points}, D={opts.dim}, separation={opts.separation})"
+    return Dataset(x, desc, tuple(f"x{i}" for i in range(opts.dim)), truth=truth, labels=z)
