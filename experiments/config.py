@@ -223,10 +223,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!r} in {table}; known keys: {', '.join(fields)}")
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' in {table}; known keys: {', '.join(fields)}")
     missing = [n for n, f in fields.items() if n not in raw and _no_default(f)]
     if missing:
-        raise ConfigError(f"missing key {prefix}{missing[0]!r}")
+        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
     kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in raw.items()}
     try:
         return cls(**kwargs)

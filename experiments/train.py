@@ -58,6 +58,9 @@ def train_svi(
 ) -> SVIResult:
     """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...)."""
     pyro.set_rng_seed(seed)
+    # Model and guide parameters live in their modules (module_local_params); the global store holds
+    # only estimator state, such as TraceGraph_ELBO's decaying-average baselines. Start it empty.
+    pyro.clear_param_store()
     elbo = make_elbo(cfg)
     guide_fn = config_enumerate(guide, "parallel") if cfg.elbo == "TraceEnum_ELBO" else guide
     params = [p for p in (*model.parameters(), *guide.parameters()) if p.requires_grad]

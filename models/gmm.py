@@ -48,6 +48,7 @@ from models.datasets import DataOptions, Dataset
 from models.errors import DataError
 
 COVARIANCE_TYPES = ("diag", "spherical")
+INIT_METHODS = ("kmeans++", "random")
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,15 @@ class GMMArgs:
     num_components: K, the number of mixture components.
     covariance: "diag" (a scale per component and dimension) or "spherical" (a scale per component).
     reg_covar: variance floor added in the M-step and the initialisation, as scikit-learn does.
+    init: how every method's starting parameters are chosen: "kmeans++" (k-means++ seeds, hard
+        assignment, one M-step) or "random" (means at K distinct random data points, every scale the
+        data's standard deviation, equal weights: a deliberately poor start).
     """
 
     num_components: int = 2
     covariance: str = "diag"
     reg_covar: float = 1e-6
+    init: str = "kmeans++"
 
     def __post_init__(self) -> None:
         if self.num_components < 1:
@@ -111,6 +116,8 @@ class GMMArgs:
             )
         if not self.reg_covar >= 0:
             raise ValueError(f"model_args.reg_covar must be >= 0, got {self.reg_covar}")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"model_args.init must be one of {INIT_METHODS}, got {self.init!r}")
 
 
 def model(x: Tensor, params: GMMParams) -> None:
@@ -191,11 +198,15 @@ def validate_data(x, num_components: int) -> Tensor:
     Raises :class:`DataError` naming the problem: not 2-D, empty, non-finite entries,
     or fewer points than components.
     """
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+    if not isinstance(x, Tensor):
+        arr = np.asarray(x)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise DataError(f"data must be numeric; got dtype {arr.dtype}")
+        x = torch.as_tensor(arr)
     if x.dim() != 2:
         raise DataError(f"data must be a matrix of shape (num_points, dim); got rank {x.dim()} shape {tuple(x.shape)}")
-    if not (x.dtype.is_floating_point or x.dtype in (torch.int32, torch.int64)):
-        raise DataError(f"data must be numeric; got dtype {x.dtype}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise DataError(f"data must be real numbers; got dtype {x.dtype}")
     x = x.to(torch.float64)
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise DataError(f"data is empty: shape {tuple(x.shape)}")
@@ -211,19 +222,29 @@ def validate_data(x, num_components: int) -> Tensor:
 
 
 def init_params(x: Tensor, args: GMMArgs, seed: int) -> GMMParams:
-    """k-means++ seeding, hard assignment to the nearest seed, then one M-step.
+    """Starting parameters shared by exact EM, SVI and (as weights/means/precisions_init) scikit-learn.
 
-    The same initialisation feeds exact EM, SVI and (as weights/means/precisions_init)
-    scikit-learn, so every method starts from the same point.
+    "kmeans++": k-means++ seeds (scikit-learn's ``kmeans_plusplus``), hard assignment of every point
+    to its nearest seed, then one M-step. "random": K distinct data points as means, the data's
+    standard deviation as every scale (spherical: their mean), equal weights.
     """
-    from sklearn.cluster import kmeans_plusplus  # heavy import, only needed here
-
     from models.exact.gmm import m_step
 
-    centres, _ = kmeans_plusplus(x.detach().cpu().numpy(), args.num_components, random_state=seed)
+    k = args.num_components
+    if args.init == "random":
+        gen = torch.Generator().manual_seed(seed)
+        locs = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+        var = x.var(0, unbiased=False) + args.reg_covar
+        if args.covariance == "spherical":
+            var = var.mean().expand_as(var)
+        return GMMParams(torch.full((k,), 1.0 / k, dtype=x.dtype), locs, var.sqrt().expand(k, -1).clone())
+
+    from sklearn.cluster import kmeans_plusplus  # heavy import, only needed here
+
+    centres, _ = kmeans_plusplus(x.detach().cpu().numpy(), k, random_state=seed)
     centres = torch.as_tensor(centres, dtype=x.dtype)
     nearest = torch.cdist(x, centres).argmin(-1)
-    resp = torch.nn.functional.one_hot(nearest, args.num_components).to(x.dtype)
+    resp = torch.nn.functional.one_hot(nearest, k).to(x.dtype)
     return m_step(x, resp, args.covariance, args.reg_covar)
 
 

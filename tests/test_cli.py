@@ -1,0 +1,185 @@
+"""The vizoo command line: every misuse is one line on stderr and exit status 2, with nothing written;
+a real run writes a complete run folder; Ctrl-C stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.cli import main
+from experiments.config import load_config
+
+FAITHFUL = Path(__file__).parents[1] / "experiments" / "configs" / "gmm_faithful.toml"
+
+
+def vizoo(*argv: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_help_and_list():
+    out = vizoo("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "list" in out.stdout
+    out = vizoo("list")
+    assert out.returncode == 0
+    for word in ("gmm", "mean_field", "amortised", "faithful", "iris", "synthetic", "TraceEnum_ELBO", "exact EM"):
+        assert word in out.stdout
+
+
+MISUSE = {
+    "unknown model": ('model = "nope"\n', "unknown model 'nope'"),
+    "unknown guide": ('guides = ["full_rank"]\n', "unknown guide 'full_rank'"),
+    "unknown data set": ('[data]\nname = "mnist"\n', "unknown data set 'mnist'"),
+    "bad toml": ("model = \n", "not valid TOML"),
+    "wrong type": ('[svi]\nsteps = "ten"\n', "svi.steps must be an integer, got 'ten'"),
+    "float for int": ("[svi]\nsteps = 1.5\n", "svi.steps must be an integer"),
+    "negative steps": ("[svi]\nsteps = -1\n", "svi.steps must be >= 0, got -1"),
+    "unknown key": ("[svi]\nstepz = 10\n", "unknown key 'svi.stepz'"),
+    "unknown table": ("[optim]\nlr = 1\n", "unknown key 'optim'"),
+    "invalid elbo for guide": ('[svi]\nelbo = "TraceMeanField_ELBO"\n', "not valid for model 'gmm' with guide 'mean_field'"),
+    "unknown elbo": ('[svi]\nelbo = "Trace_ELBOO"\n', "svi.elbo must be one of"),
+    "bad covariance": ('[model_args]\ncovariance = "full"\n', "model_args.covariance must be one of"),
+    "zero components": ("[model_args]\nnum_components = 0\n", "model_args.num_components must be >= 1, got 0"),
+    "table as scalar": ("svi = 3\n", "svi must be a table"),
+    "start for amortised": ('guides = ["amortised"]\n[guide_args]\nstart = "posterior"\n', "guide 'amortised'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISUSE))
+def test_config_misuse_is_one_line_and_exit_2(tmp_path, capsys, case):
+    text, message = MISUSE[case]
+    path = write(tmp_path, "bad.toml", text)
+    code = main(["run", path, "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("vizoo: error: ")
+    assert message in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["run", "missing.toml"], "config file not found"),
+        (["run", str(FAITHFUL), "--set", "svi.steps"], "--set expects key=value"),
+        (["run", str(FAITHFUL), "--set", "svi.steps=-5"], "svi.steps must be >= 0, got -5"),
+        (["run", str(FAITHFUL), "--set", "model_args.num_components=many"], "model_args.num_components must be an integer, got 'many'"),
+        (["frobnicate"], "invalid choice"),
+        (["run"], "the following arguments are required"),
+    ],
+)
+def test_cli_misuse_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) if argv[0] == "frobnicate" or argv == ["run"] else _nullcontext():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_parser_errors_exit_2():
+    out = vizoo("frobnicate")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+BAD_DATA = {
+    "nan": (np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 4.0]]), "non-finite"),
+    "inf": (np.array([[0.0, 1.0], [np.inf, 2.0], [3.0, 4.0]]), "non-finite"),
+    "rank 1": (np.arange(10.0), "got rank 1"),
+    "rank 3": (np.zeros((4, 2, 2)), "got rank 3"),
+    "empty": (np.zeros((0, 2)), "empty"),
+    "too few points": (np.array([[0.0, 1.0]]), "fewer than num_components=2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATA))
+def test_bad_data_is_refused_before_any_work(tmp_path, capsys, case):
+    values, message = BAD_DATA[case]
+    np.save(tmp_path / "x.npy", values)
+    path = write(tmp_path, "c.toml", f'[data]\nname = "file"\npath = "{tmp_path / "x.npy"}"\n')
+    code = main(["run", path, "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_csv_with_missing_value_names_row_and_column(tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n3,\n5,6\n")
+    path = write(tmp_path, "c.toml", f'[data]\nname = "file"\npath = "{tmp_path / "x.csv"}"\n')
+    assert main(["run", path, "--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    assert "first at row 1, column 1" in capsys.readouterr().err
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    out = vizoo("run", str(FAITHFUL), "--out", str(tmp_path), "--no-progress", "--set", "svi.steps=30")
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = tmp_path.iterdir()
+    assert run_dir.name.startswith("gmm_faithful-")
+    assert f"report: {run_dir / 'report.md'}" in out.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["seed"] == 0
+    assert metrics["exact"]["log_likelihood_per_point"] < 0
+    for g in ("mean_field", "amortised"):
+        m = metrics["guides"][g]
+        assert len(m["elbo_curve"]) == 30 and m["wall_time_s"] > 0
+        # the exact identity, as written to disk
+        assert abs(m["final_elbo_per_point"] + m["kl_per_point"] - m["log_likelihood_per_point"]) < 1e-9
+        assert m["final_elbo_per_point"] <= m["log_likelihood_per_point"] <= metrics["exact"]["log_likelihood_per_point"] + 1e-9
+        params = torch.load(run_dir / "params" / f"{g}.pt", weights_only=True)
+        assert set(params) == {"weights", "locs", "scales"}
+        torch.load(run_dir / "guides" / f"{g}.pt", weights_only=True)
+    assert set(torch.load(run_dir / "params" / "em.pt", weights_only=True)) == {"weights", "locs", "scales"}
+    assert (run_dir / "elbo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "exact EM" in (run_dir / "report.md").read_text()
+    # the resolved config reproduces the run's config exactly
+    resolved = load_config(run_dir / "config.toml")
+    original = load_config(FAITHFUL, ["svi.steps=30", f'output_dir="{tmp_path}"'])
+    assert resolved == original
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.cli", "run", str(FAITHFUL), "--out", str(tmp_path), "--no-progress",
+         "--set", "svi.steps=1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until training has started
+        if line.startswith("exact EM"):
+            break
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    (run_dir,) = tmp_path.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted"
+    (guide,) = metrics["guides"].values()  # stopped during the first guide; the second never started
+    assert guide["interrupted"] and 0 < guide["steps"] < 1000000
+    assert not list(run_dir.rglob("*.tmp"))
