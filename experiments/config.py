@@ -44,8 +44,8 @@ class GuideArgs:
     """Options passed to every guide's builder.
 
     hidden: hidden layer sizes of an amortised guide's network.
-    start: where a mean-field guide starts: "uniform", or "posterior" (the E-step at the initial
-        parameters, for guides that offer it).
+    start: where a guide starts: "uniform" q(z), or "posterior", the E-step at the initial
+        parameters (an amortised guide's network is first fitted to it).
     """
 
     hidden: tuple[int, ...] = (32,)

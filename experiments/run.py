@@ -77,8 +77,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     log(f"{title}\nrun folder: {run_dir}")
 
     exact = spec.exact if cfg.em.enabled else None
-    if data.truth is not None and spec.exact is not None:
-        metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(x, data.truth.to(dtype)), num_points)
+    if data.truth is not None and spec.exact is not None:  # validated data and truths are float64
+        metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if exact is not None:
         start = time.perf_counter()
         em = exact.fit(x, init, args, cfg.em.max_iter, cfg.em.tol)

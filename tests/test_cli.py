@@ -58,7 +58,7 @@ MISUSE = {
     "bad covariance": ('[model_args]\ncovariance = "full"\n', "model_args.covariance must be one of"),
     "zero components": ("[model_args]\nnum_components = 0\n", "model_args.num_components must be >= 1, got 0"),
     "table as scalar": ("svi = 3\n", "svi must be a table"),
-    "start for amortised": ('guides = ["amortised"]\n[guide_args]\nstart = "posterior"\n', "guide 'amortised'"),
+    "bad start": ('[guide_args]\nstart = "prior"\n', "guide_args.start must be 'uniform' or 'posterior', got 'prior'"),
 }
 
 

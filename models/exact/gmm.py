@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from models.exact import mixture
 from models.gmm import GMMParams
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -90,25 +91,22 @@ def _weighted_sums(resp: Tensor, feats: Tensor, block: int = 4096) -> Tensor:
 
 def log_evidence(x: Tensor, params: GMMParams) -> Tensor:
     """log p(x) = sum_n log p(x_n), a scalar."""
-    return torch.logsumexp(log_joint(x, params), dim=-1).sum()
+    return mixture.log_evidence(log_joint(x, params))
 
 
 def posterior(x: Tensor, params: GMMParams) -> Tensor:
     """p(z_n = k | x_n): (N, K), rows sum to one."""
-    return torch.softmax(log_joint(x, params), dim=-1)
+    return mixture.posterior(log_joint(x, params))
 
 
 def elbo(x: Tensor, params: GMMParams, q: Tensor) -> Tensor:
     """ELBO(q) = E_q[log p(x, z) - log q(z)], exact, for q(z_n = k) = q[n, k]; a scalar."""
-    log_q = torch.where(q > 0, q.log(), torch.zeros_like(q))
-    return (q * (log_joint(x, params) - log_q)).sum()
+    return mixture.elbo(log_joint(x, params), q)
 
 
 def kl_to_posterior(x: Tensor, params: GMMParams, q: Tensor) -> Tensor:
     """KL(q || p(z | x)) = sum_n sum_k q_nk (log q_nk - log p(k | x_n)), exact; a scalar."""
-    log_q = torch.where(q > 0, q.log(), torch.zeros_like(q))
-    log_post = torch.log_softmax(log_joint(x, params), dim=-1)
-    return (q * (log_q - log_post)).sum()
+    return mixture.kl_to_posterior(log_joint(x, params), q)
 
 
 class EStep(NamedTuple):
