@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from experiments import report
@@ -52,10 +53,11 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     x = data.x.to(dtype)
     num_points = x.shape[0]
     init = spec.init_params(x, args, cfg.seed)
-    guide_kwargs = dataclasses.asdict(cfg.guide_args)
-    for g in cfg.guides:  # builder options are checked here too, before any work
+    pyro.set_rng_seed(cfg.seed)  # network initialisations
+    guides = {}
+    for g in cfg.guides:  # builder options are checked here, before anything is written
         try:
-            spec.guides[g].build(x, init, **guide_kwargs)
+            guides[g] = spec.guides[g].build(x, init, **dataclasses.asdict(cfg.guide_args))
         except ValueError as err:
             raise ConfigError(f"guide {g!r}: {err}") from None
 
@@ -95,9 +97,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
         log(f"{exact.method}: log p(x)/point = {float(em.log_likelihood[-1]):.4f} after {em.num_iters} iterations ({wall:.2f} s)")
 
     interrupted = False
-    for i, g in enumerate(cfg.guides):
+    for i, (g, guide) in enumerate(guides.items()):
         model = spec.learnable(init, args)
-        guide = spec.guides[g].build(x, init, **guide_kwargs)
         result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g)
         metrics["guides"][g] = _evaluate(spec, model, guide, x, result, cfg)
         report.save_tensors(run_dir / "params" / f"{g}.pt", model.params.state_dict())
