@@ -156,12 +156,31 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
     values = [v for v in finals + refs if v is not None and math.isfinite(v)]
     if values:
         top, bottom = max(values), min(values)
-        pad = max(0.05, 0.1 * (top - bottom))
-        ax.set_ylim(bottom - pad, top + pad)
+        span = max(top - bottom, 0.02)
+        ax.set_ylim(bottom - 0.1 * span, top + 0.15 * span)
     ax.set_xlabel("SVI step")
     ax.set_ylabel("nats per data point")
     ax.set_title(metrics["title"], fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def plot_fit(path: Path, draw, x: torch.Tensor, fits: dict[str, Any], features, title: str) -> None:
+    """The data with each method's fitted parameters, drawn by the model's own ``plot_fit``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    draw(ax, x.detach().cpu().double(), fits, features=features)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

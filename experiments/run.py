@@ -10,6 +10,7 @@ The run folder ``<output_dir>/<name>-<timestamp>/`` holds::
     params/<guide>.pt  model parameters learned with that guide
     guides/<guide>.pt  the guide's own parameters (state_dict)
     elbo.png           ELBO per point against step, with the exact log-likelihood line
+    fit.png            the data and every method's fit (models that provide ``plot_fit``)
     report.md          the comparison table
     metrics.json       written last; "status" is "complete" or "interrupted"
 """
@@ -79,6 +80,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     log(f"{title}\nrun folder: {run_dir}")
 
     exact = spec.exact if cfg.em.enabled else None
+    fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
     if data.truth is not None and spec.exact is not None:  # validated data and truths are float64
         metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if exact is not None:
@@ -94,6 +96,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
             "wall_time_s": wall,
         }
         report.save_tensors(run_dir / "params" / "em.pt", em.params.state_dict())
+        fits[exact.method] = em.params
         log(f"{exact.method}: log p(x)/point = {float(em.log_likelihood[-1]):.4f} after {em.num_iters} iterations ({wall:.2f} s)")
 
     interrupted = False
@@ -101,7 +104,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
         model = spec.learnable(init, args)
         result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g)
         metrics["guides"][g] = _evaluate(spec, model, guide, x, result, cfg)
-        report.save_tensors(run_dir / "params" / f"{g}.pt", model.params.state_dict())
+        fits[f"SVI {g}"] = model.params.detach()
+        report.save_tensors(run_dir / "params" / f"{g}.pt", fits[f"SVI {g}"].state_dict())
         report.save_tensors(run_dir / "guides" / f"{g}.pt", guide.state_dict())
         m = metrics["guides"][g]
         log(f"SVI {g}: ELBO/point = {m['final_elbo_per_point']:.4f} after {result.steps} steps ({result.wall_time:.2f} s)")
@@ -113,6 +117,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     metrics["status"] = "interrupted" if interrupted else "complete"
     table = report.comparison_table(metrics)
     report.plot_elbo(run_dir / "elbo.png", metrics)
+    if spec.plot_fit is not None:
+        report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)
     report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}\n")
     report.write_json(run_dir / "metrics.json", metrics)
     log(table)

@@ -66,6 +66,7 @@ class ModelSpec:
     validate(x, args) -> Tensor: checks data before any work starts (raises DataError).
     init_params(x, args, seed): the initial parameters shared by EM and every guide.
     datasets: name -> loader(DataOptions, args, seed) -> Dataset.
+    plot_fit(ax, x, fits, features=...): optional; draws the data and each method's fitted parameters.
     """
 
     name: str
@@ -79,6 +80,7 @@ class ModelSpec:
     guides: Mapping[str, GuideSpec]
     exact: ExactReference | None
     datasets: Mapping[str, Callable[..., Dataset]]
+    plot_fit: Callable[..., None] | None = None
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""
@@ -126,6 +128,7 @@ MODELS: dict[str, ModelSpec] = {
                 "iris": lambda opts, args, seed: datasets.iris(opts.standardise),
                 "synthetic": gmm.synthetic,
             },
+            plot_fit=gmm.plot_fit,
         ),
     )
 }

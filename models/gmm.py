@@ -254,3 +254,24 @@ def synthetic(opts: DataOptions, args: GMMArgs, seed: int) -> Dataset:
     x, z = simulate(truth, opts.num_points, seed + 1)
     desc = f"synthetic mixture (K={args.num_components}, N={opts.num_points}, D={opts.dim}, separation={opts.separation})"
     return Dataset(x, desc, tuple(f"x{i}" for i in range(opts.dim)), truth=truth, labels=z)
+
+
+def plot_fit(ax, x: Tensor, fits: dict[str, GMMParams], dims: tuple[int, int] = (0, 1), features=None) -> None:
+    """Draw the data (first two columns by default) and each fit's components as 2-sigma ellipses."""
+    from matplotlib.patches import Ellipse
+
+    i, j = dims
+    ax.scatter(x[:, i].numpy(), x[:, j].numpy(), s=6, c="0.6", lw=0)
+    styles = ["-", "--", ":", "-."]
+    for n, (name, params) in enumerate(fits.items()):
+        colour = f"C{n}"
+        for k in range(params.num_components):
+            w = float(params.weights[k])
+            centre = (float(params.locs[k, i]), float(params.locs[k, j]))
+            width, height = 4 * float(params.scales[k, i]), 4 * float(params.scales[k, j])
+            ax.add_patch(Ellipse(centre, width, height, fill=False, ec=colour, ls=styles[n % 4], lw=0.8 + 2 * w,
+                                 label=name if k == 0 else None))
+            ax.plot(*centre, marker="x", color=colour, ms=5)
+    if features is not None:
+        ax.set_xlabel(features[i])
+        ax.set_ylabel(features[j])

@@ -153,7 +153,8 @@ def test_run_writes_a_complete_run_folder(tmp_path):
         assert set(params) == {"weights", "locs", "scales"}
         torch.load(run_dir / "guides" / f"{g}.pt", weights_only=True)
     assert set(torch.load(run_dir / "params" / "em.pt", weights_only=True)) == {"weights", "locs", "scales"}
-    assert (run_dir / "elbo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("elbo.png", "fit.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "exact EM" in (run_dir / "report.md").read_text()
     # the resolved config reproduces the run's config exactly
     resolved = load_config(run_dir / "config.toml")
