@@ -112,7 +112,7 @@ def comparison_table(metrics: dict[str, Any]) -> str:
         diff = ll - ref if (ll is not None and ref is not None) else None
         rows.append(
             f"| SVI {name} | {g['elbo']} | {_f(g['final_elbo_per_point'])} | {_f(ll)} | {_f(g.get('kl_per_point'))} | "
-            f"{_f(diff, signed=True)} | {g['steps']} | {g['wall_time_s']:.3f} |"
+            f"{_f(diff, signed=True)} | {g['steps']}{' (interrupted)' if g['interrupted'] else ''} | {g['wall_time_s']:.3f} |"
         )
     return "\n".join(rows)
 
