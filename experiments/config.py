@@ -66,6 +66,7 @@ class SVIConfig:
     num_particles: samples per step for the Monte Carlo estimators.
     optimiser, lr: torch optimiser and its initial step size; lr_final: the step size decays
         geometrically to this by the last step (default: no decay).
+    betas: Adam's decay rates for its running first and second moments (adam only).
     steps: optimisation steps (0 evaluates the initialisation).
     """
 
@@ -74,6 +75,7 @@ class SVIConfig:
     optimiser: str = "adam"
     lr: float = 0.05
     lr_final: float | None = None
+    betas: tuple[float, ...] = (0.9, 0.999)
     steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -87,6 +89,10 @@ class SVIConfig:
             raise ValueError(f"svi.num_particles must be >= 1, got {self.num_particles}")
         if not self.lr > 0:
             raise ValueError(f"svi.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"svi.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.optimiser != "adam" and self.betas != (0.9, 0.999):
+            raise ValueError(f"svi.betas applies to adam only, not svi.optimiser={self.optimiser!r}")
         if self.lr_final is not None and not self.lr_final > 0:
             raise ValueError(f"svi.lr_final must be > 0, got {self.lr_final}")
 

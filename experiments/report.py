@@ -125,13 +125,9 @@ def _f(v: float | None, signed: bool = False) -> str:
 
 def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
     """ELBO per point against step for each guide, with the exact log-likelihood lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = _axes(figsize=(7, 4.2))
     finals = []
     for name, g in metrics["guides"].items():
         curve = np.asarray(g["elbo_curve"], dtype=float)
@@ -160,27 +156,31 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
         ax.set_ylim(bottom - 0.1 * span, top + 0.15 * span)
     ax.set_xlabel("SVI step")
     ax.set_ylabel("nats per data point")
-    ax.set_title(metrics["title"], fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    _finish(fig, ax, path, metrics["title"], legend_loc="lower right")
 
 
 def plot_fit(path: Path, draw, x: torch.Tensor, fits: dict[str, Any], features, title: str) -> None:
     """The data with each method's fitted parameters, drawn by the model's own ``plot_fit``."""
+    fig, ax = _axes(figsize=(6, 5))
+    draw(ax, x.detach().cpu().double(), fits, features=features)
+    _finish(fig, ax, path, title, legend_loc="best")
+
+
+def _axes(figsize: tuple[float, float]):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
-    draw(ax, x.detach().cpu().double(), fits, features=features)
+    return plt.subplots(figsize=figsize, dpi=120)
+
+
+def _finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
+    """Title, legend and grid; then write the PNG atomically and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc=legend_loc)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -101,7 +101,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
 
     interrupted = False
     for i, (g, guide) in enumerate(guides.items()):
-        model = spec.learnable(init, args)
+        model = (spec.guides[g].learnable or spec.learnable)(init, args)
         result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g)
         metrics["guides"][g] = _evaluate(spec, model, guide, x, result, cfg)
         fits[f"SVI {g}"] = model.params.detach()
@@ -142,7 +142,7 @@ def _evaluate(spec, model, guide, x, result: SVIResult, cfg: RunConfig) -> dict[
     }
     if spec.exact is not None:
         params = model.params.detach()
-        q = guide.probs(x)
+        q = guide.probs(x, params)
         out["final_elbo_per_point"] = _per_point(spec.exact.elbo(x, params, q), n)
         out["log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(x, params), n)
         out["kl_per_point"] = _per_point(spec.exact.kl(x, params, q), n)

@@ -64,7 +64,8 @@ def train_svi(
     elbo = make_elbo(cfg)
     guide_fn = config_enumerate(guide, "parallel") if cfg.elbo == "TraceEnum_ELBO" else guide
     params = [p for p in (*model.parameters(), *guide.parameters()) if p.requires_grad]
-    optim = OPTIMISERS[cfg.optimiser](params, lr=cfg.lr)
+    extra = {"betas": cfg.betas} if cfg.optimiser == "adam" else {}
+    optim = OPTIMISERS[cfg.optimiser](params, lr=cfg.lr, **extra)
     gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1)) if cfg.lr_final else 1.0
     schedule = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     num_points = x.shape[0]

@@ -10,19 +10,26 @@ and differ in where phi_n comes from:
 * ``amortised``: phi_n = softmax(g(x_n; lambda)), g an MLP shared across points; the same family,
   so any extra gap over ``mean_field`` at the same model parameters is the amortisation gap.
 
+A third choice, ``marginal``, has no local guide at all: it pairs with :class:`models.gmm.MarginalGMM`,
+where z is summed out in the model, so the ELBO is log p(x) exactly and q(z) is implicitly the exact
+posterior. SVI with it is gradient ascent on EM's objective: the fast path for large data (see
+benchmarks/). Valid with every estimator, as there is no latent site left to estimate.
+
 Valid ELBO estimators: ``Trace_ELBO`` (score-function gradient for the discrete z, Rao-Blackwellised
 per point by the plate), ``TraceGraph_ELBO`` (the same with a decaying-average baseline, set here in
 the site's ``infer`` dict), and ``TraceEnum_ELBO`` (the runner wraps the guide in
 ``config_enumerate``: the expectation over each z_n is summed exactly, no sampling). Not valid:
 ``TraceMeanField_ELBO``, which needs a fully reparameterised guide; z is discrete.
 
-Each guide also exposes ``probs(x)`` -> (N, K), the table q(z_n = k), which the exact reference
-(:mod:`models.exact.gmm`) uses to compute the ELBO and KL(q || p(z|x)) by enumeration.
+Each guide also exposes ``probs(x, params)`` -> (N, K), the table q(z_n = k) (``params``, the model's
+current parameters, is used only by ``marginal``), which the exact reference (:mod:`models.exact.gmm`)
+uses to compute the ELBO and KL(q || p(z|x)) by enumeration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -31,8 +38,9 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
 from guides.nets import MLP, Standardise
-from models.exact import gmm as exact_gmm
-from models.gmm import GMMParams
+
+if TYPE_CHECKING:  # models imports this module to build its registry: import it lazily below
+    from models.gmm import GMMParams
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 _BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
@@ -49,7 +57,7 @@ class MeanField(PyroModule):
             raise ValueError(f"init_logits must have shape {(num_points, num_components)}, got {tuple(init_logits.shape)}")
         self.logits = PyroParam(init_logits.detach().clone())
 
-    def probs(self, x: Tensor) -> Tensor:
+    def probs(self, x: Tensor, params: GMMParams | None = None) -> Tensor:
         if x.shape[0] != self.logits.shape[0]:
             raise ValueError(
                 f"the mean-field guide was built for {self.logits.shape[0]} points, got x with {x.shape[0]}: "
@@ -73,12 +81,33 @@ class Amortised(PyroModule):
     def logits(self, x: Tensor) -> Tensor:
         return self.net(self.standardise(x))  # (N, K)
 
-    def probs(self, x: Tensor) -> Tensor:
+    def probs(self, x: Tensor, params: GMMParams | None = None) -> Tensor:
         return torch.softmax(self.logits(x), -1)
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate("points", x.shape[0]):
             pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=dict(_BASELINE))
+
+
+class Marginal(torch.nn.Module):
+    """No local guide: z is summed out in the model (:class:`models.gmm.MarginalGMM`).
+
+    ``probs(x, params)`` is the exact posterior p(z | x; params), the q that the collapsed ELBO
+    implicitly uses, so the reported KL is zero and ELBO = log p(x).
+    """
+
+    def probs(self, x: Tensor, params: GMMParams) -> Tensor:
+        from models.exact import gmm as exact_gmm
+
+        return exact_gmm.posterior(x, params)
+
+    def forward(self, x: Tensor) -> None:
+        pass
+
+
+def marginal(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform") -> Marginal:
+    """The empty guide for the collapsed model; ``hidden`` and ``start`` do not apply and are unused."""
+    return Marginal()
 
 
 def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform") -> MeanField:
@@ -88,6 +117,8 @@ def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: st
     the initial parameters, so SVI starts where EM's first bound touches log p(x).
     ``hidden`` is accepted for a uniform signature and unused (there is no network).
     """
+    from models.exact import gmm as exact_gmm
+
     logits = None
     if start == "posterior":
         logits = exact_gmm.log_joint(x, init).log_softmax(-1)
@@ -104,6 +135,8 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
     sum_n KL(p(z_n | x_n; init) || q(z_n | x_n)) with Adam (300 steps), so amortised SVI starts near
     where EM's first bound touches log p(x).
     """
+    from models.exact import gmm as exact_gmm
+
     guide = Amortised(x, init.num_components, hidden)
     if start == "posterior":
         target = exact_gmm.posterior(x, init).detach()

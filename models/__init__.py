@@ -30,8 +30,10 @@ class GuideSpec:
     """A guide family for one model.
 
     build(x, init, **guide_args) -> nn.Module whose forward(x) is the Pyro guide and whose
-    ``probs(x)`` gives the table of q(z) the exact reference scores.
+    ``probs(x, params)`` gives the table of q(z) the exact reference scores.
     valid_elbos: the estimators this guide is correct with; why_not: why the others are not.
+    learnable: the model module to train with this guide, when it is not the spec's own (e.g. a
+    collapsed model with z summed out, for a guide with no local latents).
     """
 
     name: str
@@ -39,6 +41,7 @@ class GuideSpec:
     build: Callable[..., nn.Module]
     valid_elbos: tuple[str, ...]
     why_not: str = ""
+    learnable: Callable[..., nn.Module] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ MODELS: dict[str, ModelSpec] = {
                 "amortised": GuideSpec(
                     "amortised", "q(z_n | x_n) = Cat(softmax(MLP(x_n)))", gmm_guides.amortised,
                     gmm_guides.VALID_ELBOS, _GMM_WHY_NOT,
+                ),
+                "marginal": GuideSpec(
+                    "marginal", "no local guide: z summed out in the model, ELBO = log p(x) (the fast path)",
+                    gmm_guides.marginal, ELBOS,
+                    learnable=lambda init, args: gmm.MarginalGMM(init, args.covariance),
                 ),
             },
             exact=ExactReference(

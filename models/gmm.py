@@ -157,6 +157,73 @@ class GMM(PyroModule):
         model(x, self.params)
 
 
+def marginal_model(x: Tensor, params: GMMParams) -> None:
+    r"""The same mixture with z summed out exactly: x_n ~ sum_k pi_k N(mu_k, diag(sigma_k^2)).
+
+    With no latent site left, every ELBO with an empty guide equals log p(x): SVI on this model is
+    gradient ascent on EM's objective, and q(z) is implicitly the exact posterior p(z | x; theta).
+    x: (num_points, dim)
+    """
+    with pyro.plate("points", x.shape[0]):
+        pyro.sample("x", DiagNormalMixture(params), obs=x)
+
+
+class DiagNormalMixture(dist.TorchDistribution):
+    """sum_k pi_k N(x | mu_k, diag(sigma_k^2)) as one distribution over x: (D,), batch over points.
+
+    ``log_prob`` is :func:`models.exact.gmm.mixture_log_likelihood`: the log-joint expansion with a
+    hand-written backward, no (N, K, D) intermediate (``MixtureSameFamily(Categorical,
+    Normal.to_event(1))`` broadcasts x against every component). ``cache`` = (x, [x, x^2]) saves
+    recomputing the features when exactly that tensor x is scored (checked by identity).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 1)
+
+    def __init__(self, params: GMMParams, cache: tuple[Tensor, Tensor] | None = None, batch_shape=torch.Size(),
+                 validate_args=None):
+        self.params, self.cache = params, cache
+        super().__init__(torch.Size(batch_shape), torch.Size([params.dim]), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiagNormalMixture(self.params, self.cache, batch_shape, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        from models.exact import gmm as exact
+
+        if self._validate_args:
+            self._validate_sample(value)
+        if self.cache is not None and value is self.cache[0]:
+            feats = self.cache[1]
+        else:
+            feats = exact.features(value.reshape(-1, value.shape[-1]))
+        return exact.mixture_log_likelihood(feats, self.params).reshape(value.shape[:-1])
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        p = self.params
+        mix = dist.MixtureSameFamily(dist.Categorical(p.weights), dist.Normal(p.locs, p.scales).to_event(1))
+        return mix.expand(self.batch_shape).sample(sample_shape)
+
+
+class MarginalGMM(GMM):
+    """:class:`GMM` whose forward runs :func:`marginal_model` (z summed out); [x, x^2] cached per x."""
+
+    def __init__(self, init: GMMParams, covariance: str = "diag"):
+        super().__init__(init, covariance)
+        self._feats: tuple[Tensor, int, Tensor] | None = None
+
+    def features(self, x: Tensor) -> Tensor:
+        from models.exact import gmm as exact
+
+        if self._feats is None or self._feats[0] is not x or self._feats[1] != x._version:
+            self._feats = (x, x._version, exact.features(x))
+        return self._feats[2]
+
+    def forward(self, x: Tensor) -> None:
+        with pyro.plate("points", x.shape[0]):
+            pyro.sample("x", DiagNormalMixture(self.params, (x, self.features(x))), obs=x)
+
+
 def simulate(params: GMMParams, num_points: int, seed: int) -> tuple[Tensor, Tensor]:
     """Draw ``num_points`` points from the mixture.
 

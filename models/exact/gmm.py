@@ -39,12 +39,12 @@ def log_joint(x: Tensor, params: GMMParams) -> Tensor:
     as two fused matrix products (``addmm``) onto a per-component constant, so the cost is O(N K D)
     with no (N, K, D) intermediate.
     """
-    prec, weighted_locs, const = _component_terms(params)
+    prec, weighted_locs, const = component_terms(params)
     out = torch.addmm(const, x * x, prec.T, alpha=-0.5)  # const_k - x^2 . s_k^-2 / 2
     return out.addmm_(x, weighted_locs.T)  # + x . mu_k s_k^-2
 
 
-def _component_terms(params: GMMParams) -> tuple[Tensor, Tensor, Tensor]:
+def component_terms(params: GMMParams) -> tuple[Tensor, Tensor, Tensor]:
     """The (K, D) and (K,) pieces of log p(x_n, k) that do not depend on n.
 
     prec = s^-2, weighted_locs = mu s^-2 and
@@ -58,18 +58,18 @@ def _component_terms(params: GMMParams) -> tuple[Tensor, Tensor, Tensor]:
     return prec, weighted_locs, const
 
 
-def _features(x: Tensor) -> Tensor:
+def features(x: Tensor) -> Tensor:
     """[x, x^2]: (N, 2D), the per-point sufficient statistics of a diagonal Gaussian."""
     return torch.cat([x, x * x], dim=-1)
 
 
-def _log_joint_features(feats: Tensor, params: GMMParams) -> Tensor:
+def log_joint_features(feats: Tensor, params: GMMParams) -> Tensor:
     """:func:`log_joint` from precomputed ``feats = [x, x^2]``: one fused matrix product, (N, K)."""
-    prec, weighted_locs, const = _component_terms(params)
+    prec, weighted_locs, const = component_terms(params)
     return torch.addmm(const, feats, torch.cat([weighted_locs, -0.5 * prec], dim=-1).T)
 
 
-def _weighted_sums(resp: Tensor, feats: Tensor, block: int = 4096) -> Tensor:
+def weighted_sums(resp: Tensor, feats: Tensor, block: int = 4096) -> Tensor:
     """resp.T @ feats: (K, F) for resp: (N, K), feats: (N, F), summed block by block over n.
 
     The same sum as one matrix product, computed as a batched product over row blocks plus a sum
@@ -117,10 +117,10 @@ class EStep(NamedTuple):
 
 
 def e_step(x: Tensor, params: GMMParams) -> EStep:
-    return _e_step_features(None, params, log_joint(x, params))
+    return e_step_features(None, params, log_joint(x, params))
 
 
-def _e_step_features(feats: Tensor | None, params: GMMParams, lj: Tensor | None = None) -> EStep:
+def e_step_features(feats: Tensor | None, params: GMMParams, lj: Tensor | None = None) -> EStep:
     """E-step from ``feats = [x, x^2]`` (or from a precomputed log joint ``lj``, which is overwritten).
 
     Normalises log p(x_n, k) in place: with m_n = max_k log p(x_n, k) and s_n = sum_k exp(. - m_n),
@@ -128,7 +128,7 @@ def _e_step_features(feats: Tensor | None, params: GMMParams, lj: Tensor | None 
     no further (N, K) allocation. When ``lj`` requires grad it is normalised out of place instead.
     """
     if lj is None:
-        lj = _log_joint_features(feats, params)
+        lj = log_joint_features(feats, params)
     if lj.requires_grad:
         log_px = torch.logsumexp(lj, dim=-1, keepdim=True)  # (N, 1)
         return EStep((lj - log_px).exp(), log_px.mean())
@@ -141,16 +141,16 @@ def _e_step_features(feats: Tensor | None, params: GMMParams, lj: Tensor | None 
 
 def m_step(x: Tensor, resp: Tensor, covariance: str, reg_covar: float) -> GMMParams:
     """Closed-form maximiser of the ELBO in theta for fixed responsibilities ``resp``: (N, K)."""
-    return _m_step_features(_features(x), resp, covariance, reg_covar)
+    return m_step_features(features(x), resp, covariance, reg_covar)
 
 
-def _m_step_features(feats: Tensor, resp: Tensor, covariance: str, reg_covar: float) -> GMMParams:
+def m_step_features(feats: Tensor, resp: Tensor, covariance: str, reg_covar: float) -> GMMParams:
     """:func:`m_step` from ``feats = [x, x^2]``: both weighted sums in one pass over the data."""
     if covariance not in ("diag", "spherical"):
         raise ValueError(f"covariance must be 'diag' or 'spherical', got {covariance!r}")
     dim = feats.shape[-1] // 2
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # (K,), as scikit-learn guards empty components
-    moments = _weighted_sums(resp, feats) / nk[:, None]  # (K, 2D): [sum_n r_nk x_n, sum_n r_nk x_n^2] / N_k
+    moments = weighted_sums(resp, feats) / nk[:, None]  # (K, 2D): [sum_n r_nk x_n, sum_n r_nk x_n^2] / N_k
     locs = moments[:, :dim].contiguous()  # (K, D)
     avg_x2 = moments[:, dim:]
     var = (avg_x2 - locs.pow(2)).clamp_min(0.0) + reg_covar  # (K, D)
@@ -191,16 +191,52 @@ def fit_em(
     change in mean log-likelihood between consecutive E-steps is below ``tol`` (or after ``max_iter``
     M-steps), then runs a final E-step so the last entry of the trace scores the returned parameters.
     """
-    feats = _features(x)  # [x, x^2], computed once and shared by every E- and M-step
+    feats = features(x)  # [x, x^2], computed once and shared by every E- and M-step
     params = init
     trace: list[Tensor] = []
     converged = False
     for _ in range(max_iter):
-        estep = _e_step_features(feats, params)
+        estep = e_step_features(feats, params)
         trace.append(estep.mean_log_likelihood)
-        params = _m_step_features(feats, estep.resp, covariance, reg_covar)
+        params = m_step_features(feats, estep.resp, covariance, reg_covar)
         if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol:
             converged = True
             break
-    trace.append(_e_step_features(feats, params).mean_log_likelihood)
+    trace.append(e_step_features(feats, params).mean_log_likelihood)
     return EMResult(params, torch.stack(trace), converged)
+
+
+class _MixtureLogLikelihood(torch.autograd.Function):
+    """log p(x_n) = logsumexp_k (feats_n . W_k + c_k) for feats = [x, x^2]: (N, 2D), W: (K, 2D), c: (K,).
+
+    The backward pass reuses the responsibilities r_nk = p(k | x_n) saved by the forward pass:
+    d/dW_k = sum_n g_n r_nk feats_n and d/dc_k = sum_n g_n r_nk (Fisher's identity: the gradient of
+    log p(x) is the E-step's expected sufficient statistics). One forward + backward costs about one
+    EM iteration, with no (N, K, D) tensor and no autograd graph over (N, K) intermediates.
+    """
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, weights_mat: Tensor, const: Tensor) -> Tensor:
+        lj = torch.addmm(const, feats, weights_mat.T)  # (N, K)
+        m = lj.amax(-1, keepdim=True)
+        resp = lj.sub_(m).exp_()
+        s = resp.sum(-1, keepdim=True)
+        resp.div_(s)
+        ctx.save_for_backward(feats, resp)
+        return s.log_().add_(m).squeeze(-1)  # (N,)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        feats, resp = ctx.saved_tensors
+        g_resp = resp * grad.unsqueeze(-1)  # (N, K)
+        return None, weighted_sums(g_resp, feats), g_resp.sum(0)
+
+
+def mixture_log_likelihood(feats: Tensor, params: GMMParams) -> Tensor:
+    """log p(x_n) for every point, (N,), from ``feats = features(x)``, differentiable in ``params``.
+
+    Equal to ``logsumexp(log_joint(x, params), -1)``, with a hand-written backward pass (see
+    :class:`_MixtureLogLikelihood`); tests check both values and gradients against autograd.
+    """
+    prec, weighted_locs, const = component_terms(params)
+    return _MixtureLogLikelihood.apply(feats, torch.cat([weighted_locs, -0.5 * prec], -1), const)
