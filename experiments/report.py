@@ -120,6 +120,7 @@ def comparison_table(metrics: dict[str, Any]) -> str:
 def _f(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "–"
+    v = round(v, 4) + 0.0  # no "-0.0000" from round-off
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
