@@ -81,15 +81,19 @@ def test_identity_for_arbitrary_tables():
     torch.testing.assert_close(exact.kl_to_posterior(x, theta, exact.posterior(x, theta)), torch.tensor(0.0, dtype=x.dtype), atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("covariance", ["diag", "spherical"])
 @pytest.mark.parametrize("kind", ["mean_field", "amortised"])
-def test_pyro_enumerated_elbo_equals_exact_elbo(kind, small_problem):
+def test_pyro_enumerated_elbo_equals_exact_elbo(kind, covariance, small_problem):
     """Pyro's TraceEnum_ELBO over model + guide is the exact ELBO computed in plain torch."""
     p = small_problem
-    gmm = GMM(p.init)
+    gmm = GMM(p.init, covariance)
     guide = perturbed_guide(kind, p.x, p.init, seed=3)
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(gmm, config_enumerate(guide), p.x)
     with torch.no_grad():
-        expected = exact.elbo(p.x, p.init, guide.probs(p.x))
+        params = gmm.params  # spherical: one scale per component, the mean of the initial ones
+        if covariance == "spherical":
+            assert (params.scales == params.scales[:, :1]).all()
+        expected = exact.elbo(p.x, params, guide.probs(p.x))
     torch.testing.assert_close(torch.tensor(-loss, dtype=torch.float64), expected, rtol=1e-12, atol=1e-9)
 
 
