@@ -157,15 +157,16 @@ class GMM(PyroModule):
         model(x, self.params)
 
 
-def marginal_model(x: Tensor, params: GMMParams) -> None:
+def marginal_model(x: Tensor, params: GMMParams, features: Tensor | None = None) -> None:
     r"""The same mixture with z summed out exactly: x_n ~ sum_k pi_k N(mu_k, diag(sigma_k^2)).
 
     With no latent site left, every ELBO with an empty guide equals log p(x): SVI on this model is
     gradient ascent on EM's objective, and q(z) is implicitly the exact posterior p(z | x; theta).
-    x: (num_points, dim)
+    x: (num_points, dim); features: [x, x^2] (num_points, 2 dim), if already computed.
     """
+    cache = None if features is None else (x, features)
     with pyro.plate("points", x.shape[0]):
-        pyro.sample("x", DiagNormalMixture(params), obs=x)
+        pyro.sample("x", DiagNormalMixture(params, cache), obs=x)
 
 
 class DiagNormalMixture(dist.TorchDistribution):
@@ -220,8 +221,7 @@ class MarginalGMM(GMM):
         return self._feats[2]
 
     def forward(self, x: Tensor) -> None:
-        with pyro.plate("points", x.shape[0]):
-            pyro.sample("x", DiagNormalMixture(self.params, (x, self.features(x))), obs=x)
+        marginal_model(x, self.params, self.features(x))
 
 
 def simulate(params: GMMParams, num_points: int, seed: int) -> tuple[Tensor, Tensor]:
