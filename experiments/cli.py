@@ -4,7 +4,8 @@
     vizoo list
     vizoo --help
 
-Errors in the input (config, overrides, data) print one line to stderr and exit with status 2.
+Errors in the input (config, overrides, data) print one line to stderr and exit with status 2;
+a non-finite ELBO during training prints one line and exits with status 1 (no metrics.json is written).
 Ctrl-C during training stops cleanly: what finished is written, metrics.json says "interrupted",
 and the exit status is 130.
 """
@@ -16,6 +17,7 @@ import json
 import sys
 from importlib.resources import files
 
+from experiments.train import NonFiniteLoss
 from models.errors import VizooError
 
 
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except VizooError as err:
         print(f"vizoo: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:  # training diverged: not bad input, but no traceback either
+        print(f"vizoo: training stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vizoo: interrupted", file=sys.stderr)
         return 130

@@ -40,7 +40,14 @@ class SVIResult(NamedTuple):
 
 
 class NonFiniteLoss(RuntimeError):
-    """The ELBO estimate became NaN or infinite."""
+    """The ELBO estimate or a parameter became NaN or infinite."""
+
+
+def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str) -> None:
+    """Stop before a step whose parameters are not finite, naming the first such parameter."""
+    for name, p in named:
+        if not torch.isfinite(p).all():
+            raise NonFiniteLoss(f"parameter {name} is not finite at step {step} ({desc})")
 
 
 def make_elbo(cfg: SVIConfig, max_plate_nesting: int = 1) -> ELBO:
@@ -63,7 +70,9 @@ def train_svi(
     pyro.clear_param_store()
     elbo = make_elbo(cfg)
     guide_fn = config_enumerate(guide, "parallel") if cfg.elbo == "TraceEnum_ELBO" else guide
-    params = [p for p in (*model.parameters(), *guide.parameters()) if p.requires_grad]
+    named = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
+    named += [(f"guide.{n}", p) for n, p in guide.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     extra = {"betas": cfg.betas} if cfg.optimiser == "adam" else {}
     optim = OPTIMISERS[cfg.optimiser](params, lr=cfg.lr, **extra)
     gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1)) if cfg.lr_final else 1.0
@@ -75,6 +84,7 @@ def train_svi(
     start = time.perf_counter()
     try:
         for step in range(cfg.steps):
+            _check_finite(named, step, desc)
             loss = elbo.loss_and_grads(model, guide_fn, x)
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"ELBO estimate is {-loss} at step {step} ({desc})")

@@ -22,7 +22,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enume
 
 from conftest import Problem
 from experiments.config import SVIConfig
-from experiments.train import train_svi
+from experiments.train import NonFiniteLoss, train_svi
 from guides import gmm as guides
 from models.exact import gmm as exact
 from models.gmm import GMM, init_params
@@ -102,3 +102,12 @@ def test_each_guide_trains_with_each_estimator(problem, kind, elbo):
     with torch.no_grad():
         after = float(exact.elbo(p.x, gmm.params, guide.probs(p.x)))
     assert after - before > 0.5 * (em_ll - before)
+
+
+def test_non_finite_elbo_stops_training(problem):
+    p = problem
+    gmm = GMM(p.init)
+    with torch.no_grad():
+        gmm.locs_unconstrained[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="parameter model.locs_unconstrained is not finite at step 0"):
+        train_svi(gmm, guides.mean_field(p.x, p.init), p.x, SVIConfig(elbo="TraceEnum_ELBO", steps=5), seed=0, progress=False)
