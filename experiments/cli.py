@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
-        parser.print_help()
+        print("vizoo: error: a command is required: run or list (see vizoo --help)", file=sys.stderr)
         return 2
     try:
         if ns.command == "list":
