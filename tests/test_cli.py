@@ -3,6 +3,7 @@ a real run writes a complete run folder; Ctrl-C stops cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,19 +88,11 @@ def test_config_misuse_is_one_line_and_exit_2(tmp_path, capsys, case):
     ],
 )
 def test_cli_misuse_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) if argv in (["frobnicate"], ["run"]) else _nullcontext():
+    with pytest.raises(SystemExit) if argv in (["frobnicate"], ["run"]) else contextlib.nullcontext():
         code = main(argv)
         assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_parser_errors_exit_2():
