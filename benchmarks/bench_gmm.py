@@ -141,7 +141,7 @@ def empty_guide(x):
 
 
 @dataclass
-class SVIConfig:
+class BenchConfig:
     """One SVI configuration.
 
     model: joint (models.gmm.GMM) | cheap_obs | enum_model | marginal_msf | marginal_fast | marginal_fused
@@ -169,53 +169,53 @@ class SVIConfig:
 FAST = dict(lr=0.3, gamma=0.97, betas=(0.7, 0.99))
 FAST_DESC = "Adam 0.3 x 0.97^step, betas (0.7, 0.99)"
 
-CONFIGS: list[SVIConfig] = [
-    SVIConfig("plain_uniform", "issue baseline: GMM + MeanField(uniform) + TraceEnum_ELBO, Adam(0.05)", slow=True),
-    SVIConfig("plain_posterior", "as plain, guide started at the E-step posterior", guide_start="posterior", slow=True),
-    SVIConfig(
+CONFIGS: list[BenchConfig] = [
+    BenchConfig("plain_uniform", "issue baseline: GMM + MeanField(uniform) + TraceEnum_ELBO, Adam(0.05)", slow=True),
+    BenchConfig("plain_posterior", "as plain, guide started at the E-step posterior", guide_start="posterior", slow=True),
+    BenchConfig(
         "plain_posterior_fast_lr", f"as plain_posterior, {FAST_DESC}", guide_start="posterior", slow=True, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "cheap_obs_posterior_fast_lr",
         f"MeanField(posterior) + TraceEnum, log p(x|z) from the (N, K) log_joint table, {FAST_DESC}",
         model="cheap_obs", guide_start="posterior", slow=True, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "enum_model_fast_lr", f"z enumerated in the model (config_enumerate), empty guide, TraceEnum_ELBO, {FAST_DESC}",
         model="enum_model", guide_start=None, slow=True, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_msf_fast_lr", f"obs MixtureSameFamily (z summed out), empty guide, Trace_ELBO, {FAST_DESC}",
         model="marginal_msf", guide_start=None, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_expand_fast_lr", f"obs mixture via log_joint expansion + autograd, empty guide, Trace_ELBO, {FAST_DESC}",
         model="marginal_fast", guide_start=None, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "torch_marginal_fast_lr", f"no Pyro: autograd through -log_evidence, {FAST_DESC}",
         model="torch_marginal", guide_start=None, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_fused_fast_lr", f"obs mixture via log_joint expansion, fused backward, empty guide, Trace_ELBO, {FAST_DESC}",
         model="marginal_fused", guide_start=None, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_fused_lr0.05", "as marginal_fused_fast_lr with constant Adam(0.05), default betas (the project default lr)",
         model="marginal_fused", guide_start=None, lr=0.05,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_fused_fast_lr_f32", "as marginal_fused_fast_lr in float32", model="marginal_fused", guide_start=None,
         dtype=torch.float32, **FAST,
     ),
-    SVIConfig(
+    BenchConfig(
         "marginal_fused_lbfgs", "as marginal_fused, L-BFGS(lr=1, <=10 evaluations a step, history 10, strong Wolfe)",
         model="marginal_fused", guide_start=None, optimiser="lbfgs", lr=1.0,
     ),
 ]
 
 
-def build(cfg: SVIConfig, x: torch.Tensor, init: GMMParams):
+def build(cfg: BenchConfig, x: torch.Tensor, init: GMMParams):
     """Set up one configuration; returns (step, current_params, evaluations). Everything here is timed."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
