@@ -148,10 +148,12 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
 
 def fit_to_table(guide: Amortised, x: Tensor, target: Tensor, steps: int = 300, lr: float = 0.02) -> float:
     """Fit the guide's network so q(z_n | x_n) matches ``target``: (N, K); returns the final mean KL."""
+    from models.exact import mixture
+
     optim = torch.optim.Adam(guide.parameters(), lr=lr)
-    log_target = torch.where(target > 0, target.log(), torch.zeros_like(target))
     for _ in range(steps):
-        kl = (target * (log_target - guide.logits(x).log_softmax(-1))).sum(-1).mean()
+        # KL(target || q) is the mixture formula with the network's logits in place of the log-joint
+        kl = mixture.kl_to_posterior(guide.logits(x), target) / x.shape[0]
         optim.zero_grad()
         kl.backward()
         optim.step()
