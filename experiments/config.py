@@ -31,9 +31,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from guides.nets import BASELINES
 from models import ELBOS, MODELS, ModelSpec
 from models.datasets import DataOptions
 from models.errors import ConfigError
+from models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
 
 OPTIMISERS = ("adam", "sgd")
 DTYPES = ("float64", "float32")
@@ -46,16 +48,22 @@ class GuideArgs:
     hidden: hidden layer sizes of an amortised guide's network.
     start: where a guide starts: "uniform" q(z), or "posterior", the E-step at the initial
         parameters (an amortised guide's network is first fitted to it).
+    baseline: TraceGraph_ELBO's control variate for discrete sites: "average" (decaying average of
+        each point's downstream cost), "network" (a learned baseline, an MLP of the data point with the
+        ``hidden`` sizes) or "none". The other estimators ignore it.
     """
 
     hidden: tuple[int, ...] = (32,)
     start: str = "uniform"
+    baseline: str = "average"
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"guide_args.hidden sizes must be >= 1, got {list(self.hidden)}")
         if self.start not in ("uniform", "posterior"):
             raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {self.start!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"guide_args.baseline must be one of {BASELINES}, got {self.baseline!r}")
 
 
 @dataclass(frozen=True)
@@ -214,10 +222,29 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
         raise ConfigError(
             f"data.name: unknown data set {cfg.data.name!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}, file"
         )
+    _check_enumeration(cfg, spec)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
         raise ConfigError(f"name must be a plain folder name (no '/', no leading '.'), got {cfg.name!r}")
+
+
+def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:
+    """Refuse, before any work, a run that would enumerate more latent configurations than the limits."""
+    if not spec.latent_field:
+        return
+    k = getattr(cfg.model_args, spec.latent_field)
+    field = f"model_args.{spec.latent_field}={k}"
+    if cfg.svi.elbo == "TraceEnum_ELBO" and k > MAX_PARALLEL_LATENTS:
+        raise ConfigError(
+            f"{field} is too large for svi.elbo='TraceEnum_ELBO', which sums over all 2^{k} = {2**k:,} configurations "
+            f"per point in memory; the limit is {MAX_PARALLEL_LATENTS}: use Trace_ELBO or TraceGraph_ELBO"
+        )
+    if spec.exact is not None and cfg.em.enabled and k > MAX_LATENTS:
+        raise ConfigError(
+            f"{field} is too large for exact enumeration (the limit is {MAX_LATENTS}: 2^{MAX_LATENTS} = "
+            f"{2**MAX_LATENTS:,} configurations per point); set em.enabled = false to train without the exact reference"
+        )
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

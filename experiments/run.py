@@ -29,6 +29,7 @@ from experiments import report
 from experiments.config import RunConfig
 from experiments.train import SVIResult, train_svi
 from models.errors import ConfigError
+from models.exact.binary import MAX_LATENTS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -66,7 +67,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     (run_dir / "params").mkdir()
     (run_dir / "guides").mkdir()
     report.write_atomic(run_dir / "config.toml", report.to_toml(cfg.to_dict()))
-    title = f"{spec.name} on {data.description}; K={getattr(args, 'num_components', '?')}"
+    title = f"{spec.name} on {data.description}; {spec.describe(args)}".rstrip("; ")
     metrics: dict[str, Any] = {
         "status": "running",
         "title": title,
@@ -79,9 +80,12 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     }
     log(f"{title}\nrun folder: {run_dir}")
 
-    exact = spec.exact if cfg.em.enabled else None
+    enumerable = spec.exact is not None and (
+        not spec.latent_field or getattr(args, spec.latent_field) <= MAX_LATENTS
+    )  # beyond the limit (em disabled; the config refuses it otherwise) the ELBO is reported by Monte Carlo
+    exact = spec.exact if cfg.em.enabled and enumerable else None
     fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
-    if data.truth is not None and spec.exact is not None:  # validated data and truths are float64
+    if data.truth is not None and enumerable:  # validated data and truths are float64
         metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if exact is not None:
         start = time.perf_counter()
@@ -103,7 +107,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     for i, (g, guide) in enumerate(guides.items()):
         model = (spec.guides[g].learnable or spec.learnable)(init, args)
         result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g)
-        metrics["guides"][g] = _evaluate(spec, model, guide, x, result, cfg)
+        metrics["guides"][g] = _evaluate(spec.exact if enumerable else None, model, guide, x, result, cfg)
         fits[f"SVI {g}"] = model.params.detach()
         report.save_tensors(run_dir / "params" / f"{g}.pt", fits[f"SVI {g}"].state_dict())
         report.save_tensors(run_dir / "guides" / f"{g}.pt", guide.state_dict())
@@ -119,7 +123,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     report.plot_elbo(run_dir / "elbo.png", metrics)
     if spec.plot_fit is not None:
         report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)
-    report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}\n")
+    fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
+    report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
     report.write_json(run_dir / "metrics.json", metrics)
     log(table)
     return RunResult(run_dir, metrics)
@@ -130,7 +135,7 @@ def _per_point(value: torch.Tensor, n: int) -> float:
 
 
 @torch.no_grad()
-def _evaluate(spec, model, guide, x, result: SVIResult, cfg: RunConfig) -> dict[str, Any]:
+def _evaluate(exact, model, guide, x, result: SVIResult, cfg: RunConfig) -> dict[str, Any]:
     """Final ELBO, log p(x) and KL at the learned parameters, exactly where the model allows."""
     n = x.shape[0]
     out: dict[str, Any] = {
@@ -140,12 +145,12 @@ def _evaluate(spec, model, guide, x, result: SVIResult, cfg: RunConfig) -> dict[
         "interrupted": result.interrupted,
         "elbo_curve": result.elbo_trace,
     }
-    if spec.exact is not None:
+    if exact is not None:
         params = model.params.detach()
         q = guide.probs(x, params)
-        out["final_elbo_per_point"] = _per_point(spec.exact.elbo(x, params, q), n)
-        out["log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(x, params), n)
-        out["kl_per_point"] = _per_point(spec.exact.kl(x, params, q), n)
+        out["final_elbo_per_point"] = _per_point(exact.elbo(x, params, q), n)
+        out["log_likelihood_per_point"] = _per_point(exact.log_evidence(x, params), n)
+        out["kl_per_point"] = _per_point(exact.kl(x, params, q), n)
         out["final_elbo_method"] = "exact (enumeration over z)"
     else:
         tail = result.elbo_trace[-max(1, len(result.elbo_trace) // 10) :]

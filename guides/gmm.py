@@ -37,20 +37,21 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from guides.nets import MLP, Standardise
+from guides.nets import MLP, Baseline, Standardise
 
 if TYPE_CHECKING:  # models imports this module to build its registry: import it lazily below
     from models.gmm import GMMParams
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
-_BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
 
 
 class MeanField(PyroModule):
     """q(z_n) = Cat(softmax(logits_n)); ``logits``: (N, K), free per point."""
 
-    def __init__(self, num_points: int, num_components: int, init_logits: Tensor | None = None, dtype=torch.float64):
+    def __init__(self, num_points: int, num_components: int, init_logits: Tensor | None = None, dtype=torch.float64,
+                 baseline: Baseline | None = None):
         super().__init__()
+        self.baseline = Baseline("average") if baseline is None else baseline
         if init_logits is None:
             init_logits = torch.zeros(num_points, num_components, dtype=dtype)
         if init_logits.shape != (num_points, num_components):
@@ -67,14 +68,16 @@ class MeanField(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate("points", x.shape[0]):
-            pyro.sample("z", dist.Categorical(logits=self.logits), infer=dict(_BASELINE))
+            pyro.sample("z", dist.Categorical(logits=self.logits), infer=self.baseline.infer(x))
 
 
 class Amortised(PyroModule):
     """q(z_n | x_n) = Cat(softmax(g(x_n))); g: Standardise -> MLP(D -> hidden -> K)."""
 
-    def __init__(self, x_train: Tensor, num_components: int, hidden: Sequence[int] = (32,)):
+    def __init__(self, x_train: Tensor, num_components: int, hidden: Sequence[int] = (32,),
+                 baseline: Baseline | None = None):
         super().__init__()
+        self.baseline = Baseline("average") if baseline is None else baseline
         self.standardise = Standardise(x_train)
         self.net = MLP(x_train.shape[-1], hidden, num_components).to(x_train.dtype)
 
@@ -86,7 +89,7 @@ class Amortised(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate("points", x.shape[0]):
-            pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=dict(_BASELINE))
+            pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=self.baseline.infer(self.standardise(x)))
 
 
 class Marginal(torch.nn.Module):
@@ -105,17 +108,20 @@ class Marginal(torch.nn.Module):
         pass
 
 
-def marginal(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform") -> Marginal:
-    """The empty guide for the collapsed model; ``hidden`` and ``start`` do not apply and are unused."""
+def marginal(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform",
+             baseline: str = "average") -> Marginal:
+    """The empty guide for the collapsed model; ``hidden``, ``start`` and ``baseline`` do not apply."""
     return Marginal()
 
 
-def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str = "uniform") -> MeanField:
+def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform",
+               baseline: str = "average") -> MeanField:
     """Mean-field guide for data x: (N, D) and initial model parameters ``init``.
 
     start="uniform": q(z_n) uniform. start="posterior": q(z_n) = p(z_n | x_n; init), the E-step at
     the initial parameters, so SVI starts where EM's first bound touches log p(x).
-    ``hidden`` is accepted for a uniform signature and unused (there is no network).
+    baseline: TraceGraph_ELBO's control variate (:class:`guides.nets.Baseline`); ``hidden`` sizes its
+    network when baseline="network" (the guide itself has no network).
     """
     from models.exact import gmm as exact_gmm
 
@@ -124,10 +130,12 @@ def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: st
         logits = exact_gmm.log_joint(x, init).log_softmax(-1)
     elif start != "uniform":
         raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {start!r}")
-    return MeanField(x.shape[0], init.num_components, logits, dtype=x.dtype)
+    return MeanField(x.shape[0], init.num_components, logits, dtype=x.dtype,
+                     baseline=Baseline(baseline, x.shape[-1], hidden, x.dtype))
 
 
-def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform") -> Amortised:
+def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform",
+              baseline: str = "average") -> Amortised:
     """Amortised guide for data x: (N, D); an MLP with the given hidden sizes.
 
     start="uniform": the network's last layer is zero, so q starts uniform. start="posterior": the
@@ -137,7 +145,7 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
     """
     from models.exact import gmm as exact_gmm
 
-    guide = Amortised(x, init.num_components, hidden)
+    guide = Amortised(x, init.num_components, hidden, Baseline(baseline, x.shape[-1], hidden, x.dtype))
     if start == "posterior":
         target = exact_gmm.posterior(x, init).detach()
         fit_to_table(guide, x, target)

@@ -41,3 +41,36 @@ class MLP(nn.Sequential):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         super().__init__(*layers, last)
+
+
+BASELINES = ("average", "network", "none")
+
+
+class Baseline(nn.Module):
+    """The control variate TraceGraph_ELBO subtracts from a discrete site's downstream cost, per point.
+
+    kind="average": Pyro's decaying average of each point's downstream cost (beta = 0.9; no parameters).
+    kind="network": a learned baseline b(x_n), an MLP on the guide's input features, trained with the
+        guide by TraceGraph_ELBO's extra loss sum_n (cost_n - b(x_n))^2.
+    kind="none": no baseline.
+    The other estimators ignore the site's ``infer`` dict, so the same guide serves them all.
+    """
+
+    def __init__(self, kind: str, in_dim: int = 0, hidden: Sequence[int] = (32,), dtype=torch.float64):
+        super().__init__()
+        if kind not in BASELINES:
+            raise ValueError(f"guide_args.baseline must be one of {BASELINES}, got {kind!r}")
+        self.kind = kind
+        self.net = MLP(in_dim, hidden, 1).to(dtype) if kind == "network" else None
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """b(x_n): (N,) for the network baseline."""
+        return self.net(inputs).squeeze(-1)
+
+    def infer(self, inputs: Tensor) -> dict:
+        """The ``infer`` dict for the guide's discrete site, given the network's inputs (N, in_dim)."""
+        if self.kind == "average":
+            return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+        if self.kind == "network":
+            return {"baseline": {"nn_baseline": self, "nn_baseline_input": inputs}}
+        return {}

