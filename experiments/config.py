@@ -49,8 +49,8 @@ class GuideArgs:
     start: where a guide starts: "uniform" q(z), or "posterior", the E-step at the initial
         parameters (an amortised guide's network is first fitted to it).
     baseline: TraceGraph_ELBO's control variate for discrete sites: "average" (decaying average of
-        each point's downstream cost), "network" (a learned baseline, an MLP of the data point with the
-        ``hidden`` sizes) or "none". The other estimators ignore it.
+        each point's downstream cost), "network" (that average plus a learned correction, an MLP of the data
+        point with the ``hidden`` sizes) or "none". The other estimators ignore it.
     """
 
     hidden: tuple[int, ...] = (32,)

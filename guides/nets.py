@@ -50,8 +50,10 @@ class Baseline(nn.Module):
     """The control variate TraceGraph_ELBO subtracts from a discrete site's downstream cost, per point.
 
     kind="average": Pyro's decaying average of each point's downstream cost (beta = 0.9; no parameters).
-    kind="network": a learned baseline b(x_n), an MLP on the guide's input features, trained with the
-        guide by TraceGraph_ELBO's extra loss sum_n (cost_n - b(x_n))^2.
+    kind="network": the decaying average plus a learned correction r(x_n), an MLP on the guide's input
+        features trained with the guide by TraceGraph_ELBO's extra loss sum_n (cost_n - avg_n - r(x_n))^2.
+        Its last layer starts at zero, so it starts as the average baseline (a network alone would
+        start at 0 against per-point costs of tens to hundreds of nats, and be worse than no baseline).
     kind="none": no baseline.
     The other estimators ignore the site's ``infer`` dict, so the same guide serves them all.
     """
@@ -72,5 +74,6 @@ class Baseline(nn.Module):
         if self.kind == "average":
             return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
         if self.kind == "network":
-            return {"baseline": {"nn_baseline": self, "nn_baseline_input": inputs}}
+            return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9,
+                                 "nn_baseline": self, "nn_baseline_input": inputs}}
         return {}

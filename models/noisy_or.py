@@ -185,7 +185,7 @@ def random_network(
     weights = torch.where(linked.T, 1 + 2 * torch.rand(num_causes, num_symptoms, generator=gen, dtype=f64), 0.0)
     prior = 0.1 + 0.2 * torch.rand(num_causes, generator=gen, dtype=f64)
     leak = 0.01 + 0.04 * torch.rand(num_symptoms, generator=gen, dtype=f64)
-    return NoisyORParams(torch.logit(prior).to(dtype), weights.to(dtype), leak.to(dtype))
+    return NoisyORParams(torch.logit(prior).to(dtype), weights.to(dtype).contiguous(), leak.to(dtype))
 
 
 def validate_data(s, num_causes: int) -> Tensor:

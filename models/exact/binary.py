@@ -320,7 +320,8 @@ def fit_gem(
         prior = torch.logit(post.marginals.mean(0).clamp(1e-6, 1 - 1e-6))
         with torch.no_grad():
             q_old = float(q_value(old))
-        leaves = {name: t.detach().clone().requires_grad_(True) for name, t in old.free().items()}
+        leaves = {name: t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+                  for name, t in old.free().items()}  # L-BFGS flattens gradients with view()
         optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
 
         def closure() -> Tensor:
