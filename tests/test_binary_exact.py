@@ -137,6 +137,25 @@ def test_elbo_identity_and_pyro_agree(case, kind, seed):
     assert abs(pyro_bound - float(bound)) < 1e-9 * scale
 
 
+def test_saturated_guides_keep_the_identity(case):
+    """q(z_nk = 1) exactly 0 or 1 (a sigmoid saturates beyond |logit| ~ 37): no configuration's mass is lost."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.sigmoid(60 * torch.randn(case.x.shape[0], case.params.num_latents, generator=gen, dtype=torch.float64))
+    q[0, 0], q[-1, -1] = 0.0, 1.0
+    assert ((q == 0) | (q == 1)).any()
+    log_px = case.exact.log_evidence(case.x, case.params)
+    bound = case.exact.elbo(case.x, case.params, q)
+    kl = case.exact.kl_to_posterior(case.x, case.params, q)
+    assert torch.isfinite(bound) and torch.isfinite(kl) and bound <= log_px
+    torch.testing.assert_close(bound + kl, log_px, rtol=0, atol=1e-8 * abs(float(log_px)))
+    # a point mass q: the ELBO is log p(x, c) at its configuration
+    configs, table = brute_log_joint(case)
+    point = (q > 0.5).to(q.dtype)
+    index = (point[:, None, :] == configs[None]).all(-1).to(q.dtype).argmax(-1)
+    torch.testing.assert_close(case.exact.elbo(case.x, case.params, point), table.gather(1, index[:, None]).sum(),
+                               rtol=0, atol=1e-9 * abs(float(log_px)))
+
+
 def test_pyro_model_log_joint_matches_the_exact_table(case):
     """The Pyro model, run with each configuration of the latents fixed, scores the exact table's column."""
     from pyro import poutine

@@ -88,8 +88,14 @@ def log_prior(configs: Tensor, prior_logits: Tensor) -> Tensor:
 
 
 def log_q_table(configs: Tensor, probs: Tensor) -> Tensor:
-    """log q_n(c) for a mean-field q with q(z_nk = 1) = probs[n, k]: (N, C); -inf where q_n(c) = 0."""
-    return torch.log(probs) @ configs.T + torch.log1p(-probs) @ (1 - configs).T
+    """log q_n(c) for a mean-field q with q(z_nk = 1) = probs[n, k]: (N, C); -inf where q_n(c) = 0.
+
+    Saturated entries (probs exactly 0 or 1, as a sigmoid gives for logits beyond +-37 in float64) have
+    log 0 = -inf, and the matrix product would form 0 * -inf = NaN for configurations that do not use
+    them; the most negative finite number stands in for -inf, so those terms are 0 and the others -inf.
+    """
+    floor = torch.finfo(probs.dtype).min
+    return torch.log(probs).clamp_min(floor) @ configs.T + torch.log1p(-probs).clamp_min(floor) @ (1 - configs).T
 
 
 def entropy(probs: Tensor) -> Tensor:
