@@ -350,3 +350,42 @@ def fit_gem(
             converged = True
             break
     return GEMResult(params, history, converged)
+
+
+class Reference:
+    """The exact functions of one binary-latent model, from its likelihood alone.
+
+    ``log_likelihood(x, configs, params)`` -> (N, C), log p(x_n | c); ``x``: (N, width) data.
+    Every method takes the data and the parameters (which have ``prior_logits``) and is one of the
+    streaming routines above with that likelihood.
+    """
+
+    def __init__(self, log_likelihood: Callable[[Tensor, Tensor, Any], Tensor]):
+        self.log_likelihood = log_likelihood
+
+    def _lik(self, x: Tensor, params: Any) -> LogLik:
+        return lambda configs: self.log_likelihood(x, configs, params)
+
+    def posterior(self, x: Tensor, params: Any, moments: bool = False) -> Posterior:
+        """log p(x_n), p(z_nk = 1 | x_n) and optionally E[z_ni z_nj | x_n], by enumeration."""
+        return posterior(self._lik(x, params), params.prior_logits, x.shape[0], x.shape[1], moments)
+
+    def log_evidence(self, x: Tensor, params: Any) -> Tensor:
+        """log p(x) = sum_n log p(x_n): a scalar."""
+        return self.posterior(x, params).log_evidence.sum()
+
+    def elbo(self, x: Tensor, params: Any, probs: Tensor) -> Tensor:
+        """ELBO of the mean-field q with q(z_nk = 1) = probs[n, k], exactly: a scalar."""
+        return elbo(self._lik(x, params), params.prior_logits, probs, x.shape[1])
+
+    def kl_to_posterior(self, x: Tensor, params: Any, probs: Tensor) -> Tensor:
+        """KL(q || p(z | x)), exactly: a scalar."""
+        return kl_to_posterior(self._lik(x, params), params.prior_logits, probs, x.shape[1])
+
+    def best_mean_field(self, x: Tensor, params: Any, **kwargs) -> MeanFieldOptimum:
+        """The best mean-field q per point (CAVI by enumeration): the approximation gap's reference."""
+        return best_mean_field(self._lik(x, params), params.prior_logits, x.shape[0], **kwargs)
+
+    def fit_em(self, x: Tensor, init: Any, max_iter: int = 200, tol: float = 1e-6, **kwargs) -> GEMResult:
+        """Generalised EM: exact E-step, closed-form prior, gradient (L-BFGS) M-step for the rest."""
+        return fit_gem(lambda c, p: self.log_likelihood(x, c, p), init, x.shape[0], x.shape[1], max_iter, tol, **kwargs)

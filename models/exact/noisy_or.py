@@ -41,35 +41,10 @@ def log_likelihood(s: Tensor, configs: Tensor, params: NoisyORParams) -> Tensor:
     return (1 - s) @ off.T + s @ log1mexp(off).T
 
 
-def _lik(s: Tensor, params: NoisyORParams):
-    return lambda configs: log_likelihood(s, configs, params)
-
-
-def posterior(s: Tensor, params: NoisyORParams, moments: bool = False) -> binary.Posterior:
-    """log p(s_n), p(d_nk = 1 | s_n) and optionally E[d_ni d_nj | s_n], by enumeration."""
-    return binary.posterior(_lik(s, params), params.prior_logits, s.shape[0], s.shape[1], moments)
-
-
-def log_evidence(s: Tensor, params: NoisyORParams) -> Tensor:
-    """log p(s) = sum_n log p(s_n): a scalar."""
-    return posterior(s, params).log_evidence.sum()
-
-
-def elbo(s: Tensor, params: NoisyORParams, probs: Tensor) -> Tensor:
-    """ELBO of the mean-field q with q(d_nk = 1) = probs[n, k], exactly: a scalar."""
-    return binary.elbo(_lik(s, params), params.prior_logits, probs, s.shape[1])
-
-
-def kl_to_posterior(s: Tensor, params: NoisyORParams, probs: Tensor) -> Tensor:
-    """KL(q || p(d | s)), exactly: a scalar."""
-    return binary.kl_to_posterior(_lik(s, params), params.prior_logits, probs, s.shape[1])
-
-
-def best_mean_field(s: Tensor, params: NoisyORParams, **kwargs) -> binary.MeanFieldOptimum:
-    """The best mean-field q per point (CAVI by enumeration): the approximation gap's reference."""
-    return binary.best_mean_field(_lik(s, params), params.prior_logits, s.shape[0], **kwargs)
-
-
-def fit_em(s: Tensor, init: NoisyORParams, max_iter: int = 200, tol: float = 1e-6, **kwargs) -> binary.GEMResult:
-    """Generalised EM: exact E-step, closed-form prior, gradient M-step for W and the leaks."""
-    return binary.fit_gem(lambda c, p: log_likelihood(s, c, p), init, s.shape[0], s.shape[1], max_iter, tol, **kwargs)
+_REFERENCE = binary.Reference(log_likelihood)
+posterior = _REFERENCE.posterior
+log_evidence = _REFERENCE.log_evidence
+elbo = _REFERENCE.elbo
+kl_to_posterior = _REFERENCE.kl_to_posterior
+best_mean_field = _REFERENCE.best_mean_field
+fit_em = _REFERENCE.fit_em
