@@ -45,9 +45,24 @@ def log_likelihood(x: Tensor, configs: Tensor, params: LFDMParams) -> Tensor:
     O(D H C) instead of O(D V C).
     """
     weight, bias = params.layers[-1]  # (V, H), (V,)
+    xw, xb, n = _document_terms(x, weight, bias)  # (D, H), (D,), (D,)
     h = hidden(configs, params)  # (C, H)
     log_norm = torch.logsumexp(h @ weight.T + bias, -1)  # (C,)
-    return (x @ weight) @ h.T + (x @ bias)[:, None] - x.sum(-1)[:, None] * log_norm
+    return xw @ h.T + xb[:, None] - n[:, None] * log_norm
+
+
+_LAST: list = []  # one entry: the tensors and versions last seen, and their document terms
+
+
+def _document_terms(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x W, x b and the document lengths, reused across the chunks of one enumeration pass (the same
+    tensors, unmodified), recomputed otherwise; O(D V H) once instead of once per chunk."""
+    key = (x, x._version, weight, weight._version, bias, bias._version)
+    if _LAST and all(a is b if isinstance(a, Tensor) else a == b for a, b in zip(_LAST[0], key)):
+        return _LAST[1]
+    terms = (x @ weight, x @ bias, x.sum(-1))
+    _LAST[:] = [key, terms]
+    return terms
 
 
 _REFERENCE = binary.Reference(log_likelihood)
