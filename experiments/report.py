@@ -105,7 +105,7 @@ def comparison_table(metrics: dict[str, Any]) -> str:
     ref = em["log_likelihood_per_point"] if em else None
     if em:
         rows.append(
-            f"| {em['method']} | closed form | {_f(ref)} | {_f(ref)} | 0 | 0 | {em['iterations']} | {em['wall_time_s']:.3f} |"
+            f"| {em['method']} | exact E-step | {_f(ref)} | {_f(ref)} | 0 | 0 | {em['iterations']} | {em['wall_time_s']:.3f} |"
         )
     for name, g in metrics["guides"].items():
         ll = g.get("log_likelihood_per_point")
