@@ -1,7 +1,8 @@
 """SVI for the binary-latent models against their exact references.
 
-* Recovery: on a synthetic QMR-like network (K=4 causes, J=20 symptoms, N=2,000), SVI recovers W up
-  to relabelling of the causes. Tolerance: every entry within 0.4 and the mean entry within 0.1 of the
+* Recovery: on a synthetic QMR-like network (K=4 causes, J=20 symptoms, N=2,000), SVI (mean-field
+  guide, started at the exact posterior of the initial parameters) recovers W up to relabelling of
+  the causes. Tolerance: every entry within 0.4 and the mean entry within 0.1 of the
   truth (true entries are 0 or in [1, 3]). The exact maximum-likelihood fit (generalised EM) on the
   same data is itself 0.24 (max) / 0.05 (mean) away: that is the sampling error at this N, and the
   rest of the budget is the mean-field bias (the guide's W maximises the ELBO, not log p).
@@ -49,8 +50,11 @@ def test_svi_recovers_a_synthetic_network():
     mle_error = matched_error(mle.weights, truth.weights)
     assert mle_error.max() < 0.3 and mle_error.mean() < 0.06  # the sampling error the tolerance allows for
 
+    # the mean-field guide from the exact posterior at the start: no random network, and TraceEnum_ELBO
+    # has no sampling, so this run is deterministic. (The amortised guide recovers W from some network
+    # initialisations, max error 0.29 with seed 0, and not from others: seed 1 stops in a local optimum.)
     model = noisy_or.NoisyOR(init)
-    guide = noisy_or_guides.amortised(s, init, hidden=(32,))
+    guide = noisy_or_guides.mean_field(s, init, start="posterior")
     train_svi(model, guide, s, SVIConfig(elbo="TraceEnum_ELBO", lr=0.1, lr_final=0.005, steps=1000), seed=0,
               progress=False)
     error = matched_error(model.params.detach().weights, truth.weights)
@@ -124,6 +128,7 @@ def test_each_guide_trains_with_each_estimator(name, kind, elbo):
     module, guides, exact, x, init = _training_case(name)
     em_ll = exact.fit_em(x, init, max_iter=100, tol=1e-7).log_likelihood[-1] * x.shape[0]
     model = (module.NoisyOR if name == "noisy_or" else module.LFDM)(init)
+    pyro.set_rng_seed(0)  # the amortised network's initialisation, whatever ran before
     guide = getattr(guides, kind)(x, init, hidden=(16,))
     with torch.no_grad():
         before = float(exact.elbo(x, init, guide.probs(x)))
