@@ -93,7 +93,7 @@ class Amortised(PyroModule):
             pyro.sample(self.site, _bits(self.logits(x)), infer=self.baseline.infer(self.features(x)))
 
 
-def _start_logits(start: str, marginals: Callable[[], Tensor], shape: tuple[int, int], dtype) -> Tensor | None:
+def _start_logits(start: str, marginals: Callable[[], Tensor]) -> Tensor | None:
     if start == "uniform":
         return None
     if start == "posterior":
@@ -105,7 +105,7 @@ def build_mean_field(site: str, plate: str, x: Tensor, num_latents: int, feature
                      marginals: Callable[[], Tensor], hidden: Sequence[int], start: str, baseline: str) -> MeanField:
     """start="uniform": b = 1/2. start="posterior": b = the exact posterior marginals at the initial parameters."""
     shape = (x.shape[0], num_latents)
-    logits = _start_logits(start, marginals, shape, x.dtype)
+    logits = _start_logits(start, marginals)
     logits = torch.zeros(shape, dtype=x.dtype) if logits is None else logits
     return MeanField(site, plate, logits, Baseline(baseline, features(x).shape[-1], hidden, x.dtype), features)
 
@@ -115,7 +115,7 @@ def build_amortised(site: str, plate: str, x: Tensor, num_latents: int, features
     """start="uniform": the last layer is zero, b = 1/2. start="posterior": the network is first fitted
     to the exact posterior marginals at the initial parameters (cross-entropy, Adam, 300 steps)."""
     guide = Amortised(site, plate, x, num_latents, hidden, Baseline(baseline, features(x).shape[-1], hidden, x.dtype), features)
-    target = _start_logits(start, marginals, (x.shape[0], num_latents), x.dtype)
+    target = _start_logits(start, marginals)
     if target is not None:
         fit_to_marginals(guide, x, torch.sigmoid(target))
     return guide
