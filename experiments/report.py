@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def _finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
     """Title, legend and grid; then write the PNG atomically and free the figure."""
     import matplotlib.pyplot as plt
 
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 95), fontsize=9)  # long data descriptions wrap, never clip
     ax.legend(fontsize=8, loc=legend_loc)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -66,7 +66,7 @@ class MeanField(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate(self.plate, x.shape[0]):
-            pyro.sample(self.site, _bits(self.logits), infer=self.baseline.infer(self.features(x)))
+            pyro.sample(self.site, _bits(self.logits), infer=self.baseline.infer(lambda: self.features(x)))
 
 
 class Amortised(PyroModule):
@@ -82,15 +82,17 @@ class Amortised(PyroModule):
         self.net = MLP(inputs.shape[-1], hidden, num_latents).to(x_train.dtype)
         self.baseline = baseline
 
-    def logits(self, x: Tensor) -> Tensor:
-        return self.net(self.standardise(self.features(x)))  # (N, K)
+    def logits(self, x: Tensor, inputs: Tensor | None = None) -> Tensor:
+        """(N, K); ``inputs``: features(x), when already computed."""
+        return self.net(self.standardise(self.features(x) if inputs is None else inputs))
 
     def probs(self, x: Tensor, params=None) -> Tensor:
         return torch.sigmoid(self.logits(x))
 
     def forward(self, x: Tensor) -> None:
+        inputs = self.features(x)  # once a step, for the network and its baseline
         with pyro.plate(self.plate, x.shape[0]):
-            pyro.sample(self.site, _bits(self.logits(x)), infer=self.baseline.infer(self.features(x)))
+            pyro.sample(self.site, _bits(self.logits(x, inputs)), infer=self.baseline.infer(lambda: inputs))
 
 
 def _start_logits(start: str, marginals: Callable[[], Tensor]) -> Tensor | None:

@@ -68,7 +68,7 @@ class MeanField(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate("points", x.shape[0]):
-            pyro.sample("z", dist.Categorical(logits=self.logits), infer=self.baseline.infer(x))
+            pyro.sample("z", dist.Categorical(logits=self.logits), infer=self.baseline.infer(lambda: x))
 
 
 class Amortised(PyroModule):
@@ -89,7 +89,7 @@ class Amortised(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         with pyro.plate("points", x.shape[0]):
-            pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=self.baseline.infer(self.standardise(x)))
+            pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=self.baseline.infer(lambda: self.standardise(x)))
 
 
 class Marginal(torch.nn.Module):

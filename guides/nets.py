@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -69,11 +69,12 @@ class Baseline(nn.Module):
         """b(x_n): (N,) for the network baseline."""
         return self.net(inputs).squeeze(-1)
 
-    def infer(self, inputs: Tensor) -> dict:
-        """The ``infer`` dict for the guide's discrete site, given the network's inputs (N, in_dim)."""
+    def infer(self, inputs: Callable[[], Tensor]) -> dict:
+        """The ``infer`` dict for the guide's discrete site. ``inputs()`` gives the network's inputs
+        (N, in_dim); it is called only for the network baseline, so the others cost nothing per step."""
         if self.kind == "average":
             return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
         if self.kind == "network":
             return {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9,
-                                 "nn_baseline": self, "nn_baseline_input": inputs}}
+                                 "nn_baseline": self, "nn_baseline_input": inputs()}}
         return {}

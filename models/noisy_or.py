@@ -50,6 +50,7 @@ from torch.distributions import constraints
 from models.datasets import DataOptions, Dataset
 from models.distributions import BernoulliVector
 from models.errors import DataError
+from models.exact.noisy_or import log1mexp, log_p_off
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,6 @@ class NoisyORArgs:
             raise ValueError(f"model_args.init_weight must be > 0, got {self.init_weight}")
 
 
-def _log_p_off(d: Tensor, params: NoisyORParams) -> Tensor:
-    return torch.log1p(-params.leak) - d @ params.weights
-
-
 def model(s: Tensor, params: NoisyORParams) -> None:
     r"""Pyro model of the network given its parameters.
 
@@ -125,10 +122,9 @@ def model(s: Tensor, params: NoisyORParams) -> None:
     num_points, k = s.shape[0], params.num_latents
     with pyro.plate("points", num_points):
         d = pyro.sample("d", BernoulliVector(params.prior_logits.expand(num_points, k)))  # (N, K)
-        off = _log_p_off(d, params)  # log P(s_j = 0 | d): (N, J)
+        off = log_p_off(d, params)  # log P(s_j = 0 | d): (N, J)
         # Bernoulli with logit log(1 - P0) - log P0 scores s log(1 - P0) + (1 - s) log P0
-        on = torch.where(off > -0.6931471805599453, torch.log(-torch.expm1(off)), torch.log1p(-torch.exp(off)))
-        pyro.sample("s", dist.Bernoulli(logits=on - off).to_event(1), obs=s)
+        pyro.sample("s", dist.Bernoulli(logits=log1mexp(off) - off).to_event(1), obs=s)
 
 
 class NoisyOR(PyroModule):
@@ -156,7 +152,7 @@ def simulate(params: NoisyORParams, num_points: int, seed: int) -> tuple[Tensor,
     gen = torch.Generator().manual_seed(seed)
     dtype = params.weights.dtype
     d = torch.bernoulli(torch.sigmoid(params.prior_logits).expand(num_points, -1).contiguous(), generator=gen)
-    p_on = -torch.expm1(_log_p_off(d.to(dtype), params))
+    p_on = -torch.expm1(log_p_off(d.to(dtype), params))
     return torch.bernoulli(p_on, generator=gen), d
 
 

@@ -242,10 +242,10 @@ def best_mean_field(
             others = torch.ones(k, dtype=torch.bool)
             others[j] = False
             log_q_others = log_q_table(configs[:, others], probs[:, others])  # (N, 2^K)
-            w = torch.exp(log_q_others)
+            weighted = _weighted(torch.exp(log_q_others), table)
             on = configs[:, j]
-            e1 = _weighted(w, table)[:, on == 1].sum(-1)
-            e0 = _weighted(w, table)[:, on == 0].sum(-1)
+            e1 = weighted[:, on == 1].sum(-1)
+            e0 = weighted[:, on == 0].sum(-1)
             probs[:, j] = torch.sigmoid(e1 - e0).clamp(1e-12, 1 - 1e-12)
         history.append(bound(probs))
         if history[-1] - history[-2] < tol * num_points:
