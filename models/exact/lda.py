@@ -87,11 +87,79 @@ def _doc_stats(counts: Tensor, e_log_theta: Tensor, log_beta: Tensor) -> tuple[T
     return a * (ratio @ b.T), b * (a.T @ ratio)
 
 
+class Entries(NamedTuple):
+    r"""A count matrix (D, V) as its non-zero entries, in row-major order (documents, then words).
+
+    doc, word: (E,) long indices of the E non-zero entries; count: (E,) their counts n_dv;
+    rowptr: (D + 1,) long, the entries of document d are ``rowptr[d]:rowptr[d + 1]`` (CSR layout).
+    Every token of word v in document d shares one q(z) (phi_dv), so entries stand in for tokens.
+    """
+
+    doc: Tensor
+    word: Tensor
+    count: Tensor
+    rowptr: Tensor
+
+    @property
+    def num_docs(self) -> int:
+        return self.rowptr.shape[0] - 1
+
+    def positions(self, docs: Tensor) -> Tensor:
+        """The entry positions (E_b,) of documents ``docs`` (B,) in that order, each document's words
+        ascending: the same order as :func:`entries` of ``counts[docs]``."""
+        starts = self.rowptr[docs]
+        lengths = self.rowptr[docs + 1] - starts
+        offsets = torch.cumsum(lengths, 0) - lengths
+        total = int(lengths.sum())
+        return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total)
+
+
+def entries(counts: Tensor) -> Entries:
+    """The non-zero entries of counts: (D, V), row-major."""
+    doc, word = counts.nonzero(as_tuple=True)
+    rowptr = torch.zeros(counts.shape[0] + 1, dtype=torch.long)
+    rowptr[1:] = torch.cumsum(torch.bincount(doc, minlength=counts.shape[0]), 0)
+    return Entries(doc, word, counts[doc, word], rowptr)
+
+
+def elbo_entries(e: Entries, alpha: Tensor, gamma: Tensor, phi: Tensor, log_beta: Tensor,
+                 lam: Tensor | None = None, eta: float | None = None) -> Tensor:
+    r"""The ELBO of any mean-field q (summed over documents), in closed form; a scalar.
+
+    e: the corpus's entries; gamma: (D, K); phi: (E, K), q(z) of each entry's tokens (rows sum to 1);
+    log_beta: (K, V) the point topics' log beta, or with ``lam``: (K, V) and ``eta`` the Bayesian
+    topics (log_beta is then ignored and E[log beta] used).
+
+        ELBO = sum_e n_e sum_k phi_ek (E log theta_{d_e k} + E log beta_{k w_e} - log phi_ek)
+             + sum_d [log B(alpha) terms, as in :func:`elbo`] (+ the topics' terms)
+    """
+    e_log_theta = _expected_log_dirichlet(gamma)
+    if lam is not None:
+        log_beta = _expected_log_dirichlet(lam)
+    inner = e_log_theta[e.doc] + log_beta[:, e.word].T  # (E, K)
+    expected = torch.where(phi > 0, phi * inner, torch.zeros_like(inner)).sum(-1) - torch.special.xlogy(phi, phi).sum(-1)
+    tokens = (e.count * expected).sum()
+    out = tokens + (_log_dirichlet_norm(alpha) - _log_dirichlet_norm(gamma) + ((alpha - gamma) * e_log_theta).sum(-1)).sum()
+    if lam is not None:
+        eta_t = torch.full((lam.shape[-1],), float(eta), dtype=lam.dtype)
+        out = out + (_log_dirichlet_norm(eta_t) - _log_dirichlet_norm(lam) + ((eta - lam) * log_beta).sum(-1)).sum()
+    return out
+
+
 class CAVIResult(NamedTuple):
     """state: the fitted variational parameters; elbo: the ELBO after each sweep (first: at the start)."""
 
     state: CAVIState
     elbo: list[float]
+
+
+def initial_lambda(counts: Tensor, num_topics: int, eta: float, seed: int) -> Tensor:
+    """A starting lambda: (K, V): eta + Gamma(100, 1/100) noise times the mean count per topic and word
+    (the usual symmetric-breaking start, as in Hoffman et al.'s online LDA), from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    v = counts.shape[1]
+    noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64), generator=gen) / 100.0
+    return (eta + noise * float(counts.sum()) / (num_topics * v)).to(counts.dtype)
 
 
 def fit_cavi(
@@ -100,6 +168,8 @@ def fit_cavi(
     num_topics: int,
     eta: float | None = None,
     beta: Tensor | None = None,
+    lam: Tensor | None = None,
+    update_beta: bool = False,
     max_sweeps: int = 100,
     doc_iters: int = 20,
     tol: float = 1e-8,
@@ -107,20 +177,17 @@ def fit_cavi(
 ) -> CAVIResult:
     """CAVI for LDA on counts: (D, V), alpha: (K,).
 
-    Bayesian topics: pass ``eta`` (lambda starts at eta + Gamma(100, 1/100) noise * (D / K), seeded).
-    Fixed topics: pass ``beta``: (K, V). Each sweep runs ``doc_iters`` alternating phi/gamma updates for
-    every document at once, then (Bayesian) the lambda update; stops when a sweep gains less than
-    ``tol`` per token.
+    Bayesian topics: pass ``eta``; lambda starts at ``lam`` or :func:`initial_lambda` (seeded).
+    Point topics: pass ``beta``: (K, V); with ``update_beta`` each sweep ends with the closed-form M-step
+    beta_kv ∝ sum_d n_dv phi_dvk (variational EM), otherwise beta stays fixed. Each sweep runs
+    ``doc_iters`` alternating phi/gamma updates for every document at once, then the topic update;
+    stops when a sweep gains less than ``tol`` per token.
     """
     if (eta is None) == (beta is None):
         raise ValueError("pass exactly one of eta (Bayesian topics) or beta (fixed topics)")
     d, v = counts.shape
-    dtype = counts.dtype
-    lam = None
-    if eta is not None:
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=dtype), generator=gen) / 100.0
-        lam = eta + noise * counts.sum() / (num_topics * v)
+    if eta is not None and lam is None:
+        lam = initial_lambda(counts, num_topics, eta, seed)
     log_beta = _topic_terms(lam, beta)
     gamma = alpha + (counts.sum(-1, keepdim=True) / num_topics).expand(d, num_topics)
     state = CAVIState(gamma.clone(), lam, log_beta)
@@ -134,6 +201,9 @@ def fit_cavi(
             _, topic_v = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
             lam = eta + topic_v
             log_beta = _topic_terms(lam, None)
+        elif update_beta:
+            _, topic_v = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
+            log_beta = torch.log(topic_v) - torch.log(topic_v.sum(-1, keepdim=True))
         state = CAVIState(gamma, lam, log_beta)
         history.append(float(elbo(counts, alpha, state, eta)))
         if history[-1] - history[-2] < tol * num_tokens:

@@ -1,0 +1,401 @@
+r"""Latent Dirichlet allocation (Blei, Ng & Jordan 2003), on bags of words.
+
+Generative process, for topics k = 1..K, documents d = 1..D, tokens n = 1..N_d, vocabulary v = 1..V::
+
+    beta_k   ~ Dirichlet(eta 1_V)        (topics = "bayesian")   or   beta: (K, V) point parameters
+                                          (topics = "point": "the mixture components are fixed")
+    theta_d  ~ Dirichlet(alpha)           alpha: (K,)
+    z_dn     ~ Categorical(theta_d)
+    w_dn     ~ Categorical(beta_{z_dn})
+
+Graphical model::
+
+      eta --> [beta_k] (K topics)
+                 |
+      alpha --> [theta_d] --> [z_dn] --> (w_dn)
+                              tokens N_d
+                  docs D
+
+Counts, not tokens. Only the bag of words n: (D, V) is observed, and q(z_dn) may be taken the same for
+every token of word v in document d (CAVI's optimum is), so the model scores each non-zero entry (d, v)
+once, with its log-probability terms scaled by n_dv: one z site per entry, not per token. The entries
+are a flat plate ``words`` (E = number of non-zero counts), each tied to its document by an index.
+
+Plate subsampling: ``subsample_size = B`` draws B documents per step; Pyro scales the ``docs`` plate by
+D / B and the model scales the ``words`` plate by the same factor (it is not nested in ``docs``: a
+document's entries are a ragged slice), so every step's ELBO estimate is unbiased for the whole corpus.
+Peak memory per step then grows with B, not with D.
+
+Tensor shapes (``Trace.format_shapes()``; B documents in the step, E_B of their non-zero entries)::
+
+     Sample Sites:
+      topics dist    |                       (bayesian topics only)
+        beta dist  K | V
+            value  K | V
+        docs dist    |
+            value  B |
+       theta dist  B | K
+            value  B | K
+       words dist    |
+            value E_B|
+           z dist E_B|                      value (K, 1) under parallel enumeration of the guide
+           w dist E_B|                      obs: the entries' word ids; log_prob (K, E_B) when enumerated
+
+:mod:`models.exact.lda` holds the closed-form CAVI reference and the tiny-corpus enumeration; this module
+also holds the evaluation every method shares: document completion and NPMI.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule
+from torch import Tensor, nn
+
+from models import corpora
+from models.datasets import DataOptions, Dataset
+from models.distributions import TopicWord
+from models.exact import lda as exact
+from models.exact.lda import Entries
+
+TOPICS = ("bayesian", "point")
+
+
+@dataclass(frozen=True)
+class LDAArgs:
+    """``[model_args]`` for LDA.
+
+    num_topics: K.
+    topics: "bayesian" (beta_k ~ Dir(eta), q(beta_k) = Dir(lambda_k)) or "point" (beta learned as a
+        point estimate: variational EM).
+    alpha, eta: symmetric Dirichlet priors on each theta_d and each beta_k; unset means 1 / K, as
+        scikit-learn's LatentDirichletAllocation.
+    """
+
+    num_topics: int = 10
+    topics: str = "bayesian"
+    alpha: float | None = None
+    eta: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_topics < 1:
+            raise ValueError(f"model_args.num_topics must be >= 1, got {self.num_topics}")
+        if self.topics not in TOPICS:
+            raise ValueError(f"model_args.topics must be one of {TOPICS}, got {self.topics!r}")
+        for key in ("alpha", "eta"):
+            value = getattr(self, key)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"model_args.{key} must be a finite number > 0, got {value}")
+        if self.topics == "point" and self.eta is not None:
+            raise ValueError("model_args.eta applies to topics = 'bayesian' only (point topics have no prior)")
+
+    @property
+    def alpha_value(self) -> float:
+        return self.alpha if self.alpha is not None else 1.0 / self.num_topics
+
+    @property
+    def eta_value(self) -> float:
+        return self.eta if self.eta is not None else 1.0 / self.num_topics
+
+
+@dataclass(frozen=True)
+class LDAParams:
+    """LDA's parameters, and the fitted topics.
+
+    alpha : (K,)     Dirichlet prior of each theta_d (fixed, not learned)
+    eta   : float    Dirichlet prior of each beta_k (bayesian topics), else None
+    beta  : (K, V)   point topics (rows on the simplex), else None
+    lam   : (K, V)   bayesian topics: the fitted q(beta_k) = Dir(lambda_k) (None in the prior model)
+    """
+
+    alpha: Tensor
+    eta: float | None = None
+    beta: Tensor | None = None
+    lam: Tensor | None = None
+
+    @property
+    def num_topics(self) -> int:
+        return self.alpha.shape[0]
+
+    @property
+    def bayesian(self) -> bool:
+        return self.beta is None
+
+    def topics(self) -> Tensor:
+        """(K, V) point estimate of the topics: beta, or E_q[beta] = lambda / sum_v lambda."""
+        if self.beta is not None:
+            return self.beta
+        if self.lam is None:
+            raise ValueError("bayesian LDA parameters without a fitted lambda have no topics")
+        return self.lam / self.lam.sum(-1, keepdim=True)
+
+    def detach(self) -> "LDAParams":
+        return replace(self, **{k: getattr(self, k).detach().clone() for k in ("alpha", "beta", "lam")
+                                if getattr(self, k) is not None})
+
+    def state_dict(self) -> dict[str, Tensor]:
+        out = {"alpha": self.alpha}
+        if self.eta is not None:
+            out["eta"] = torch.tensor(self.eta, dtype=self.alpha.dtype)
+        out.update({k: getattr(self, k) for k in ("beta", "lam") if getattr(self, k) is not None})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the model
+
+
+_ENTRIES: dict[tuple, Entries] = {}
+
+
+def corpus_entries(x: Tensor) -> Entries:
+    """The non-zero entries of ``x`` (computed once per count matrix, then cached by identity)."""
+    key = (x.data_ptr(), tuple(x.shape), x._version, x.dtype)
+    if key not in _ENTRIES:
+        if len(_ENTRIES) >= 4:
+            _ENTRIES.pop(next(iter(_ENTRIES)))
+        _ENTRIES[key] = exact.entries(x)
+    return _ENTRIES[key]
+
+
+def batch_entries(e: Entries, docs: Tensor, num_docs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For documents ``docs`` (B,) of a corpus of ``num_docs``: their entries' positions (E_B,), the
+    position of each entry's document within ``docs`` (E_B,), and each entry's ELBO weight
+    n_dv * D / B (E_B,)."""
+    if docs.shape[0] == num_docs:  # the whole corpus, in order
+        pos = torch.arange(e.doc.shape[0])
+        return pos, e.doc, e.count
+    pos = e.positions(docs)
+    lengths = e.rowptr[docs + 1] - e.rowptr[docs]
+    local = torch.repeat_interleave(torch.arange(docs.shape[0]), lengths, output_size=pos.shape[0])
+    return pos, local, e.count[pos] * (num_docs / docs.shape[0])
+
+
+def model(x: Tensor, params: LDAParams, subsample_size: int | None = None) -> None:
+    r"""LDA on counts x: (D, V); ``subsample_size`` documents per step (None: all)."""
+    num_docs, vocab = x.shape
+    e = corpus_entries(x)
+    if params.bayesian:
+        with pyro.plate("topics", params.num_topics):
+            beta = pyro.sample("beta", dist.Dirichlet(torch.full((vocab,), params.eta, dtype=x.dtype)))
+        log_beta = torch.log(beta.clamp_min(torch.finfo(x.dtype).tiny))
+    else:
+        log_beta = torch.log(params.beta)
+    with pyro.plate("docs", num_docs, subsample_size=subsample_size) as docs:
+        theta = pyro.sample("theta", dist.Dirichlet(params.alpha))  # (B, K)
+    pos, local, weight = batch_entries(e, docs, num_docs)
+    with pyro.plate("words", pos.shape[0]), poutine.scale(scale=weight):
+        z = pyro.sample("z", dist.Categorical(theta[local]))  # (E_B,)
+        pyro.sample("w", TopicWord(log_beta, z), obs=e.word[pos])
+
+
+class LDA(PyroModule):
+    """The model with its learnable parameters: the point topics (as logits), or none (bayesian)."""
+
+    def __init__(self, init: LDAParams):
+        super().__init__()
+        self.register_buffer("alpha", init.alpha.detach().clone())
+        self.eta = init.eta
+        self.beta_logits = None if init.bayesian else nn.Parameter(torch.log(init.beta.detach().clone()))
+
+    @property
+    def params(self) -> LDAParams:
+        beta = None if self.beta_logits is None else torch.softmax(self.beta_logits, -1)
+        return LDAParams(self.alpha, self.eta, beta)
+
+    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
+        model(x, self.params, subsample_size)
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameters, simulation, data
+
+
+def true_params(num_topics: int, vocab_size: int, seed: int, alpha: float = 0.5, dtype=torch.float64) -> LDAParams:
+    """Known topics for synthetic corpora: each topic puts 85% of its mass on its own block of
+    ~V / K words (Dirichlet(1)-distributed within the block) and 15% spread over the whole vocabulary
+    (Dirichlet(1)), so topics overlap and are identifiable up to relabelling."""
+    gen = torch.Generator().manual_seed(seed)
+    owner = torch.randperm(vocab_size, generator=gen) % num_topics  # word -> the topic that owns it
+    own = torch._standard_gamma(torch.ones(num_topics, vocab_size, dtype=torch.float64), generator=gen)
+    own = own * (owner[None, :] == torch.arange(num_topics)[:, None])
+    spread = torch._standard_gamma(torch.ones(num_topics, vocab_size, dtype=torch.float64), generator=gen)
+    beta = 0.85 * own / own.sum(-1, keepdim=True) + 0.15 * spread / spread.sum(-1, keepdim=True)
+    return LDAParams(torch.full((num_topics,), alpha, dtype=dtype), beta=beta.to(dtype))
+
+
+def simulate(params: LDAParams, num_docs: int, doc_length: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Draw a corpus: lengths ~ Poisson(doc_length) (at least 1), theta_d ~ Dir(alpha), then tokens.
+
+    Returns counts x: (D, V) and the topic proportions theta: (D, K). Sampling is per document
+    (word distribution theta_d beta, the token topics summed out), all documents at once.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    beta = params.topics().to(torch.float64)
+    alpha = params.alpha.to(torch.float64)
+    gammas = torch._standard_gamma(alpha.expand(num_docs, -1).contiguous(), generator=gen)
+    theta = gammas / gammas.sum(-1, keepdim=True)
+    lengths = torch.poisson(torch.full((num_docs,), float(doc_length), dtype=torch.float64), generator=gen).clamp_min(1)
+    longest = int(lengths.max())
+    words = torch.multinomial(theta @ beta, longest, replacement=True, generator=gen)
+    keep = (torch.arange(longest) < lengths[:, None]).to(torch.float64)
+    x = torch.zeros(num_docs, beta.shape[1], dtype=torch.float64).scatter_add_(1, words, keep)
+    return x.to(params.alpha.dtype), theta.to(params.alpha.dtype)
+
+
+def validate_data(x) -> Tensor:
+    """Word counts (D, V): non-negative integers, no empty document; see :func:`models.corpora.validate_counts`."""
+    return corpora.validate_counts(x)
+
+
+def init_params(x: Tensor, args: LDAArgs, seed: int) -> LDAParams:
+    """Starting point shared by CAVI and every guide: lambda from :func:`models.exact.lda.initial_lambda`
+    (bayesian), or point topics equal to its normalised rows."""
+    k = args.num_topics
+    alpha = torch.full((k,), args.alpha_value, dtype=x.dtype)
+    lam = exact.initial_lambda(x, k, args.eta_value, seed)
+    if args.topics == "point":
+        return LDAParams(alpha, beta=lam / lam.sum(-1, keepdim=True))
+    return LDAParams(alpha, eta=args.eta_value, lam=lam)
+
+
+def synthetic(opts: DataOptions, args: LDAArgs, seed: int) -> Dataset:
+    """``opts.num_points`` documents of mean length ``opts.doc_length`` over ``opts.dim`` words, from
+    :func:`true_params` with K = ``args.num_topics`` (known truth; theta as ``labels``)."""
+    truth = true_params(args.num_topics, opts.dim, seed, alpha=args.alpha_value)
+    x, theta = simulate(truth, opts.num_points, opts.doc_length, seed + 1)
+    desc = f"synthetic LDA corpus (K={args.num_topics}, V={opts.dim}, D={opts.num_points}, mean length {opts.doc_length})"
+    return Dataset(x, desc, tuple(f"w{v}" for v in range(opts.dim)), truth=truth, labels=theta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reference fit
+
+
+class CAVIFit(NamedTuple):
+    """params: the fitted parameters (lambda, or the point topics); elbo: the ELBO per document at the
+    start and after each sweep (never decreasing); converged: stopped by the tolerance."""
+
+    params: LDAParams
+    elbo: list[float]
+    converged: bool
+
+    @property
+    def num_iters(self) -> int:
+        return len(self.elbo) - 1
+
+
+def fit_cavi(x: Tensor, init: LDAParams, max_iter: int = 100, tol: float = 1e-8, doc_iters: int = 20) -> CAVIFit:
+    """Closed-form CAVI (bayesian topics) or variational EM (point topics) from ``init``; see
+    :func:`models.exact.lda.fit_cavi`. ``tol``: stop when a sweep gains less than this per token."""
+    k = init.num_topics
+    if init.bayesian:
+        r = exact.fit_cavi(x, init.alpha, k, eta=init.eta, lam=init.lam, max_sweeps=max_iter, doc_iters=doc_iters, tol=tol)
+        params = LDAParams(init.alpha, eta=init.eta, lam=r.state.lam)
+    else:
+        r = exact.fit_cavi(x, init.alpha, k, beta=init.beta, update_beta=True, max_sweeps=max_iter,
+                           doc_iters=doc_iters, tol=tol)
+        params = LDAParams(init.alpha, beta=torch.exp(r.state.log_beta))
+    d = x.shape[0]
+    return CAVIFit(params, [v / d for v in r.elbo], len(r.elbo) - 1 < max_iter)
+
+
+def closed_form_elbo(x: Tensor, params: LDAParams, gamma: Tensor, phi: Tensor) -> Tensor:
+    """The ELBO (summed over documents) of q = Dir(gamma) Cat(phi) [Dir(lambda)], in closed form.
+
+    gamma: (D, K); phi: (E, K) over the non-zero entries of x in row-major order; lambda from params."""
+    e = corpus_entries(x)
+    if params.bayesian:
+        return exact.elbo_entries(e, params.alpha, gamma, phi, None, lam=params.lam, eta=params.eta)
+    return exact.elbo_entries(e, params.alpha, gamma, phi, torch.log(params.beta))
+
+
+# ---------------------------------------------------------------------------------------------------
+# evaluation shared by every method (CAVI, each guide, scikit-learn in the benchmark)
+
+
+def split_halves(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """Split each document's tokens at random into an observed half (floor(N_d / 2) tokens) and a
+    held-out half (the rest, at least one token). x: (D, V) counts; returns two (D, V) count matrices.
+
+    A bag of words has no order, so "the first half" is a uniformly random half (seeded), the same
+    for every method evaluated."""
+    gen = torch.Generator().manual_seed(seed)
+    doc, word = x.nonzero(as_tuple=True)
+    n = x[doc, word].long()
+    tok_doc, tok_word = torch.repeat_interleave(doc, n), torch.repeat_interleave(word, n)
+    order = torch.argsort(torch.rand(tok_doc.shape[0], generator=gen, dtype=torch.float64))
+    order = order[torch.argsort(tok_doc[order], stable=True)]  # grouped by document, random within
+    tok_doc, tok_word = tok_doc[order], tok_word[order]
+    lengths = torch.bincount(tok_doc, minlength=x.shape[0])
+    start = torch.cumsum(lengths, 0) - lengths
+    rank = torch.arange(tok_doc.shape[0]) - start[tok_doc]
+    first = rank < (lengths // 2)[tok_doc]
+    observed, held = torch.zeros_like(x), torch.zeros_like(x)
+    ones = torch.ones(tok_doc.shape[0], dtype=x.dtype)
+    observed.index_put_((tok_doc[first], tok_word[first]), ones[first], accumulate=True)
+    held.index_put_((tok_doc[~first], tok_word[~first]), ones[~first], accumulate=True)
+    return observed, held
+
+
+def document_completion(x: Tensor, topics: Tensor, alpha: Tensor, seed: int = 0) -> dict[str, float]:
+    r"""Held-out per-word perplexity by document completion (Wallach et al. 2009), topics fixed.
+
+    For each document of x: (D, V), split its tokens (:func:`split_halves`); infer q(theta_d) = Dir(gamma_d)
+    on the observed half by CAVI with the topics: (K, V) fixed; score the held-out half with the
+    posterior-mean proportions, log p(w) = sum_v n_dv log sum_k E[theta_dk] beta_kv; report
+    perplexity = exp(-log p / number of held-out tokens).
+    """
+    observed, held = split_halves(x, seed)
+    topics = topics.to(x.dtype)
+    fit = exact.fit_cavi(observed, alpha.to(x.dtype), topics.shape[0], beta=topics, max_sweeps=50, doc_iters=10, tol=1e-7)
+    gamma = fit.state.gamma
+    mean = gamma / gamma.sum(-1, keepdim=True)
+    doc, word = held.nonzero(as_tuple=True)
+    log_p = (held[doc, word] * torch.log((mean[doc] * topics[:, word].T).sum(-1))).sum()
+    tokens = float(held.sum())
+    return {"perplexity": math.exp(-float(log_p) / tokens), "log_lik_per_token": float(log_p) / tokens,
+            "heldout_tokens": tokens}
+
+
+def npmi(x: Tensor, topics: Tensor, num_words: int = 10) -> Tensor:
+    r"""Each topic's coherence: the mean NPMI of its top ``num_words`` words over all pairs (K,).
+
+    NPMI(i, j) = log(p(i, j) / (p(i) p(j))) / -log p(i, j), with p the fraction of documents of
+    x: (D, V) that contain the word(s) (Bouma 2009; Lau et al. 2014); -1 for pairs never seen together.
+    """
+    present = (x > 0).to(torch.float64)
+    k, n = topics.shape[0], min(num_words, topics.shape[1])
+    top = torch.argsort(topics, dim=1, descending=True, stable=True)[:, :n]  # (K, n)
+    sub = present[:, top.reshape(-1)].reshape(x.shape[0], k, n)
+    joint = torch.einsum("dki,dkj->kij", sub, sub) / x.shape[0]  # (K, n, n)
+    p = torch.diagonal(joint, dim1=-2, dim2=-1)  # (K, n)
+    pmi = torch.log(joint) - torch.log(p[:, :, None] * p[:, None, :])
+    score = torch.where(joint > 0, pmi / -torch.log(joint).clamp_max(-1e-12), torch.full_like(pmi, -1.0))
+    pairs = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    return score[:, pairs].mean(-1) if n > 1 else torch.zeros(k, dtype=torch.float64)
+
+
+def heldout_metrics(x_train: Tensor, x_test: Tensor, fitted: LDAParams, seed: int) -> dict[str, float]:
+    """Document-completion perplexity on x_test and mean NPMI (top 10 words) over the whole corpus."""
+    topics = fitted.topics().detach()
+    out = document_completion(x_test, topics, fitted.alpha.detach(), seed)
+    out["npmi"] = float(npmi(torch.cat([x_train, x_test]), topics).mean())
+    return out
+
+
+def describe_fit(fits: dict[str, LDAParams], features: tuple[str, ...], num_words: int = 10) -> str:
+    """Markdown: for each method, each topic's top words (by E[beta_kv] or beta_kv)."""
+    out = []
+    for name, p in fits.items():
+        topics = p.topics()
+        words = corpora.top_words(topics, features, num_words)
+        rows = [f"| {k} | " + ", ".join(w) + " |" for k, w in enumerate(words)]
+        out.append(f"### {name}: top words of each topic\n\n| topic | top words |\n|---|---|\n" + "\n".join(rows))
+    return "\n\n".join(out)
