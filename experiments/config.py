@@ -19,6 +19,7 @@ exactly like the file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import types
 import typing
@@ -43,7 +44,7 @@ DTYPES = ("float64", "float32")
 
 @dataclass(frozen=True)
 class GuideArgs:
-    """Options passed to every guide's builder.
+    """Options for the guides' builders.
 
     hidden: hidden layer sizes of an amortised guide's network.
     start: where a guide starts: "uniform" q(z), or "posterior", the E-step at the initial
@@ -51,11 +52,19 @@ class GuideArgs:
     baseline: TraceGraph_ELBO's control variate for discrete sites: "average" (decaying average of
         each point's downstream cost), "network" (that average plus a learned correction, an MLP of the data
         point with the ``hidden`` sizes) or "none". The other estimators ignore it.
+    refine: LDA's amortised guide: CAVI document updates applied to the network's output
+        (semi-amortised; 0: the network alone).
+    topic_step: LDA's guides: how q(beta)'s lambda moves, "natural" (Hoffman et al.'s stochastic
+        natural-gradient step) or "gradient" (the optimiser, on the Monte Carlo gradient).
+    Each guide's builder gets the keys it takes; a key that no guide of the run takes must stay at its
+    default (the run refuses it otherwise).
     """
 
     hidden: tuple[int, ...] = (32,)
     start: str = "uniform"
     baseline: str = "average"
+    refine: int = 0
+    topic_step: str = "natural"
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -64,6 +73,15 @@ class GuideArgs:
             raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {self.start!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"guide_args.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.refine < 0:
+            raise ValueError(f"guide_args.refine must be >= 0, got {self.refine}")
+        if self.topic_step not in ("natural", "gradient"):
+            raise ValueError(f"guide_args.topic_step must be 'natural' or 'gradient', got {self.topic_step!r}")
+
+    def for_builder(self, build) -> dict:
+        """The options ``build`` takes."""
+        takes = inspect.signature(build).parameters
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in takes}
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,11 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
             f"data.name: unknown data set {cfg.data.name!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}, file"
         )
     _check_enumeration(cfg, spec)
+    taken = {k for g in cfg.guides for k in inspect.signature(spec.guides[g].build).parameters}
+    for f in dataclasses.fields(GuideArgs):
+        value = getattr(cfg.guide_args, f.name)
+        if f.name not in taken and value != f.default:
+            raise ConfigError(f"guide_args.{f.name}={_toml(value)} does not apply to the guides {list(cfg.guides)} of model {spec.name!r}")
     if cfg.svi.batch_size and not spec.minibatch:
         raise ConfigError(f"svi.batch_size={cfg.svi.batch_size}: model {spec.name!r} does not support minibatches; use 0")
     if cfg.data.heldout and spec.heldout is None:
@@ -274,6 +297,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         return cls(**kwargs)
     except ValueError as err:  # range checks in __post_init__
         raise ConfigError(str(err)) from None
+
+
+def _toml(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 def _no_default(f: dataclasses.Field) -> bool:

@@ -61,7 +61,8 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     guides = {}
     for g in cfg.guides:  # builder options are checked here, before anything is written
         try:
-            guides[g] = spec.guides[g].build(x, init, **dataclasses.asdict(cfg.guide_args))
+            build = spec.guides[g].build
+            guides[g] = build(x, init, **cfg.guide_args.for_builder(build))
         except ValueError as err:
             raise ConfigError(f"guide {g!r}: {err}") from None
 

@@ -1,7 +1,8 @@
 """SVI: one loop for every model and guide.
 
 Each step estimates the ELBO and its gradient with a Pyro estimator (``loss_and_grads`` puts the
-surrogate gradient on the model's and guide's parameters) and takes a torch optimiser step. With
+surrogate gradient on the model's and guide's parameters) and takes a torch optimiser step; a guide
+with an ``after_step`` method then takes its own closed-form step (LDA's natural-gradient lambda). With
 ``TraceEnum_ELBO`` the guide is wrapped in ``config_enumerate`` so its discrete sites are summed out
 exactly, in parallel.
 """
@@ -94,6 +95,9 @@ def train_svi(
                 raise NonFiniteLoss(f"ELBO estimate is {-loss} at step {step} ({desc})")
             optim.step()
             optim.zero_grad(set_to_none=True)
+            if hasattr(guide, "after_step"):  # a guide's own closed-form update (e.g. LDA's natural step)
+                with torch.no_grad():
+                    guide.after_step()
             schedule.step()
             trace.append(-loss / num_points)
             if step % 10 == 0 or step == cfg.steps - 1:

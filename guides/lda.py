@@ -43,13 +43,48 @@ VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
 
 
-class _Topics(PyroModule):
-    """The shared part: q(beta_k) = Dir(lambda_k) for bayesian topics (nothing for point topics)."""
+TOPIC_STEPS = ("natural", "gradient")
+LEARNING_OFFSET, LEARNING_DECAY = 10.0, 0.7  # rho_t = (tau_0 + t)^(-kappa), as Hoffman et al. and scikit-learn
 
-    def _init_topics(self, init: LDAParams) -> None:
+
+class _Topics(PyroModule):
+    """The shared part: q(beta_k) = Dir(lambda_k) for bayesian topics (nothing for point topics).
+
+    topic_step="gradient": lambda is a parameter like any other, moved by the optimiser along the
+    Monte Carlo gradient (beta is sampled, and the reparameterised gradient of E[log beta] is noisy).
+    topic_step="natural": lambda takes Hoffman et al.'s stochastic natural-gradient step after each
+    optimiser step, lambda <- (1 - rho_t) lambda + rho_t (eta + (D / B) sum_{d in batch} n_dv phi_dvk),
+    with the phi the guide used in that step (rho_t = (10 + t)^-0.7); the optimiser moves the rest. The
+    natural gradient of the ELBO in lambda is exact given phi, so this is SVI as Hoffman et al. (2013)
+    define it for conjugate global parameters; the train loop calls :meth:`after_step`.
+    """
+
+    def _init_topics(self, init: LDAParams, topic_step: str = "natural") -> None:
+        if topic_step not in TOPIC_STEPS:
+            raise ValueError(f"topic_step must be one of {TOPIC_STEPS}, got {topic_step!r}")
         self.num_topics = init.num_topics
+        self.eta = init.eta
         self.register_buffer("alpha", init.alpha.detach().clone())
-        self.lam = PyroParam(init.lam.detach().clone(), constraint=constraints.positive) if init.bayesian else None
+        self.natural = init.bayesian and topic_step == "natural"
+        if not init.bayesian:
+            self.lam = None
+        elif self.natural:
+            self.register_buffer("lam", init.lam.detach().clone())
+            self.register_buffer("topic_steps", torch.zeros((), dtype=torch.long))
+        else:
+            self.lam = PyroParam(init.lam.detach().clone(), constraint=constraints.positive)
+        self._stats: list[Tensor] = []
+
+    def after_step(self) -> None:
+        """The natural-gradient step for lambda (topic_step="natural"), from the statistics of the
+        guide's calls since the last step (averaged over particles)."""
+        if not self.natural or not self._stats:
+            return
+        rho = (LEARNING_OFFSET + float(self.topic_steps)) ** -LEARNING_DECAY
+        target = self.eta + torch.stack(self._stats).mean(0)
+        self.lam.mul_(1 - rho).add_(rho * target)
+        self.topic_steps += 1
+        self._stats = []
 
     def _sample_topics(self) -> None:
         if self.lam is not None:
@@ -59,9 +94,14 @@ class _Topics(PyroModule):
     def _sample_local(self, x: Tensor, docs: Tensor, gamma: Tensor, phi_logits) -> None:
         """theta for the step's documents (gamma: (B, K)), then z for their entries; ``phi_logits``
         maps (positions, local document index) to the entries' (E_B, K) logits."""
-        pos, local, weight = batch_entries(corpus_entries(x), docs, x.shape[0])
+        e = corpus_entries(x)
+        pos, local, weight = batch_entries(e, docs, x.shape[0])
+        logits = phi_logits(pos, local)
+        if self.natural and self.training:  # (D / B) sum_d n_dv phi_dvk: (K, V), for after_step
+            phi = torch.softmax(logits.detach(), -1)
+            self._stats.append(torch.zeros_like(self.lam).index_add_(1, e.word[pos], (weight[:, None] * phi).T))
         with pyro.plate("words", pos.shape[0]), poutine.scale(scale=weight):
-            pyro.sample("z", dist.Categorical(logits=phi_logits(pos, local)))
+            pyro.sample("z", dist.Categorical(logits=logits))
 
     def topic_params(self, params: LDAParams) -> LDAParams:
         """The model's parameters with this guide's lambda filled in (bayesian topics)."""
@@ -71,9 +111,9 @@ class _Topics(PyroModule):
 class MeanField(_Topics):
     """Free gamma: (D, K), phi logits: (E, K) and (bayesian) lambda: (K, V)."""
 
-    def __init__(self, x: Tensor, init: LDAParams, gamma: Tensor, phi_logits: Tensor):
+    def __init__(self, x: Tensor, init: LDAParams, gamma: Tensor, phi_logits: Tensor, topic_step: str = "natural"):
         super().__init__()
-        self._init_topics(init)
+        self._init_topics(init, topic_step)
         self.gamma = PyroParam(gamma.detach().clone(), constraint=constraints.positive)
         self.phi_logits = nn.Parameter(phi_logits.detach().clone())
 
@@ -93,33 +133,51 @@ class MeanField(_Topics):
 class Amortised(_Topics):
     """gamma_d = alpha + N_d softmax(MLP(log(1 + x_d))); phi_dv = softmax_k(digamma(gamma_dk) + U_vk)."""
 
-    def __init__(self, x: Tensor, init: LDAParams, hidden: Sequence[int], word_topic: Tensor):
+    def __init__(self, x: Tensor, init: LDAParams, hidden: Sequence[int], word_topic: Tensor, refine: int = 0,
+                 topic_step: str = "natural"):
         super().__init__()
-        self._init_topics(init)
+        self._init_topics(init, topic_step)
         self.net = MLP(x.shape[1], hidden, init.num_topics).to(x.dtype)
-        self.word_topic = nn.Parameter(word_topic.detach().clone())  # U: (V, K)
+        # U: (V, K). Bayesian topics: E_q[log beta]^T of the guide's own lambda (tied, no new parameter);
+        # point topics: a learned table (the guide cannot see the model's beta).
+        self.word_topic = None if init.bayesian else nn.Parameter(word_topic.detach().clone())
+        self.refine = refine
 
-    def doc_gamma(self, counts: Tensor) -> Tensor:
-        """gamma: (B, K) for documents counts: (B, V)."""
-        length = counts.sum(-1, keepdim=True)
-        return self.alpha + length * torch.softmax(self.net(torch.log1p(counts)), -1)
+    def word_table(self) -> Tensor:
+        """U: (V, K), the word terms of phi's update."""
+        if self.word_topic is not None:
+            return self.word_topic
+        return exact._expected_log_dirichlet(self.lam).T
 
-    def _phi_logits(self, x: Tensor, gamma: Tensor, pos: Tensor, local: Tensor) -> Tensor:
-        return torch.digamma(gamma)[local] + self.word_topic[corpus_entries(x).word[pos]]
+    def local_params(self, x: Tensor, docs: Tensor, pos: Tensor, local: Tensor) -> tuple[Tensor, Tensor]:
+        """gamma: (B, K) of documents ``docs`` and the phi logits: (E_B, K) of their entries ``pos``
+        (``local``: each entry's document within ``docs``): the network's proportions, then
+        ``refine`` steps of CAVI's document updates phi <- softmax(digamma(gamma) + U), gamma <- alpha +
+        sum_v n_dv phi_dv (differentiable; the same map for every document)."""
+        e = corpus_entries(x)
+        counts = x[docs] if docs.shape[0] < x.shape[0] else x
+        gamma = self.alpha + counts.sum(-1, keepdim=True) * torch.softmax(self.net(torch.log1p(counts)), -1)
+        u = self.word_table()[e.word[pos]]  # (E_B, K)
+        n = e.count[pos][:, None]
+        for _ in range(self.refine):
+            phi = torch.softmax(torch.digamma(gamma)[local] + u, -1)
+            gamma = self.alpha + torch.zeros_like(gamma).index_add_(0, local, n * phi)
+        return gamma, torch.digamma(gamma)[local] + u
 
     def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
         self._sample_topics()
         with pyro.plate("docs", x.shape[0], subsample_size=subsample_size) as docs:
-            gamma = self.doc_gamma(x[docs] if subsample_size else x)
+            pos, local, _ = batch_entries(corpus_entries(x), docs, x.shape[0])
+            gamma, logits = self.local_params(x, docs, pos, local)
             pyro.sample("theta", dist.Dirichlet(gamma))
-        self._sample_local(x, docs, gamma, lambda pos, local: self._phi_logits(x, gamma, pos, local))
+        self._sample_local(x, docs, gamma, lambda pos, local: logits)
 
     @torch.no_grad()
     def variational(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
-        gamma = self.doc_gamma(x)
         e = corpus_entries(x)
-        return gamma, torch.softmax(torch.digamma(gamma)[e.doc] + self.word_topic[e.word], -1)
+        gamma, logits = self.local_params(x, torch.arange(x.shape[0]), torch.arange(e.doc.shape[0]), e.doc)
+        return gamma, torch.softmax(logits, -1)
 
 
 def _log_topics(init: LDAParams) -> Tensor:
@@ -135,7 +193,7 @@ def _doc_fixed_point(x: Tensor, init: LDAParams) -> Tensor:
 
 
 def mean_field(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average") -> MeanField:
+               baseline: str = "average", topic_step: str = "natural") -> MeanField:
     """Free gamma and phi per document and entry. start="uniform": phi uniform and gamma = alpha + N_d / K
     (CAVI's start); "posterior": gamma and phi at CAVI's document fixed point for the initial topics.
     ``hidden`` and ``baseline`` do not apply (TraceGraph_ELBO uses no baseline for z here)."""
@@ -149,23 +207,25 @@ def mean_field(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start:
     else:
         gamma = init.alpha + x.sum(-1, keepdim=True) / k
         logits = torch.zeros(e.doc.shape[0], k, dtype=x.dtype)
-    return MeanField(x, init, gamma, logits)
+    return MeanField(x, init, gamma, logits, topic_step)
 
 
 def amortised(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-              baseline: str = "average") -> Amortised:
+              baseline: str = "average", refine: int = 0, topic_step: str = "natural") -> Amortised:
     """gamma from an MLP (``hidden`` sizes) on log(1 + x_d); phi by CAVI's update with a learned word
     table U, which starts at E[log beta] of the initial topics. start="posterior" first fits the network
     to CAVI's document fixed point at the initial topics (least squares on the proportions)."""
     if baseline != "average":
         raise ValueError(f"baseline={baseline!r} does not apply to LDA's guides (only the default 'average')")
-    guide = Amortised(x, init, hidden, _log_topics(init).T)
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
+    guide = Amortised(x, init, hidden, _log_topics(init).T, refine, topic_step)
     if start == "posterior":
         target = _doc_fixed_point(x, init)
         target = (target - init.alpha) / x.sum(-1, keepdim=True)
         optim = torch.optim.Adam(guide.net.parameters(), lr=0.01)
         for _ in range(300):
-            props = torch.softmax(guide.net(torch.log1p(x)), -1)
+            props = torch.softmax(guide.net(torch.log1p(x)), -1)  # the network's part (before refinement)
             loss = ((props - target) ** 2).sum(-1).mean()
             optim.zero_grad()
             loss.backward()
