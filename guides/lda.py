@@ -91,12 +91,9 @@ class _Topics(PyroModule):
             with pyro.plate("topics", self.num_topics):
                 pyro.sample("beta", dist.Dirichlet(self.lam))
 
-    def _sample_local(self, x: Tensor, docs: Tensor, gamma: Tensor, phi_logits) -> None:
-        """theta for the step's documents (gamma: (B, K)), then z for their entries; ``phi_logits``
-        maps (positions, local document index) to the entries' (E_B, K) logits."""
+    def _sample_z(self, x: Tensor, pos: Tensor, weight: Tensor, logits: Tensor) -> None:
+        """z for the step's entries ``pos`` (E_B,), with their ELBO weights and phi logits: (E_B, K)."""
         e = corpus_entries(x)
-        pos, local, weight = batch_entries(e, docs, x.shape[0])
-        logits = phi_logits(pos, local)
         if self.natural and self.training:  # (D / B) sum_d n_dv phi_dvk: (K, V), for after_step
             phi = torch.softmax(logits.detach(), -1)
             self._stats.append(torch.zeros_like(self.lam).index_add_(1, e.word[pos], (weight[:, None] * phi).T))
@@ -120,9 +117,9 @@ class MeanField(_Topics):
     def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
         self._sample_topics()
         with pyro.plate("docs", x.shape[0], subsample_size=subsample_size) as docs:
-            gamma = self.gamma[docs]
-            pyro.sample("theta", dist.Dirichlet(gamma))
-        self._sample_local(x, docs, gamma, lambda pos, local: self.phi_logits[pos])
+            pyro.sample("theta", dist.Dirichlet(self.gamma[docs]))
+        pos, _, weight = batch_entries(corpus_entries(x), docs, x.shape[0])
+        self._sample_z(x, pos, weight, self.phi_logits[pos])
 
     @torch.no_grad()
     def variational(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,10 +164,10 @@ class Amortised(_Topics):
     def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
         self._sample_topics()
         with pyro.plate("docs", x.shape[0], subsample_size=subsample_size) as docs:
-            pos, local, _ = batch_entries(corpus_entries(x), docs, x.shape[0])
+            pos, local, weight = batch_entries(corpus_entries(x), docs, x.shape[0])
             gamma, logits = self.local_params(x, docs, pos, local)
             pyro.sample("theta", dist.Dirichlet(gamma))
-        self._sample_local(x, docs, gamma, lambda pos, local: logits)
+        self._sample_z(x, pos, weight, logits)
 
     @torch.no_grad()
     def variational(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -60,6 +60,11 @@ MISUSE = {
     "zero components": ("[model_args]\nnum_components = 0\n", "model_args.num_components must be >= 1, got 0"),
     "table as scalar": ("svi = 3\n", "svi must be a table"),
     "bad start": ('[guide_args]\nstart = "prior"\n', "guide_args.start must be 'uniform' or 'posterior', got 'prior'"),
+    "minibatch without support": ("[svi]\nbatch_size = 10\n", "model 'gmm' does not support minibatches"),
+    "held out without a metric": ("[data]\nheldout = 0.1\n", "model 'gmm' has no held-out evaluation"),
+    "guide option nobody takes": ("[guide_args]\nrefine = 3\n", "guide_args.refine=3 does not apply to the guides"),
+    "held-out fraction": ('model = "lda"\n[data]\nname = "reuters"\nheldout = 1.0\n', "data.heldout must be a fraction in [0, 1)"),
+    "lda topic step": ('model = "lda"\n[guide_args]\ntopic_step = "newton"\n', "guide_args.topic_step must be"),
 }
 
 
