@@ -145,7 +145,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
     fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
     report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
     report.write_json(run_dir / "metrics.json", metrics)
-    log(table)
+    log(table + fit_notes)
     return RunResult(run_dir, metrics)
 
 

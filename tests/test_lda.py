@@ -210,3 +210,31 @@ def test_cli_run_on_synthetic_documents(tmp_path):
     report = (run / "report.md").read_text()
     assert "ELBO − CAVI" in report and "top words of each topic" in report and "Held out (12" in report
     assert (run / "params" / "amortised.pt").exists() and (run / "elbo.png").exists()
+
+
+@pytest.mark.parametrize("batch", [None, 25])
+def test_natural_step_is_hoffmans_update(corpus, batch):
+    """After one SVI step, lambda = (1 - rho_0) lambda_0 + rho_0 (eta + (D / B) sum_{d in batch} n_dv phi_dvk)
+    with the phi the guide used in that step (mean-field guide: its phi before the optimiser moved it)."""
+    x, _ = corpus
+    init = lda.init_params(x, lda.LDAArgs(num_topics=3, alpha=0.5), 0)
+    pyro.set_rng_seed(0)
+    model, guide = lda.LDA(init), lda_guides.mean_field(x, init, start="posterior")
+    phi_before = torch.softmax(guide.phi_logits.detach().clone(), -1)
+    cfg = SVIConfig(elbo="TraceEnum_ELBO", steps=1, batch_size=batch or 0)
+    if batch:  # the documents the step will draw: the guide runs first, from the same seed
+        guide.eval()  # (no statistics recorded for this look-ahead)
+        pyro.set_rng_seed(1)
+        docs = pyro.poutine.trace(guide).get_trace(x, batch).nodes["docs"]["value"]
+        guide.train()
+    train_svi(model, guide, x, cfg, seed=1, progress=False)
+    e = exact.entries(x)
+    if batch:
+        pos = e.positions(docs)
+        scale = x.shape[0] / batch
+    else:
+        pos, scale = torch.arange(e.doc.shape[0]), 1.0
+    stats = torch.zeros(3, x.shape[1], dtype=x.dtype).index_add_(1, e.word[pos], (scale * e.count[pos, None] * phi_before[pos]).T)
+    rho = lda_guides.LEARNING_OFFSET ** -lda_guides.LEARNING_DECAY
+    torch.testing.assert_close(guide.lam, (1 - rho) * init.lam + rho * (init.eta + stats), rtol=1e-12, atol=1e-12)
+    assert int(guide.topic_steps) == 1
