@@ -27,7 +27,7 @@ import torch
 
 from experiments import report
 from experiments.config import RunConfig
-from experiments.train import SVIResult, train_svi
+from experiments.train import SVIResult, interruptible, stop_requested, train_svi
 from models.errors import ConfigError
 from models.exact.binary import MAX_LATENTS
 
@@ -45,7 +45,15 @@ class RunResult:
 
 
 def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> RunResult:
-    """Run ``cfg`` and write its run folder. All input is checked before any training starts."""
+    """Run ``cfg`` and write its run folder. All input is checked before any training starts.
+
+    Ctrl-C anywhere in the run stops training at the next step boundary (see ``interruptible``); what
+    finished is evaluated and written, and ``metrics.json`` says "interrupted"."""
+    with interruptible():
+        return _run(cfg, progress, log)
+
+
+def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     spec = cfg.spec
     args = cfg.model_args
     progress = cfg.progress if progress is None else progress
@@ -135,7 +143,7 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> R
         for method, params in fits.items():
             metrics["heldout"][method] = spec.heldout(x, x_test, params, cfg.seed)
             log(f"held out, {method}: " + ", ".join(f"{k} = {v:.4g}" for k, v in metrics["heldout"][method].items()))
-    metrics["status"] = "interrupted" if interrupted else "complete"
+    metrics["status"] = "interrupted" if interrupted or stop_requested() else "complete"
     table = report.comparison_table(metrics)
     if metrics.get("heldout"):
         table += f"\n\nHeld out ({metrics['num_heldout']} documents or points, never trained on):\n\n" + report.heldout_table(metrics)

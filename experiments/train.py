@@ -9,7 +9,10 @@ exactly, in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from typing import NamedTuple
 
@@ -51,6 +54,38 @@ def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str) -> None
             raise NonFiniteLoss(f"parameter {name} is not finite at step {step} ({desc})")
 
 
+_STOP = threading.Event()
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Within this block the first Ctrl-C only asks training to stop: ``train_svi`` finishes its current
+    step and returns, marked interrupted, so no step is cut in half and nothing in between (an exact
+    fit, an evaluation, a file being written) is interrupted at all. A second Ctrl-C raises
+    KeyboardInterrupt as usual. Outside the main thread this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP.clear()
+
+    def handler(signum, frame):
+        if _STOP.is_set():
+            raise KeyboardInterrupt
+        _STOP.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _STOP.clear()
+
+
+def stop_requested() -> bool:
+    """Whether Ctrl-C was pressed inside the current ``interruptible`` block."""
+    return _STOP.is_set()
+
+
 def make_elbo(cfg: SVIConfig, max_plate_nesting: int = 1) -> ELBO:
     return ELBO_CLASSES[cfg.elbo](num_particles=cfg.num_particles, max_plate_nesting=max_plate_nesting)
 
@@ -89,6 +124,9 @@ def train_svi(
     start = time.perf_counter()
     try:
         for step in range(cfg.steps):
+            if _STOP.is_set():  # Ctrl-C under interruptible(): stop between steps
+                interrupted = True
+                break
             _check_finite(named, step, desc)
             loss = elbo.loss_and_grads(model, guide_fn, x, **kwargs)
             if not math.isfinite(loss):
