@@ -48,6 +48,7 @@ also holds the evaluation every method shares: document completion and NPMI.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -151,17 +152,20 @@ class LDAParams:
 # the model
 
 
-_ENTRIES: dict[tuple, Entries] = {}
+_ENTRIES: dict[int, tuple[weakref.ref, int, Entries]] = {}
 
 
 def corpus_entries(x: Tensor) -> Entries:
-    """The non-zero entries of ``x`` (computed once per count matrix, then cached by identity)."""
-    key = (x.data_ptr(), tuple(x.shape), x._version, x.dtype)
-    if key not in _ENTRIES:
-        if len(_ENTRIES) >= 4:
-            _ENTRIES.pop(next(iter(_ENTRIES)))
-        _ENTRIES[key] = exact.entries(x)
-    return _ENTRIES[key]
+    """The non-zero entries of ``x``, computed once per count matrix: cached while that very tensor is
+    alive and unmodified (a weak reference and its version counter, never just its address)."""
+    hit = _ENTRIES.get(id(x))
+    if hit is not None and hit[0]() is x and hit[1] == x._version:
+        return hit[2]
+    for key in [k for k, (ref, _, _) in _ENTRIES.items() if ref() is None]:
+        del _ENTRIES[key]
+    e = exact.entries(x)
+    _ENTRIES[id(x)] = (weakref.ref(x), x._version, e)
+    return e
 
 
 def batch_entries(e: Entries, docs: Tensor, num_docs: int) -> tuple[Tensor, Tensor, Tensor]:
