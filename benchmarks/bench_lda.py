@@ -31,24 +31,19 @@ sys.path.insert(0, str(ROOT))
 K = 20
 
 
-def _split(x: torch.Tensor):
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
-    n = round(0.1 * x.shape[0])
-    return x[perm[n:].sort().values], x[perm[:n].sort().values]
-
-
 def part_quality(steps: int) -> list[dict]:
     import pyro
     from sklearn.decomposition import LatentDirichletAllocation
 
     from experiments.config import SVIConfig
+    from experiments.run import heldout_split
     from experiments.train import train_svi
     from guides import lda as lda_guides
     from models import datasets, lda
 
     pyro.settings.set(module_local_params=True)
     x_all = datasets.news(datasets.DataOptions(name="news")).x
-    x, x_test = _split(x_all)
+    x, x_test = heldout_split(x_all, 0.1, seed=0)  # the split `vizoo run lda_news` makes
     init = lda.init_params(x, lda.LDAArgs(num_topics=K), 0)
     rows = []
 

@@ -199,7 +199,7 @@ def _finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
     """Title, legend and grid; then write the PNG atomically and free the figure."""
     import matplotlib.pyplot as plt
 
-    ax.set_title(textwrap.fill(title, 95), fontsize=9)  # long data descriptions wrap, never clip
+    ax.set_title(textwrap.fill(title, int(13 * fig.get_figwidth())), fontsize=9)  # wrap to the figure, never clip
     ax.legend(fontsize=8, loc=legend_loc)
     ax.grid(alpha=0.3)
     fig.tight_layout()

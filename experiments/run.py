@@ -60,7 +60,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     dtype = DTYPES[cfg.dtype]
 
     data = spec.load(cfg.data, args, cfg.seed)  # raises DataError before anything is written
-    x, x_test = _split(data.x.to(dtype), cfg.data.heldout, cfg.seed)
+    x, x_test = heldout_split(data.x.to(dtype), cfg.data.heldout, cfg.seed)
     num_points = x.shape[0]
     if cfg.svi.batch_size > num_points:
         raise ConfigError(f"svi.batch_size={cfg.svi.batch_size} is larger than the {num_points} training points")
@@ -161,7 +161,7 @@ def _per_point(value: torch.Tensor, n: int) -> float:
     return float(value) / n
 
 
-def _split(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def heldout_split(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Training rows and held-out rows (a seeded random ``fraction`` of them), or (x, None)."""
     if not fraction:
         return x, None

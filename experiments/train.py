@@ -118,6 +118,7 @@ def train_svi(
     schedule = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     num_points = x.shape[0]
     kwargs = {"subsample_size": cfg.batch_size} if cfg.batch_size and cfg.batch_size < num_points else {}
+    after_step = getattr(guide, "after_step", None)  # a guide's own closed-form update (LDA's natural step)
     trace: list[float] = []
     interrupted = False
     bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
@@ -133,9 +134,9 @@ def train_svi(
                 raise NonFiniteLoss(f"ELBO estimate is {-loss} at step {step} ({desc})")
             optim.step()
             optim.zero_grad(set_to_none=True)
-            if hasattr(guide, "after_step"):  # a guide's own closed-form update (e.g. LDA's natural step)
+            if after_step is not None:
                 with torch.no_grad():
-                    guide.after_step()
+                    after_step()
             schedule.step()
             trace.append(-loss / num_points)
             if step % 10 == 0 or step == cfg.steps - 1:
