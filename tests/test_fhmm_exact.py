@@ -33,9 +33,11 @@ def test_forward_backward_equals_brute_force(kind, m, l):
     lengths = torch.tensor([4, 2, 3])
     post = fhmm.forward_backward(y, params, lengths)
     for n in range(3):
-        log_z, marg = fhmm.brute_force(y[n], params, int(lengths[n]))
+        log_z, marg, pair, _, _ = fhmm.brute_force(y[n], params, int(lengths[n]))
         torch.testing.assert_close(post.log_evidence[n], log_z, rtol=0, atol=1e-10)
         torch.testing.assert_close(post.marginals[n, : lengths[n]], marg, rtol=0, atol=1e-10)
+        torch.testing.assert_close(post.pairwise[n, : lengths[n] - 1], pair, rtol=0, atol=1e-10)
+        assert (post.pairwise[n, lengths[n] - 1 :] == 0).all()
         assert (post.marginals[n, lengths[n]:] == 0).all()
     torch.testing.assert_close(post.marginals.sum(-1)[:, 0], torch.ones(3, m, dtype=torch.float64))
 
@@ -54,3 +56,145 @@ def test_too_many_joint_states_is_refused_before_any_work():
     params = fhmm.FHMMParams(torch.zeros(7, 4), torch.zeros(7, 4, 4), torch.zeros(7, 4, 2), cov=torch.eye(2))
     with pytest.raises(ValueError, match=r"4\^7 = 16,384 joint states; the limit is 4,096"):
         fhmm.forward_backward(torch.zeros(1, 3, 2), params)
+
+
+# --------------------------------------------------------------------------- variational families
+
+
+def tiny_data(kind: str, m: int, l: int, seed: int = 0):
+    d, t = 3, 4
+    params = random_params(m, l, d, kind, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    y = torch.randn(3, t, d, generator=gen, dtype=torch.float64)
+    if kind == "bernoulli":
+        y = (y > 0).to(torch.float64)
+    y[1, 2:] = float("nan")  # sequence 1 has length 2, sequence 2 length 3
+    y[2, 3:] = float("nan")
+    return y, params, torch.tensor([4, 2, 3])
+
+
+def random_q(family: str, y: torch.Tensor, m: int, l: int, lengths: torch.Tensor, seed: int) -> fhmm.Variational:
+    gen = torch.Generator().manual_seed(seed)
+    n, t = y.shape[:2]
+    if family == "factorised":
+        return fhmm.factorised(torch.softmax(2 * torch.randn(n, t, m, l, generator=gen, dtype=torch.float64), -1), lengths)
+    init = torch.randn(m, l, generator=gen, dtype=torch.float64)
+    trans = 2 * torch.randn(m, l, l, generator=gen, dtype=torch.float64)
+    return fhmm.structured(init, trans, 2 * torch.randn(n, t, m, l, generator=gen, dtype=torch.float64), lengths)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("family", ["factorised", "structured"])
+@pytest.mark.parametrize("m,l", [(2, 2), (2, 3), (3, 2)])
+def test_elbo_plus_brute_force_kl_is_log_evidence(kind, family, m, l):
+    """ELBO(q) in closed form + KL(q || p(s|y)) summed over every joint path = log p(y), to 1e-10, for
+    arbitrary members of each family (not only optima), with padded sequences."""
+    y, params, lengths = tiny_data(kind, m, l, seed=m + l)
+    q = random_q(family, y, m, l, lengths, seed=7)
+    bound = fhmm.elbo(y, params, q)
+    log_p = fhmm.forward_backward(y, params).log_evidence
+    for n in range(3):
+        kl_n = fhmm.brute_force_kl(q, n, y[n], params, int(lengths[n]))
+        assert kl_n > 0
+        torch.testing.assert_close(bound[n] + kl_n, log_p[n], rtol=0, atol=1e-10)
+    assert (bound < log_p).all()
+    torch.testing.assert_close(fhmm.kl(y, params, q), log_p - bound, rtol=0, atol=0)
+
+
+def test_structured_family_marginals_match_its_path_distribution():
+    """The structured q's marginals, pairwise tables and entropy agree with its path probabilities
+    enumerated directly (exp of the potentials, normalised): the entropy is not circular with the KL test."""
+    y, params, lengths = tiny_data("gaussian", 2, 2)
+    q = random_q("structured", y, 2, 2, lengths, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    init = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    trans = 2 * torch.randn(2, 2, 2, generator=gen, dtype=torch.float64)
+    unary = 2 * torch.randn(3, 4, 2, 2, generator=gen, dtype=torch.float64)
+    n, length = 0, 4
+    paths = fhmm.joint_states(2 * length, 2).reshape(-1, length, 2)  # every joint path (T, M)
+    chains = torch.arange(2)
+    score = torch.log_softmax(init, -1)[chains, paths[:, 0]].sum(-1)
+    score = score + torch.log_softmax(trans, -1)[chains, paths[:, :-1], paths[:, 1:]].sum((1, 2))
+    score = score + unary[n, torch.arange(length)[:, None], chains, paths].sum((1, 2))
+    p = torch.softmax(score, 0)
+    onehot = torch.nn.functional.one_hot(paths, 2).to(torch.float64)
+    torch.testing.assert_close(q.marginals[n], torch.einsum("p,ptml->tml", p, onehot), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q.entropy[n], -(p * torch.log(p)).sum(), rtol=0, atol=1e-12)
+
+
+def test_gaussian_expected_emission_closed_form_equals_enumeration():
+    """Ghahramani & Jordan's closed form for E_q[log N(y | sum_m W_m s^m, C)] equals contracting the exact
+    (N, T, L^M) table with q: for the whole state and with one chain's state fixed."""
+    y, params, lengths = tiny_data("gaussian", 3, 3)
+    y = torch.nan_to_num(y)
+    probs = torch.softmax(torch.randn(3, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    table = fhmm.emission_log_prob(y, params)  # (N, T, S)
+    states = fhmm.joint_states(3, 3)
+    q_joint = probs[:, :, torch.arange(3), states].prod(-1)  # (N, T, S)
+    torch.testing.assert_close(fhmm.expected_log_emission(y, params, probs), (table * q_joint).sum(-1), rtol=0, atol=1e-10)
+    for c in range(3):
+        others = q_joint / probs[:, :, c, states[:, c]]
+        expected = torch.stack([(table * others * (states[:, c] == k)).sum(-1) for k in range(3)], -1)
+        torch.testing.assert_close(fhmm.expected_log_emission(y, params, probs, chain=c), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+def test_fixed_points_are_monotone_and_structured_beats_factorised(kind):
+    """Coordinate ascent never lowers the ELBO; the structured optimum is at least the factorised one
+    (from the same uniform start, and by construction when started from the factorised optimum); and
+    every optimum is below log p(y)."""
+    gen = torch.Generator().manual_seed(5)
+    for seed in range(3):
+        params = random_params(3, 2, 5, kind, seed=seed)
+        y = torch.randn(4, 20, 5, generator=gen, dtype=torch.float64)
+        if kind == "bernoulli":
+            y = (y > 0).to(torch.float64)
+        log_p = float(fhmm.log_evidence(y, params))
+        fits = {f: fhmm.fit_mean_field(y, params, f, max_sweeps=300) for f in ("factorised", "structured")}
+        for fit in fits.values():
+            assert all(b >= a - 1e-9 * abs(a) for a, b in zip(fit.elbo, fit.elbo[1:]))
+            assert fit.converged
+            assert fit.elbo[-1] < log_p
+        warm = fhmm.fit_mean_field(y, params, "structured", max_sweeps=300, init=fits["factorised"].q.marginals)
+        assert warm.elbo[-1] >= fits["factorised"].elbo[-1] - 1e-9
+        assert fits["structured"].elbo[-1] >= fits["factorised"].elbo[-1] - 1e-9
+
+
+def test_structured_family_with_one_chain_is_exact():
+    """With M = 1 the structured family contains the posterior: one sweep reaches log p(y) (KL = 0)."""
+    y, params, lengths = tiny_data("gaussian", 1, 3)
+    fit = fhmm.fit_mean_field(y, params, "structured", max_sweeps=3)
+    torch.testing.assert_close(torch.tensor(fit.elbo[0], dtype=torch.float64), fhmm.log_evidence(y, params), rtol=0, atol=1e-10)
+    post = fhmm.forward_backward(y, params)
+    torch.testing.assert_close(fit.q.marginals * fhmm.step_mask(lengths, 4)[..., None, None], post.marginals, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,m,l", [("gaussian", 3, 2), ("gaussian", 2, 3), ("bernoulli", 3, 2), ("bernoulli", 1, 4)])
+def test_baum_welch_never_decreases_the_likelihood(kind, m, l):
+    truth = random_params(m, l, 5, kind, seed=11)
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randn(6, 15, 5, generator=gen, dtype=torch.float64)
+    if kind == "bernoulli":
+        y = (torch.rand(6, 15, 5, generator=gen, dtype=torch.float64) < 0.3).to(torch.float64)
+    y[0, 10:] = float("nan")
+    init = random_params(m, l, 5, kind, seed=12)
+    fit = fhmm.fit_em(y, init, max_iter=30, tol=1e-12)
+    assert all(b >= a - 1e-9 * abs(a) for a, b in zip(fit.log_likelihood, fit.log_likelihood[1:]))
+    assert fit.log_likelihood[-1] > fit.log_likelihood[0] + 1.0
+    del truth
+
+
+def test_padding_rules_are_checked():
+    y = torch.zeros(2, 4, 3, dtype=torch.float64)
+    y[0, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="sequence 0 has NaN in step 1 next to numbers"):
+        fhmm.sequence_lengths(y)
+    y = torch.zeros(2, 4, 3, dtype=torch.float64)
+    y[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="sequence 1 has NaN rows before its last observed step"):
+        fhmm.sequence_lengths(y)
+    y[1] = float("nan")
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        fhmm.sequence_lengths(y)
+    with pytest.raises(ValueError, match=r"lengths must be \(N,\)"):
+        fhmm.forward_backward(torch.zeros(2, 4, 3), random_params(2, 2, 3, "gaussian", 0), torch.tensor([4, 5]))

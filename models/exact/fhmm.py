@@ -102,24 +102,58 @@ def _transition_back(log_beta: Tensor, log_trans: Tensor) -> Tensor:
 
 class Posterior(NamedTuple):
     """log_evidence: (N,) log p(y_n); marginals: (N, T, M, L) p(s_t^m = l | y_n) (zero beyond T_n);
-    joint: (N, T, S) p(s_t = c | y_n)."""
+    pairwise: (N, T-1, M, L, L) p(s_t^m = i, s_{t+1}^m = j | y_n) (zero where t+1 >= T_n);
+    joint: (N, T, S) p(s_t = c | y_n) (zero beyond T_n)."""
 
     log_evidence: Tensor
     marginals: Tensor
+    pairwise: Tensor
     joint: Tensor
 
 
-def _lengths(y: Tensor, lengths: Tensor | None) -> Tensor:
-    if lengths is None:
-        return torch.full((y.shape[0],), y.shape[1], dtype=torch.long)
+def sequence_lengths(y: Tensor) -> Tensor:
+    """(N,) lengths of NaN-padded sequences y: (N, T, D): rows past a sequence's end are all NaN.
+
+    Raises ValueError when NaN appears anywhere else (inside a row, or before a sequence's end), or when
+    a sequence is empty: those are not padding and cannot be told apart from missing data."""
+    if y.dim() != 3:
+        raise ValueError(f"sequences must be a (num_sequences, num_steps, dim) tensor, got shape {tuple(y.shape)}")
+    nan_rows = torch.isnan(y).all(-1)
+    if (torch.isnan(y).any(-1) & ~nan_rows).any():
+        n, t = map(int, torch.nonzero(torch.isnan(y).any(-1) & ~nan_rows)[0])
+        raise ValueError(f"sequence {n} has NaN in step {t} next to numbers: only whole rows past a sequence's end may be NaN (padding)")
+    lengths = (~nan_rows).sum(1)
+    steps = torch.arange(y.shape[1])
+    if ((steps[None, :] < lengths[:, None]) == nan_rows).any():
+        n = int(torch.nonzero(((steps[None, :] < lengths[:, None]) == nan_rows).any(1))[0])
+        raise ValueError(f"sequence {n} has NaN rows before its last observed step: padding must come after a sequence's end")
+    if (lengths == 0).any():
+        raise ValueError(f"sequence {int(torch.nonzero(lengths == 0)[0])} is empty (every row NaN)")
     return lengths
 
 
+def _lengths(y: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(y with padding zeroed, lengths); lengths from the NaN padding when not given."""
+    if lengths is None:
+        lengths = sequence_lengths(y)
+    else:
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        if lengths.shape != (y.shape[0],) or (lengths < 1).any() or (lengths > y.shape[1]).any():
+            raise ValueError(f"lengths must be (N,) = ({y.shape[0]},) integers in [1, {y.shape[1]}], got {lengths.tolist()}")
+    return torch.nan_to_num(y, nan=0.0), lengths
+
+
+def step_mask(lengths: Tensor, num_steps: int) -> Tensor:
+    """(N, T) bool: step t is inside sequence n."""
+    return torch.arange(num_steps)[None, :] < lengths[:, None]
+
+
 def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Posterior:
-    """Exact posterior of the factorial HMM for y: (N, T, D) (padded; ``lengths``: (N,), default all T)."""
+    """Exact posterior of the factorial HMM for y: (N, T, D), padded with NaN rows past each end (or
+    anything, with ``lengths``: (N,) given)."""
+    y, lengths = _lengths(y, lengths)
     n, t_max, _ = y.shape
     m, l = params.num_chains, params.num_states
-    lengths = _lengths(y, lengths)
     log_e = emission_log_prob(y, params)  # (N, T, S)
     log_init = torch.log_softmax(params.init_logits, -1)
     log_trans = torch.log_softmax(params.trans_logits, -1)
@@ -141,11 +175,36 @@ def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = Non
         b = torch.where((t + 1 < lengths)[:, None], new, b)  # zero (log 1) until the sequence's last step
         betas.append(b)
     log_beta = torch.stack(betas[::-1], 1)
-    joint = torch.exp(log_alpha + log_beta - log_evidence[:, None, None])
-    joint = joint * (torch.arange(t_max)[None, :] < lengths[:, None])[..., None]
+    mask = step_mask(lengths, t_max)
+    joint = torch.exp(log_alpha + log_beta - log_evidence[:, None, None]) * mask[..., None]
     onehot = torch.nn.functional.one_hot(states, l).to(y.dtype)  # (S, M, L)
     marginals = torch.einsum("nts,sml->ntml", joint, onehot)
-    return Posterior(log_evidence, marginals, joint)
+    pairwise = _pairwise(log_alpha, log_beta + log_e, log_trans, log_evidence) * mask[:, 1:, None, None, None]
+    return Posterior(log_evidence, marginals, pairwise, joint)
+
+
+def _pairwise(log_alpha: Tensor, log_g: Tensor, log_trans: Tensor, log_evidence: Tensor) -> Tensor:
+    """p(s_t^m = i, s_{t+1}^m = j | y): (N, T-1, M, L, L), all t at once.
+
+    p(c_t, c_{t+1} | y) = alpha_t(c_t) prod_k A_k(c_t^k, c_{t+1}^k) g_{t+1}(c_{t+1}) / p(y), g = e * beta.
+    For chain m: push alpha_t through every other chain's transition, then pair chain m's axis of the result
+    with chain m's axis of g_{t+1}, summing the others: O(S L) per step and chain, never S x S."""
+    n, t_max, s = log_alpha.shape
+    m, l, _ = log_trans.shape
+    if t_max == 1:
+        return log_alpha.new_zeros(n, 0, m, l, l)
+    a = log_alpha[:, :-1].reshape(-1, s)  # (N (T-1), S)
+    g = log_g[:, 1:].reshape((-1,) + (l,) * m)
+    out = []
+    for i in range(m):
+        others = torch.stack([log_trans[k] if k != i else torch.log(torch.eye(l, dtype=log_trans.dtype)) for k in range(m)])
+        pushed = _transition(a, others).reshape((-1,) + (l,) * m)  # chain i still at time t, the others at t+1
+        pa = pushed.movedim(i + 1, -1).reshape(pushed.shape[0], -1, l)  # (B, rest, L_t)
+        pg = g.movedim(i + 1, -1).reshape(pushed.shape[0], -1, l)  # (B, rest, L_{t+1})
+        xi = torch.logsumexp(pa[..., :, None] + pg[..., None, :], 1) + log_trans[i]  # (B, L, L)
+        out.append(xi)
+    xi = torch.stack(out, 1).reshape(n, t_max - 1, m, l, l)
+    return torch.exp(xi - log_evidence[:, None, None, None, None])
 
 
 def log_evidence(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Tensor:
@@ -153,9 +212,284 @@ def log_evidence(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -
     return forward_backward(y, params, lengths).log_evidence.sum()
 
 
-def brute_force(y: Tensor, params: FHMMParams, length: int) -> tuple[Tensor, Tensor]:
-    """log p(y) and p(s_t^m = l | y): (T, M, L) for ONE sequence y: (T, D), by enumerating all S^T
-    joint paths (tiny cases only: a test reference, independent of the recursions above)."""
+# --------------------------------------------------------------------------- variational families
+
+
+class Variational(NamedTuple):
+    """A q(s) = prod_m q(s^m_{1:T}) in either mean-field family, by the tables the ELBO needs.
+
+    marginals: (N, T, M, L) q(s_t^m = l); pairwise: (N, T-1, M, L, L) q(s_t^m = i, s_{t+1}^m = j)
+    (the outer product of marginals for the completely factorised family); entropy: (N,) H[q(s_n)].
+    Entries past a sequence's end are ignored."""
+
+    marginals: Tensor
+    pairwise: Tensor
+    entropy: Tensor
+
+
+def factorised(probs: Tensor, lengths: Tensor) -> Variational:
+    """The completely factorised q(s) = prod_t prod_m q(s_t^m) from probs: (N, T, M, L)."""
+    mask = step_mask(lengths, probs.shape[1])
+    pairwise = probs[:, :-1, :, :, None] * probs[:, 1:, :, None, :]
+    entropy = -(torch.special.xlogy(probs, probs).sum((-1, -2)) * mask).sum(1)
+    return Variational(probs, pairwise, entropy)
+
+
+class ChainPosterior(NamedTuple):
+    """log_normaliser: (B,); marginals: (B, T, L); pairwise: (B, T-1, L, L) (zero past each end)."""
+
+    log_normaliser: Tensor
+    marginals: Tensor
+    pairwise: Tensor
+
+
+def chain_forward_backward(log_init: Tensor, log_trans: Tensor, log_unary: Tensor, lengths: Tensor) -> ChainPosterior:
+    """q(s_{1:T}) proportional to exp(log_init[s_1] + sum_t log_trans[s_t, s_{t+1}] + sum_t log_unary[t, s_t]) for
+    a batch of independent L-state chains: log_init (B, L), log_trans (B, L, L), log_unary (B, T, L), lengths (B,).
+
+    Differentiable (plain torch ops): the structured guides use it inside SVI. Steps past a chain's end
+    contribute nothing."""
+    b, t_max, l = log_unary.shape
+    keep = step_mask(lengths, t_max)
+    alphas = [log_init + log_unary[:, 0]]
+    for t in range(1, t_max):
+        new = torch.logsumexp(alphas[-1][:, :, None] + log_trans, 1) + log_unary[:, t]
+        alphas.append(torch.where(keep[:, t, None], new, alphas[-1]))
+    log_alpha = torch.stack(alphas, 1)
+    log_z = torch.logsumexp(log_alpha[torch.arange(b), lengths - 1], -1)
+    betas = [log_unary.new_zeros(b, l)]
+    for t in range(t_max - 2, -1, -1):
+        new = torch.logsumexp(log_trans + (betas[-1] + log_unary[:, t + 1])[:, None, :], -1)
+        betas.append(torch.where(keep[:, t + 1, None], new, betas[-1]))
+    log_beta = torch.stack(betas[::-1], 1)
+    marginals = torch.exp(log_alpha + log_beta - log_z[:, None, None]) * keep[..., None]
+    log_xi = (log_alpha[:, :-1, :, None] + log_trans[:, None] + (log_beta + log_unary)[:, 1:, None, :]) - log_z[:, None, None, None]
+    pairwise = torch.exp(log_xi) * keep[:, 1:, None, None]
+    return ChainPosterior(log_z, marginals, pairwise)
+
+
+def structured(log_init: Tensor, log_trans: Tensor, log_unary: Tensor, lengths: Tensor) -> Variational:
+    """The structured family: independent chains, q(s^m) proportional to exp(log_init_m[s_1] + sum_t
+    log_trans_m[s_t, s_{t+1}] + sum_t h_t^m[s_t]); log_init (M, L) or (N, M, L), log_trans (M, L, L) or
+    (N, M, L, L), log_unary h: (N, T, M, L). Entropy H = log Z - E_q[log potentials]."""
+    n, t_max, m, l = log_unary.shape
+    log_init = torch.log_softmax(log_init, -1).expand(n, m, l)
+    log_trans = torch.log_softmax(log_trans, -1).expand(n, m, l, l)
+    mask = step_mask(lengths, t_max)
+    post = chain_forward_backward(
+        log_init.reshape(n * m, l), log_trans.reshape(n * m, l, l),
+        log_unary.transpose(1, 2).reshape(n * m, t_max, l), lengths.repeat_interleave(m),
+    )
+    marginals = post.marginals.reshape(n, m, t_max, l).transpose(1, 2)
+    pairwise = post.pairwise.reshape(n, m, t_max - 1, l, l).transpose(1, 2)
+    energy = (marginals[:, 0] * log_init).sum((-1, -2)) + (pairwise * log_trans[:, None]).sum((1, 2, 3, 4))
+    energy = energy + ((marginals * log_unary).sum((-1, -2)) * mask).sum(1)
+    entropy = post.log_normaliser.reshape(n, m).sum(1) - energy
+    return Variational(marginals, pairwise, entropy)
+
+
+def _gaussian_terms(params: FHMMParams) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """C^{-1}: (D, D); P W_m[l]: (M, L, D); W_m[l]^T P W_m[l]: (M, L); and log|2 pi C| (scalar)."""
+    chol = torch.linalg.cholesky(params.cov)
+    prec = torch.cholesky_inverse(chol)
+    pw = params.weights @ prec  # (M, L, D)
+    quad = (pw * params.weights).sum(-1)
+    log_det = 2 * torch.log(torch.diagonal(chol)).sum() + params.cov.shape[0] * torch.log(torch.tensor(2 * torch.pi, dtype=prec.dtype))
+    return prec, pw, quad, log_det
+
+
+def expected_log_emission(y: Tensor, params: FHMMParams, probs: Tensor, chain: int | None = None) -> Tensor:
+    """Expectations of log p(y_t | s_t) under the product q(s_t) = prod_m probs[:, t, m] (N, T, M, L).
+
+    chain None: E_q[log p(y_t | s_t)]: (N, T). chain m: E over the other chains with s_t^m = l fixed:
+    (N, T, L). Gaussian: in closed form (Ghahramani & Jordan), O(M L D) per step, no L^M table.
+    Bernoulli: the (N, T, S) log-likelihood table contracted chain by chain with q (no closed form)."""
+    m, l = params.num_chains, params.num_states
+    if params.bias is None:
+        prec, pw, quad, log_det = _gaussian_terms(params)
+        means = torch.einsum("ntml,mld->ntmd", probs, params.weights)  # E[W_m s^m]: (N, T, M, D)
+        # tr(P Cov_m) for the categorical s^m: sum_l q_l W_l^T P W_l - (E W s)^T P (E W s)
+        var = (probs * quad).sum(-1) - torch.einsum("ntmd,de,ntme->ntm", means, prec, means)
+        if chain is None:
+            r = y - means.sum(2)
+            return -0.5 * (torch.einsum("ntd,de,nte->nt", r, prec, r) + var.sum(-1) + log_det)
+        r = y - means.sum(2) + means[:, :, chain]  # y minus the other chains' means: (N, T, D)
+        mahal = torch.einsum("ntd,de,nte->nt", r, prec, r)[..., None] - 2 * r @ pw[chain].T + quad[chain]
+        return -0.5 * (mahal + (var.sum(-1) - var[:, :, chain])[..., None] + log_det)
+    check_joint_size(m, l)
+    table = emission_log_prob(y, params).reshape(y.shape[:2] + (l,) * m)  # (N, T, L, ..., L)
+    for k in reversed(range(m)):  # contract the last axes first so the remaining axes keep their places
+        if k == chain:
+            continue
+        table = torch.einsum("nt...l,ntl->nt...", table.movedim(k + 2, -1), probs[:, :, k])
+    return table
+
+
+def elbo(y: Tensor, params: FHMMParams, q: Variational, lengths: Tensor | None = None) -> Tensor:
+    """ELBO(q) = E_q[log p(y, s)] + H[q] per sequence: (N,), in closed form (Gaussian) or by contracting the
+    emission table with q (Bernoulli). Differentiable in params and q."""
+    y, lengths = _lengths(y, lengths)
+    mask = step_mask(lengths, y.shape[1])
+    log_init = torch.log_softmax(params.init_logits, -1)
+    log_trans = torch.log_softmax(params.trans_logits, -1)
+    emit = (expected_log_emission(y, params, q.marginals) * mask).sum(1)
+    prior = (q.marginals[:, 0] * log_init).sum((-1, -2))
+    prior = prior + (torch.einsum("ntmij,mij->nt", q.pairwise, log_trans) * mask[:, 1:]).sum(1)
+    return emit + prior + q.entropy
+
+
+def kl(y: Tensor, params: FHMMParams, q: Variational, lengths: Tensor | None = None) -> Tensor:
+    """KL(q || p(s | y)) per sequence: (N,) = log p(y) - ELBO(q) (forward-backward for log p(y))."""
+    return forward_backward(y, params, lengths).log_evidence - elbo(y, params, q, lengths)
+
+
+# --------------------------------------------------------------------------- fixed-point updates
+
+
+class MeanFieldFit(NamedTuple):
+    """q: the fitted Variational; elbo: ELBO summed over sequences after each sweep (list, monotone);
+    num_sweeps; converged."""
+
+    q: Variational
+    elbo: list[float]
+    num_sweeps: int
+    converged: bool
+
+
+def fit_mean_field(
+    y: Tensor, params: FHMMParams, family: str = "factorised", lengths: Tensor | None = None,
+    max_sweeps: int = 200, tol: float = 1e-10, init: Tensor | None = None,
+) -> MeanFieldFit:
+    """Ghahramani & Jordan's fixed-point updates: coordinate ascent on the ELBO within one family, at
+    fixed model parameters.
+
+    factorised: for each chain m, q(s_t^m) = softmax(E_{-m}[log p(y_t | s_t)] + E[log A_m[s_{t-1}, .]] +
+        E[log A_m[., s_{t+1}]]), first at every even t, then every odd t (the steps of one parity do not
+        interact, so each half-sweep is an exact coordinate update).
+    structured: for each chain m, q(s^m) = the chain's own prior times exp(h_t^m), h_t^m = E_{-m}[log p(y_t
+        | s_t)]: one L-state forward-backward per chain; O(M) per sweep where exact inference is O(L^M).
+    Every update maximises the ELBO over its block, so the ELBO never decreases. Stops when a sweep gains
+    less than ``tol`` (relative). init: starting marginals (N, T, M, L); default uniform.
+    """
+    if family not in ("factorised", "structured"):
+        raise ValueError(f"family must be 'factorised' or 'structured', got {family!r}")
+    y, lengths = _lengths(y, lengths)
+    n, t_max, _ = y.shape
+    m, l = params.num_chains, params.num_states
+    mask = step_mask(lengths, t_max)
+    log_init = torch.log_softmax(params.init_logits, -1)
+    log_trans = torch.log_softmax(params.trans_logits, -1)
+    probs = torch.full((n, t_max, m, l), 1.0 / l, dtype=y.dtype) if init is None else init.clone()
+    unary = torch.zeros(n, t_max, m, l, dtype=y.dtype)
+    trace: list[float] = []
+    converged = False
+    q = factorised(probs, lengths)
+    for sweep in range(max_sweeps):
+        for c in range(m):
+            h = expected_log_emission(y, params, probs, chain=c) * mask[..., None]  # (N, T, L)
+            if family == "structured":
+                unary[:, :, c] = h
+                post = chain_forward_backward(log_init[c].expand(n, l), log_trans[c].expand(n, l, l), h, lengths)
+                probs[:, :, c] = torch.where(mask[..., None], post.marginals, 1.0 / l)
+                continue
+            for parity in (0, 1):
+                logits = h.clone()
+                logits[:, 0] += log_init[c]
+                logits[:, 1:] += (probs[:, :-1, c] @ log_trans[c]) * mask[:, 1:, None]
+                logits[:, :-1] += (probs[:, 1:, c] @ log_trans[c].T) * mask[:, 1:, None]
+                new = torch.softmax(logits, -1)
+                probs[:, parity::2, c] = torch.where(mask[:, parity::2, None], new[:, parity::2], 1.0 / l)
+        q = structured(params.init_logits, params.trans_logits, unary, lengths) if family == "structured" else factorised(probs, lengths)
+        trace.append(float(elbo(y, params, q, lengths).sum()))
+        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
+            converged = True
+            break
+    return MeanFieldFit(q, trace, len(trace), converged)
+
+
+# --------------------------------------------------------------------------- exact EM
+
+
+class EMFit(NamedTuple):
+    """params; log_likelihood: sum_n log p(y_n) / N before each M-step and at the end (list, monotone);
+    num_iters; converged."""
+
+    params: FHMMParams
+    log_likelihood: list[float]
+    num_iters: int
+    converged: bool
+
+
+def m_step(y: Tensor, post: Posterior, params: FHMMParams, lengths: Tensor, bernoulli_iters: int = 25) -> FHMMParams:
+    """Maximise E_{p(s|y)}[log p(y, s)] over the parameters.
+
+    pi_m and A_m: normalised expected counts. Gaussian (Ghahramani & Jordan): with s_t the concatenated
+    one-hot states (M L,), W = (sum_t E[s_t s_t^T])^+ sum_t E[s_t] y_t^T and C = (sum_t y_t y_t^T - sum_t
+    y_t E[s_t]^T W) / sum_n T_n, from the joint table (the cross-chain terms of E[s s^T] need it).
+    Bernoulli: no closed form; the expected log-likelihood is concave in (W, b) (a logistic regression
+    on the L^M joint states with soft counts), so L-BFGS with a Wolfe line search from the current values
+    raises it: a generalised EM step."""
+    mask = step_mask(lengths, y.shape[1])
+    m, l = params.num_chains, params.num_states
+    dtype = y.dtype
+    init_counts = post.marginals[:, 0].sum(0)  # (M, L)
+    trans_counts = post.pairwise.sum((0, 1))  # (M, L, L)
+    tiny = torch.finfo(dtype).tiny  # a state never visited keeps a finite (very negative) logit
+    init_logits = torch.log((init_counts / init_counts.sum(-1, keepdim=True)).clamp_min(tiny))
+    rows = trans_counts.sum(-1, keepdim=True)
+    trans_logits = torch.where(rows > 0, torch.log((trans_counts / rows.clamp_min(tiny)).clamp_min(tiny)), params.trans_logits)
+    states = joint_states(m, l)
+    onehot = torch.nn.functional.one_hot(states, l).to(dtype).reshape(-1, m * l)  # (S, M L)
+    weight = post.joint.sum((0, 1))  # (S,)
+    y_joint = torch.einsum("nts,ntd->sd", post.joint, y)  # (S, D): sum_t p(s_t = c) y_t
+    if params.bias is None:
+        ess = onehot.T @ (weight[:, None] * onehot)
+        esy = onehot.T @ y_joint  # (M L, D)
+        w = torch.linalg.pinv(ess, hermitian=True) @ esy
+        yy = torch.einsum("ntd,nte->de", y * mask[..., None], y)
+        cov = (yy - esy.T @ w) / lengths.sum()
+        cov = 0.5 * (cov + cov.T)
+        return FHMMParams(init_logits, trans_logits, w.reshape(m, l, -1), cov=cov)
+    weights = params.weights.detach().clone().requires_grad_(True)
+    bias = params.bias.detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([weights, bias], max_iter=bernoulli_iters, line_search_fn="strong_wolfe", tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        logits = weights[torch.arange(m), states].sum(1) + bias  # (S, D)
+        q = (y_joint * torch.nn.functional.logsigmoid(logits) + (weight[:, None] - y_joint) * torch.nn.functional.logsigmoid(-logits)).sum()
+        (-q).backward()
+        return -q
+
+    opt.step(closure)
+    return FHMMParams(init_logits, trans_logits, weights.detach(), bias=bias.detach())
+
+
+def fit_em(y: Tensor, init: FHMMParams, max_iter: int = 100, tol: float = 1e-8, lengths: Tensor | None = None) -> EMFit:
+    """Baum-Welch on the joint state space: E-step by forward-backward, M-step by :func:`m_step`.
+    The log-likelihood never decreases (tested). Stops when an iteration gains less than ``tol`` per
+    sequence, relative to |log p|."""
+    y, lengths = _lengths(y, lengths)
+    params = init
+    trace: list[float] = []
+    converged = False
+    n = y.shape[0]
+    for _ in range(max_iter):
+        post = forward_backward(y, params, lengths)
+        trace.append(float(post.log_evidence.sum()) / n)
+        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
+            converged = True
+            break
+        params = m_step(y, post, params, lengths)
+    else:
+        trace.append(float(log_evidence(y, params, lengths)) / n)
+    return EMFit(params, trace, len(trace) - 1, converged)
+
+
+def brute_force(y: Tensor, params: FHMMParams, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """For ONE sequence y: (T, D), by enumerating all S^T joint paths (tiny cases only: a test reference,
+    independent of the recursions above): log p(y); p(s_t^m = l | y): (T, M, L);
+    p(s_t^m = i, s_{t+1}^m = j | y): (T-1, M, L, L); every path (P, T, M) and its log p(path | y) (P,)."""
     m, l = params.num_chains, params.num_states
     states = joint_states(m, l)
     log_e = emission_log_prob(y[None, :length], params)[0]  # (T, S)
@@ -173,4 +507,23 @@ def brute_force(y: Tensor, params: FHMMParams, length: int) -> tuple[Tensor, Ten
     log_z = torch.logsumexp(scores_t, 0)
     weights = torch.exp(scores_t - log_z)
     onehot = torch.nn.functional.one_hot(torch.stack(paths), l).to(y.dtype)  # (P, T, M, L)
-    return log_z, torch.einsum("p,ptml->tml", weights, onehot)
+    marginals = torch.einsum("p,ptml->tml", weights, onehot)
+    pairwise = torch.einsum("p,ptmi,ptmj->tmij", weights, onehot[:, :-1], onehot[:, 1:])
+    return log_z, marginals, pairwise, torch.stack(paths), scores_t - log_z
+
+
+def brute_force_kl(q: Variational, n: int, y: Tensor, params: FHMMParams, length: int) -> Tensor:
+    """KL(q(s) || p(s | y)) for sequence n, summed over all S^T joint paths (tiny cases only). q's
+    probability of a path is read from its marginals and pairwise tables alone (any product of chains:
+    q(path) = prod_m q(c_1^m) prod_t q(c_t^m, c_{t+1}^m) / q(c_t^m)), so this does not use q.entropy."""
+    _, _, _, paths, log_post = brute_force(y, params, length)
+    m = params.num_chains
+    theta, xi = q.marginals[n, :length], q.pairwise[n, : length - 1]
+    chains = torch.arange(m)
+    t_idx = torch.arange(length - 1)
+    log_q = torch.log(theta[0, chains, paths[:, 0]]).sum(-1)  # (P,)
+    if length > 1:
+        prev, nxt = paths[:, :-1], paths[:, 1:]  # (P, T-1, M)
+        log_q = log_q + (torch.log(xi[t_idx[:, None], chains, prev, nxt]) - torch.log(theta[t_idx[:, None], chains, prev])).sum((1, 2))
+    q_path = torch.exp(log_q)
+    return torch.where(q_path > 0, q_path * (log_q - log_post), 0.0).sum()
