@@ -88,7 +88,8 @@ class GuideArgs:
 class SVIConfig:
     """Stochastic variational inference.
 
-    elbo: Trace_ELBO (default), TraceGraph_ELBO, TraceEnum_ELBO or TraceMeanField_ELBO, where valid.
+    elbo: Trace_ELBO (default), TraceGraph_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO or Analytic_ELBO (the
+        ELBO in closed form, no sampling: the factorial HMM's guides), where valid.
     num_particles: samples per step for the Monte Carlo estimators.
     optimiser, lr: torch optimiser and its initial step size; lr_final: the step size decays
         geometrically to this by the last step (default: no decay).
@@ -237,8 +238,11 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
             raise ConfigError(f"guides: unknown guide {g!r} for model {spec.name!r}; known: {', '.join(spec.guides)}")
         gs = spec.guides[g]
         if cfg.svi.elbo not in gs.valid_elbos:
+            why = gs.why_not
+            if cfg.svi.elbo == "Analytic_ELBO":
+                why = "Analytic_ELBO needs the ELBO in closed form under the guide, which this guide does not give"
             raise ConfigError(
-                f"svi.elbo={cfg.svi.elbo!r} is not valid for model {spec.name!r} with guide {g!r}: {gs.why_not}; "
+                f"svi.elbo={cfg.svi.elbo!r} is not valid for model {spec.name!r} with guide {g!r}: {why}; "
                 f"valid: {', '.join(gs.valid_elbos)}"
             )
     if cfg.data.name != "file" and cfg.data.name not in spec.datasets:
@@ -263,6 +267,9 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
 
 def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:
     """Refuse, before any work, a run that would enumerate more latent configurations than the limits."""
+    too_large = spec.exact_size_error(cfg.model_args)
+    if too_large and spec.exact is not None and cfg.em.enabled:
+        raise ConfigError(f"{too_large}; set em.enabled = false to train without the exact reference")
     if not spec.latent_field:
         return
     k = getattr(cfg.model_args, spec.latent_field)

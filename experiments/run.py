@@ -61,6 +61,8 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
 
     data = spec.load(cfg.data, args, cfg.seed)  # raises DataError before anything is written
     x, x_test = heldout_split(data.x.to(dtype), cfg.data.heldout, cfg.seed)
+    if x_test is None and data.x_test is not None and spec.heldout is not None:  # the data set's fixed test set
+        x_test = data.x_test.to(dtype)
     num_points = x.shape[0]
     if cfg.svi.batch_size > num_points:
         raise ConfigError(f"svi.batch_size={cfg.svi.batch_size} is larger than the {num_points} training points")
@@ -94,7 +96,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     log(f"{title}\nrun folder: {run_dir}")
 
     ref = spec.exact
-    enumerable = ref is not None and ref.enumerable and (
+    enumerable = ref is not None and ref.enumerable and not spec.exact_size_error(args) and (
         not spec.latent_field or getattr(args, spec.latent_field) <= MAX_LATENTS
     )  # beyond the limit (em disabled; the config refuses it otherwise) the ELBO is reported by Monte Carlo
     metrics["enumerable"] = enumerable
@@ -146,7 +148,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     metrics["status"] = "interrupted" if interrupted or stop_requested() else "complete"
     table = report.comparison_table(metrics)
     if metrics.get("heldout"):
-        table += f"\n\nHeld out ({metrics['num_heldout']} documents or points, never trained on):\n\n" + report.heldout_table(metrics)
+        table += f"\n\nHeld out ({metrics['num_heldout']} documents, points or sequences, never trained on):\n\n" + report.heldout_table(metrics)
     report.plot_elbo(run_dir / "elbo.png", metrics)
     if spec.plot_fit is not None:
         report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)

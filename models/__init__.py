@@ -14,12 +14,14 @@ import pyro
 from torch import Tensor, nn
 
 from guides import binary as binary_guides
+from guides import fhmm as fhmm_guides
 from guides import gmm as gmm_guides
 from guides import lda as lda_guides
 from guides import lfdm as lfdm_guides
 from guides import noisy_or as noisy_or_guides
-from models import datasets, gmm, lda, lfdm, noisy_or
+from models import datasets, fhmm, gmm, lda, lfdm, noisy_or
 from models.datasets import Dataset, DataOptions
+from models.exact import fhmm as fhmm_exact
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
 from models.exact import noisy_or as noisy_or_exact
@@ -28,7 +30,7 @@ from models.exact import noisy_or as noisy_or_exact
 # process never share state, and a module's state_dict is all there is to save.
 pyro.settings.set(module_local_params=True)
 
-ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO", "TraceMeanField_ELBO")
+ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO", "TraceMeanField_ELBO", "Analytic_ELBO")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ class ModelSpec:
     bound(x, fitted, guide) -> the guide's ELBO in closed form (scalar), for models that are not
         enumerable; otherwise the run reports a Monte Carlo average.
     heldout(x_train, x_test, fitted, seed) -> {metric: value}: the model's held-out evaluation, run
-        on every method when ``data.heldout`` > 0.
+        on every method when ``data.heldout`` > 0 or the data set comes with a fixed test set.
+    exact_size_error(args) -> str: why the exact reference is out of reach at these args ("" when it is
+        not), for models whose exact cost is not set by ``latent_field`` (the factorial HMM's L^M).
     """
 
     name: str
@@ -119,6 +123,7 @@ class ModelSpec:
     fitted: Callable[..., Any] = lambda model, guide: model.params.detach()
     bound: Callable[..., Tensor] | None = None
     heldout: Callable[..., dict[str, float]] | None = None
+    exact_size_error: Callable[[Any], str] = lambda args: ""
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""
@@ -126,7 +131,8 @@ class ModelSpec:
             data = datasets.from_file(opts.path, opts.standardise and self.real_valued)
         else:
             data = self.datasets[opts.name](opts, args, seed)
-        return data._replace(x=self.validate(data.x, args))
+        x_test = None if data.x_test is None else self.validate(data.x_test, args)
+        return data._replace(x=self.validate(data.x, args), x_test=x_test)
 
 
 _GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
@@ -281,6 +287,47 @@ MODELS: dict[str, ModelSpec] = {
             fitted=lambda model, guide: guide.topic_params(model.params).detach(),
             bound=lambda x, fitted, guide: lda.closed_form_elbo(x, fitted, *guide.variational(x)),
             heldout=lda.heldout_metrics,
+        ),
+        ModelSpec(
+            name="fhmm",
+            summary="Factorial HMM: M Markov chains of L states, Gaussian or Bernoulli emissions; exact up to L^M = 4,096",
+            args_type=fhmm.FHMMArgs,
+            model=fhmm.model,
+            learnable=lambda init, args: fhmm.FHMM(init),
+            simulate=fhmm.simulate,
+            validate=fhmm.validate_data,
+            init_params=fhmm.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "completely factorised: q(s) = prod_t prod_m Cat(s_t^m), free per sequence and step",
+                    fhmm_guides.mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                ),
+                "structured_mean_field": GuideSpec(
+                    "structured_mean_field", "independent Markov chains q(s) = prod_m q(s^m_{1:T}), free pseudo-emissions "
+                    "per sequence, step and chain (forward-backward per chain)",
+                    fhmm_guides.structured_mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "the structured family, pseudo-emissions from a bidirectional GRU over y",
+                    fhmm_guides.amortised, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=lambda y, params: fhmm_exact.log_evidence(y, params),
+                elbo=lambda y, params, q: fhmm_exact.elbo(y, params, q).sum(),
+                kl=lambda y, params, q: fhmm_exact.kl(y, params, q).sum(),
+                fit=lambda y, init, args, max_iter, tol: fhmm_exact.fit_em(y, init, max_iter, tol),
+                method="exact EM (Baum-Welch)",
+            ),
+            datasets={
+                "synthetic": fhmm.synthetic,
+                "chorales": fhmm.chorales,
+            },
+            describe=lambda args: f"M={args.num_chains} chains x L={args.num_states} states, {args.emission} emissions",
+            describe_fit=fhmm.describe_fit,
+            real_valued=False,
+            heldout=fhmm.heldout_metrics,
+            exact_size_error=fhmm.exact_size_error,
         ),
     )
 }

@@ -32,6 +32,7 @@ class DataOptions:
     num_points, dim, separation: size and spread of synthetic data drawn from the model's simulator
         (dim is the number of symptoms for the noisy-OR network, the vocabulary for synthetic documents).
     doc_length: mean number of words in a synthetic document (Poisson, at least one).
+    num_steps: length of each synthetic sequence (factorial HMM).
     vocab_size, min_doc_freq: the vocabulary cut-off for text corpora: words in at least min_doc_freq
         documents, then the vocab_size most frequent.
     subset: use only the first ``subset`` documents or rows of a real data set (0: all of them).
@@ -46,6 +47,7 @@ class DataOptions:
     dim: int = 2
     separation: float = 4.0
     doc_length: int = 50
+    num_steps: int = 20
     vocab_size: int = 2000
     min_doc_freq: int = 5
     subset: int = 0
@@ -58,7 +60,7 @@ class DataOptions:
             raise ValueError(f"data.dim must be >= 1, got {self.dim}")
         if not self.separation > 0:
             raise ValueError(f"data.separation must be > 0, got {self.separation}")
-        for key in ("doc_length", "vocab_size", "min_doc_freq"):
+        for key in ("doc_length", "num_steps", "vocab_size", "min_doc_freq"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.subset < 0:
@@ -70,14 +72,17 @@ class DataOptions:
 
 
 class Dataset(NamedTuple):
-    """x: (N, D) float64 data. truth: the generating parameters when known (synthetic), else None.
-    labels: (N,) true assignments when known, else None. features: the column names."""
+    """x: (N, D) float64 data ((N, T, D) NaN-padded sequences for the factorial HMM). truth: the generating
+    parameters when known (synthetic), else None. labels: (N,) true assignments when known, else None.
+    features: the column names. x_test: a fixed test set that comes with the data (chorales; synthetic
+    sequences), used as the held-out set when ``data.heldout`` is 0."""
 
     x: Tensor
     description: str
     features: tuple[str, ...]
     truth: Any = None
     labels: Tensor | None = None
+    x_test: Tensor | None = None
 
 
 def standardise(x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-r"""Two small distributions the binary-latent models need and Pyro does not have in this form.
+r"""Small distributions the models need and Pyro does not have in this form.
 
 * :class:`BernoulliVector`: K independent Bernoulli bits as one event of shape (K,), whose
   ``enumerate_support`` lists all 2^K configurations. One sample site then holds a point's whole
@@ -10,6 +10,8 @@ r"""Two small distributions the binary-latent models need and Pyro does not have
 * :class:`TopicWord`: a word drawn from the topic a latent index picks, w ~ Cat(beta_z), scored by
   looking up log beta[z, w]: LDA's word site without the (tokens, V) table ``Categorical(beta[z])``
   would build (and, through autograd, its gradient).
+* :class:`MarkovChain`: a whole discrete chain s_{1:T} as one event, with time-varying transitions and
+  lengths: the factorial HMM's chains (homogeneous) and its guides' chains (time-varying conditionals).
 """
 
 from __future__ import annotations
@@ -152,3 +154,67 @@ class TopicWord(TorchDistribution):
         with torch.no_grad():
             words = torch.multinomial(self.log_table.exp()[index], 1).squeeze(-1) if index.numel() else index
         return words.reshape(shape)
+
+
+class MarkovChain(TorchDistribution):
+    """A discrete Markov chain s_{1:T} as one event of shape (T,): the factorial HMM's chains and their guides.
+
+    log p(s) = log softmax(init_logits)[s_1] + sum_{t < T_n} log softmax(trans_logits[t, s_t])[s_{t+1}]
+
+    init_logits: (..., L); trans_logits: (..., T-1, L, L), row = previous state (time-varying: a guide's
+    conditionals; expand a homogeneous (L, L) matrix for a model's chain); lengths: long, broadcastable to
+    the batch shape: steps past a chain's length are sampled (the value must have T entries) but add
+    nothing to log_prob. Not enumerable (L^T paths): score-function estimators only.
+    """
+
+    arg_constraints = {}
+    has_enumerate_support = False
+
+    def __init__(self, init_logits: Tensor, trans_logits: Tensor, lengths: Tensor, validate_args=None):
+        self.init_logits = init_logits
+        self.trans_logits = trans_logits
+        self.lengths = lengths
+        batch_shape = torch.broadcast_shapes(init_logits.shape[:-1], trans_logits.shape[:-3], lengths.shape)
+        super().__init__(batch_shape, torch.Size([trans_logits.shape[-3] + 1]), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=1)
+    def support(self):
+        return constraints.independent(constraints.integer_interval(0, self.init_logits.shape[-1] - 1), 1)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        l = self.init_logits.shape[-1]
+        t1 = self.trans_logits.shape[-3]
+        return MarkovChain(self.init_logits.expand(batch_shape + (l,)), self.trans_logits.expand(batch_shape + (t1, l, l)),
+                           self.lengths.expand(batch_shape), validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        value = value.long()
+        l = self.init_logits.shape[-1]
+        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        value = value.expand(shape + value.shape[-1:])
+        log_init = torch.log_softmax(self.init_logits, -1).expand(shape + (l,))
+        out = log_init.gather(-1, value[..., :1]).squeeze(-1)
+        t1 = value.shape[-1] - 1
+        if t1 == 0:
+            return out
+        log_trans = torch.log_softmax(self.trans_logits, -1).expand(shape + (t1, l, l))
+        rows = log_trans.gather(-2, value[..., :-1, None, None].expand(shape + (t1, 1, l))).squeeze(-2)  # (..., T-1, L)
+        steps = rows.gather(-1, value[..., 1:, None]).squeeze(-1)  # (..., T-1)
+        inside = torch.arange(1, t1 + 1) < self.lengths.expand(shape)[..., None]
+        return out + torch.where(inside, steps, 0.0).sum(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        l = self.init_logits.shape[-1]
+        t1 = self.trans_logits.shape[-3]
+        with torch.no_grad():
+            probs0 = torch.softmax(self.init_logits, -1).expand(shape + (l,)).reshape(-1, l)
+            s = [torch.multinomial(probs0, 1).squeeze(-1)]
+            trans = torch.softmax(self.trans_logits, -1).expand(shape + (t1, l, l)).reshape(-1, t1, l, l)
+            rows = torch.arange(trans.shape[0])
+            for t in range(t1):
+                s.append(torch.multinomial(trans[rows, t, s[-1]], 1).squeeze(-1))
+        return torch.stack(s, -1).reshape(shape + (t1 + 1,))

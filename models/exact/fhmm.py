@@ -42,6 +42,20 @@ class FHMMParams(NamedTuple):
     def num_states(self) -> int:
         return self.init_logits.shape[1]
 
+    @property
+    def emission(self) -> str:
+        return "gaussian" if self.bias is None else "bernoulli"
+
+    def detach(self) -> "FHMMParams":
+        return FHMMParams(*(None if t is None else t.detach().clone() for t in self))
+
+    def to(self, dtype: torch.dtype) -> "FHMMParams":
+        return FHMMParams(*(None if t is None else t.to(dtype) for t in self))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
+        return {k: v.detach().clone() for k, v in self._asdict().items() if v is not None}
+
 
 def check_joint_size(num_chains: int, num_states: int) -> int:
     """S = L^M, or a ValueError naming the limit when exact inference would need too many joint states."""

@@ -1,0 +1,184 @@
+r"""Guides for the factorial HMM (:mod:`models.fhmm`): the two mean-field families of Ghahramani & Jordan, and
+an amortised one.
+
+* ``mean_field``, completely factorised: q(s) = prod_n prod_t prod_m Cat(s_{n,t}^m | softmax(logits_{n,t,m})),
+  free logits (N, T, M, L).
+* ``structured_mean_field``: independent chains, q(s_n) = prod_m q(s_n^m), each chain a Markov chain
+  q(s_n^m) proportional to pi^q_m[s_1] prod_t A^q_m[s_t, s_{t+1}] prod_t exp(h_{n,t}^m[s_t]), with free
+  pseudo-emissions h (N, T, M, L) and guide-owned pi^q, A^q (started at the model's). Ghahramani & Jordan's
+  fixed point is of this form (with A^q = A), so the family's optimum is reachable; marginals and pairwise
+  tables come from one L-state forward-backward per chain.
+* ``amortised``: the structured family with h = g(y; lambda), a bidirectional GRU over the sequence and a
+  linear read-out to (M, L) per step, shared across sequences: any gap beyond ``structured_mean_field``'s at
+  the same model parameters is the amortisation gap.
+
+In the Pyro guide each chain's whole path is one site ``s`` (:class:`models.distributions.MarkovChain`,
+batch (M, N), event (T,)), sampled from q's own conditionals q(s_{t+1} | s_t) = q(s_t, s_{t+1}) / q(s_t).
+
+Valid estimators:
+* ``Trace_ELBO``: the score-function gradient for the discrete paths (Rao-Blackwellised per sequence by the
+  plate; its variance grows with T);
+* ``TraceGraph_ELBO``: the same with Pyro's decaying-average baseline (``guide_args.baseline``);
+* ``Analytic_ELBO``, the low-variance path the configs use: no sampling; the ELBO of each guide is computed in
+  closed form from its marginal and pairwise tables (:func:`models.exact.fhmm.elbo`: Gaussian expectations in
+  closed form, Bernoulli ones by contracting the L^M emission table with q) and differentiated exactly.
+Not valid: ``TraceEnum_ELBO`` (one site holds a whole chain: L^T values) and ``TraceMeanField_ELBO``
+(needs reparameterised sites).
+
+Every guide gives ``variational(y)``: the :class:`models.exact.fhmm.Variational` tables the exact reference
+scores (``probs(y, params)`` is the same, for the runner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor, nn
+
+from guides.nets import Baseline
+from models.exact import fhmm as exact
+from models.exact.fhmm import FHMMParams, sequence_lengths
+
+VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "Analytic_ELBO")
+WHY_NOT = ("TraceEnum_ELBO would sum over the L^T paths of each chain (one site holds a whole chain) and "
+           "TraceMeanField_ELBO needs reparameterised sites; Analytic_ELBO is the exact, sampling-free path")
+BASELINES = ("average", "none")
+
+
+class _ChainGuide(PyroModule):
+    """Shared sampling and scoring: subclasses define ``variational(y)``."""
+
+    def __init__(self, baseline: str):
+        super().__init__()
+        if baseline not in BASELINES:
+            raise ValueError(f"the factorial HMM guides take baseline {BASELINES}, got {baseline!r}")
+        self.baseline = Baseline(baseline)
+
+    def variational(self, y: Tensor) -> exact.Variational:
+        raise NotImplementedError
+
+    def probs(self, y: Tensor, params: FHMMParams | None = None) -> exact.Variational:
+        return self.variational(y)
+
+    def analytic_elbo(self, y: Tensor, params: FHMMParams) -> Tensor:
+        """ELBO(q) summed over sequences, in closed form (differentiable): the Analytic_ELBO objective."""
+        return exact.elbo(y, params, self.variational(y)).sum()
+
+    def forward(self, y: Tensor) -> None:
+        q = self.variational(y)
+        lengths = sequence_lengths(y)
+        tiny = torch.finfo(y.dtype).tiny
+        init_logits = torch.log(q.marginals[:, 0].clamp_min(tiny)).transpose(0, 1)  # (M, N, L)
+        # row i of log q(s_t, s_{t+1}) normalises to log q(s_{t+1} | s_t = i)
+        trans_logits = torch.log(q.pairwise.clamp_min(tiny)).permute(2, 0, 1, 3, 4)  # (M, N, T-1, L, L)
+        n, m = y.shape[0], q.marginals.shape[2]
+        with pyro.plate("sequences", n, dim=-1), pyro.plate("chains", m, dim=-2):
+            from models.distributions import MarkovChain  # models imports guides to build its registry
+
+            pyro.sample("s", MarkovChain(init_logits, trans_logits, lengths), infer=self.baseline.infer(lambda: y))
+
+
+class MeanField(_ChainGuide):
+    """Completely factorised: q(s_{n,t}^m) = softmax(logits[n, t, m]); logits: (N, T, M, L), free."""
+
+    def __init__(self, logits: Tensor, baseline: str = "average"):
+        super().__init__(baseline)
+        self.logits = PyroParam(logits.detach().clone())
+
+    def variational(self, y: Tensor) -> exact.Variational:
+        _check_size(y, self.logits.shape[0])
+        return exact.factorised(torch.softmax(self.logits, -1), sequence_lengths(y))
+
+
+class Structured(_ChainGuide):
+    """Independent chains with free pseudo-emissions h: (N, T, M, L) and guide-owned init (M, L) and transition
+    (M, L, L) logits."""
+
+    def __init__(self, unary: Tensor, init: FHMMParams, baseline: str = "average"):
+        super().__init__(baseline)
+        self.unary = PyroParam(unary.detach().clone())
+        self.init_logits = PyroParam(init.init_logits.detach().clone())
+        self.trans_logits = PyroParam(init.trans_logits.detach().clone())
+
+    def variational(self, y: Tensor) -> exact.Variational:
+        _check_size(y, self.unary.shape[0])
+        return exact.structured(self.init_logits, self.trans_logits, self.unary, sequence_lengths(y))
+
+
+class Amortised(_ChainGuide):
+    """The structured family with h = Linear(BiGRU(y)): (N, T, M, L); inputs standardised with the training
+    rows' mean and scale. The read-out starts at zero (q = the guide's prior chains)."""
+
+    def __init__(self, y_train: Tensor, init: FHMMParams, hidden: Sequence[int] = (32,), baseline: str = "average"):
+        super().__init__(baseline)
+        m, l = init.num_chains, init.num_states
+        rows = torch.nan_to_num(y_train, nan=0.0)[exact.step_mask(sequence_lengths(y_train), y_train.shape[1])]
+        std = rows.std(0, unbiased=False)
+        self.register_buffer("mean", rows.mean(0))
+        self.register_buffer("std", torch.where(std > 0, std, torch.ones_like(std)))
+        size = hidden[0]
+        self.rnn = nn.GRU(y_train.shape[-1], size, num_layers=len(hidden), batch_first=True, bidirectional=True).to(y_train.dtype)
+        self.readout = nn.Linear(2 * size, m * l).to(y_train.dtype)
+        nn.init.zeros_(self.readout.weight)
+        nn.init.zeros_(self.readout.bias)
+        self.shape = (m, l)
+        self.init_logits = PyroParam(init.init_logits.detach().clone())
+        self.trans_logits = PyroParam(init.trans_logits.detach().clone())
+
+    def unary(self, y: Tensor) -> Tensor:
+        lengths = sequence_lengths(y)
+        x = (torch.nan_to_num(y, nan=0.0) - self.mean) / self.std
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=y.shape[1])
+        return self.readout(out).reshape(y.shape[:2] + self.shape)
+
+    def variational(self, y: Tensor) -> exact.Variational:
+        return exact.structured(self.init_logits, self.trans_logits, self.unary(y), sequence_lengths(y))
+
+
+def _check_size(y: Tensor, n: int) -> None:
+    if y.shape[0] != n:
+        raise ValueError(
+            f"this guide was built for {n} sequences, got {y.shape[0]}: free per-sequence parameters do not "
+            "transfer to new data (use the amortised guide)"
+        )
+
+
+def _start(y: Tensor, init: FHMMParams, family: str, start: str) -> Tensor | None:
+    """Starting marginals: None (uniform) or the family's fixed point at the initial parameters."""
+    if start not in ("uniform", "posterior"):
+        raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {start!r}")
+    if start == "uniform":
+        return None
+    return exact.fit_mean_field(y, init.to(y.dtype), family, max_sweeps=100)
+
+
+def mean_field(y: Tensor, init: FHMMParams, start: str = "uniform", baseline: str = "average") -> MeanField:
+    """start="posterior": the logits of the completely factorised fixed point at ``init``."""
+    n, t = y.shape[:2]
+    fit = _start(y, init, "factorised", start)
+    logits = torch.zeros(n, t, init.num_chains, init.num_states, dtype=y.dtype)
+    if fit is not None:
+        logits = torch.log(fit.q.marginals.clamp_min(1e-30))
+    return MeanField(logits, baseline)
+
+
+def structured_mean_field(y: Tensor, init: FHMMParams, start: str = "uniform", baseline: str = "average") -> Structured:
+    """start="posterior": pseudo-emissions of the structured fixed point at ``init`` (Ghahramani & Jordan's h)."""
+    n, t = y.shape[:2]
+    unary = torch.zeros(n, t, init.num_chains, init.num_states, dtype=y.dtype)
+    fit = _start(y, init, "structured", start)
+    if fit is not None:
+        mask = exact.step_mask(sequence_lengths(y), t)
+        params = init.to(y.dtype)
+        unary = torch.stack([exact.expected_log_emission(torch.nan_to_num(y), params, fit.q.marginals, chain=c)
+                             for c in range(init.num_chains)], 2) * mask[..., None, None]
+    return Structured(unary, init.to(y.dtype), baseline)
+
+
+def amortised(y: Tensor, init: FHMMParams, hidden: Sequence[int] = (32,), baseline: str = "average") -> Amortised:
+    return Amortised(y, init.to(y.dtype), hidden, baseline)
