@@ -137,7 +137,7 @@ def test_score_function_svi_closes_most_of_the_gap(noisy):
     assert reached - start > 0.9 * (best - start), (start, reached, best)
 
 
-def test_em_from_the_shared_start_beats_that_start_and_model_matches_exact():
+def test_pyro_log_joint_equals_the_exact_path_score():
     """The Pyro model's log joint equals the exact module's path score (sampled paths, padded sequences)."""
     y, params, args = tiny("bernoulli", 2, 3)
     module = fhmm.FHMM(params)

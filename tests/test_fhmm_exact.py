@@ -198,3 +198,33 @@ def test_padding_rules_are_checked():
         fhmm.sequence_lengths(y)
     with pytest.raises(ValueError, match=r"lengths must be \(N,\)"):
         fhmm.forward_backward(torch.zeros(2, 4, 3), random_params(2, 2, 3, "gaussian", 0), torch.tensor([4, 5]))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("family", ["factorised", "structured"])
+def test_variational_em_never_decreases_the_elbo(kind, family):
+    """Ghahramani & Jordan's learning algorithm (fixed-point E-step, M-step on q's statistics) raises the ELBO
+    every iteration, and its ELBO stays below the exact log-likelihood of the parameters it reaches."""
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randn(5, 12, 4, generator=gen, dtype=torch.float64)
+    if kind == "bernoulli":
+        y = (y > 0.5).to(torch.float64)
+    y[1, 7:] = float("nan")
+    fit = fhmm.fit_variational_em(y, random_params(3, 2, 4, kind, seed=3), family, max_iter=15, tol=1e-12)
+    assert all(b >= a - 1e-9 * abs(a) for a, b in zip(fit.elbo, fit.elbo[1:]))
+    assert fit.elbo[-1] > fit.elbo[0] + 1.0
+    assert fit.elbo[-1] <= float(fhmm.log_evidence(y, fit.params)) / 5 + 1e-9
+
+
+def test_gaussian_m_step_from_marginals_equals_the_joint_table_version():
+    """For a mean-field q the cross-chain statistics E[s^m s^k^T] come from the marginals (no L^M table); they
+    equal what the joint-table formula gives for the product distribution."""
+    y, params, lengths = tiny_data("gaussian", 3, 2)
+    q = random_q("structured", y, 3, 2, lengths, seed=1)
+    table = fhmm._product_joint(q.marginals) * fhmm.step_mask(lengths, 4)[..., None]
+    as_posterior = fhmm.Posterior(torch.zeros(3, dtype=torch.float64), q.marginals, q.pairwise, table)
+    y0 = torch.nan_to_num(y)
+    a = fhmm.m_step(y0, q, params, lengths)
+    b = fhmm.m_step(y0, as_posterior, params, lengths)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-10)

@@ -90,28 +90,25 @@ def emission_log_prob(y: Tensor, params: FHMMParams) -> Tensor:
     return -0.5 * ((z**2).sum(-1) + log_det + d * torch.log(torch.tensor(2 * torch.pi, dtype=y.dtype)))
 
 
-def _transition(log_alpha: Tensor, log_trans: Tensor) -> Tensor:
-    """sum over previous joint states of alpha(c') A(c' -> c), chain by chain: (N, S) -> (N, S)."""
-    n = log_alpha.shape[0]
-    m, l, _ = log_trans.shape
-    a = log_alpha.reshape((n,) + (l,) * m)
+def _push(alpha: Tensor, trans: Tensor) -> Tensor:
+    """sum over previous joint states of alpha(c') A(c' -> c), chain by chain: (B, S) -> (B, S).
+    trans: (M, L, L) probabilities; each chain is one matrix product on its axis of the (L,)*M view."""
+    b = alpha.shape[0]
+    m, l, _ = trans.shape
+    a = alpha.reshape((b,) + (l,) * m)
     for i in range(m):
-        a = a.movedim(i + 1, -1)  # chain i last: (..., L_prev)
-        a = torch.logsumexp(a.unsqueeze(-1) + log_trans[i], dim=-2)  # (..., L_next)
-        a = a.movedim(-1, i + 1)
-    return a.reshape(n, -1)
+        a = torch.tensordot(a, trans[i], dims=([i + 1], [0])).movedim(-1, i + 1)
+    return a.reshape(b, -1)
 
 
-def _transition_back(log_beta: Tensor, log_trans: Tensor) -> Tensor:
-    """sum over next joint states of A(c -> c') beta(c'), chain by chain: (N, S) -> (N, S)."""
-    n = log_beta.shape[0]
-    m, l, _ = log_trans.shape
-    b = log_beta.reshape((n,) + (l,) * m)
+def _pull(beta: Tensor, trans: Tensor) -> Tensor:
+    """sum over next joint states of A(c -> c') beta(c'), chain by chain: (B, S) -> (B, S)."""
+    b = beta.shape[0]
+    m, l, _ = trans.shape
+    a = beta.reshape((b,) + (l,) * m)
     for i in range(m):
-        b = b.movedim(i + 1, -1)  # (..., L_next)
-        b = torch.logsumexp(b.unsqueeze(-2) + log_trans[i], dim=-1)  # (..., L_prev)
-        b = b.movedim(-1, i + 1)
-    return b.reshape(n, -1)
+        a = torch.tensordot(a, trans[i], dims=([i + 1], [1])).movedim(-1, i + 1)
+    return a.reshape(b, -1)
 
 
 class Posterior(NamedTuple):
@@ -164,61 +161,69 @@ def step_mask(lengths: Tensor, num_steps: int) -> Tensor:
 
 def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Posterior:
     """Exact posterior of the factorial HMM for y: (N, T, D), padded with NaN rows past each end (or
-    anything, with ``lengths``: (N,) given)."""
+    anything, with ``lengths``: (N,) given).
+
+    The scaled recursions (Rabiner 1989): emissions are exponentiated relative to each step's largest log
+    term (their log kept aside), alpha is renormalised every step and log p(y) accumulates the logs of the
+    normalisers, so every table stays in [0, 1] and the factored transitions are matrix products."""
     y, lengths = _lengths(y, lengths)
     n, t_max, _ = y.shape
     m, l = params.num_chains, params.num_states
     log_e = emission_log_prob(y, params)  # (N, T, S)
-    log_init = torch.log_softmax(params.init_logits, -1)
-    log_trans = torch.log_softmax(params.trans_logits, -1)
+    log_shift = log_e.max(-1, keepdim=True).values
+    e = torch.exp(log_e - log_shift)  # (N, T, S), max 1 per step
+    trans = torch.softmax(params.trans_logits, -1)
     states = joint_states(m, l)
-    log_prior = log_init[torch.arange(m), states].sum(-1)  # (S,)
-    alphas = []
-    a = log_prior + log_e[:, 0]
-    alphas.append(a)
+    prior = torch.softmax(params.init_logits, -1)[torch.arange(m), states].prod(-1)  # (S,)
+    mask = step_mask(lengths, t_max)
+    a = prior * e[:, 0]
+    norms = [a.sum(-1)]
+    alphas = [a / norms[0][:, None]]
     for t in range(1, t_max):
-        new = _transition(a, log_trans) + log_e[:, t]
-        a = torch.where((t < lengths)[:, None], new, a)  # past its end a sequence keeps its last alpha
-        alphas.append(a)
-    log_alpha = torch.stack(alphas, 1)  # (N, T, S)
-    log_evidence = torch.logsumexp(log_alpha[torch.arange(n), lengths - 1], -1)
-    b = torch.zeros(n, l**m, dtype=y.dtype)
+        a = _push(alphas[-1], trans) * e[:, t]
+        c = a.sum(-1)
+        keep = mask[:, t]
+        alphas.append(torch.where(keep[:, None], a / torch.where(keep, c, 1.0)[:, None], alphas[-1]))
+        norms.append(torch.where(keep, c, 1.0))
+    alpha = torch.stack(alphas, 1)  # (N, T, S): p(s_t | y_1..t)
+    norm = torch.stack(norms, 1)  # (N, T): p(y_t | y_1..t-1) / exp(log_shift_t)
+    log_evidence = ((torch.log(norm) + log_shift[..., 0]) * mask).sum(1)
+    b = torch.ones(n, l**m, dtype=y.dtype)
     betas = [b]
     for t in range(t_max - 2, -1, -1):
-        new = _transition_back(b + log_e[:, t + 1], log_trans)
-        b = torch.where((t + 1 < lengths)[:, None], new, b)  # zero (log 1) until the sequence's last step
+        new = _pull(b * e[:, t + 1], trans) / norm[:, t + 1, None]
+        b = torch.where(mask[:, t + 1, None], new, b)  # one until the sequence's last step
         betas.append(b)
-    log_beta = torch.stack(betas[::-1], 1)
-    mask = step_mask(lengths, t_max)
-    joint = torch.exp(log_alpha + log_beta - log_evidence[:, None, None]) * mask[..., None]
+    beta = torch.stack(betas[::-1], 1)
+    joint = alpha * beta * mask[..., None]
     onehot = torch.nn.functional.one_hot(states, l).to(y.dtype)  # (S, M, L)
     marginals = torch.einsum("nts,sml->ntml", joint, onehot)
-    pairwise = _pairwise(log_alpha, log_beta + log_e, log_trans, log_evidence) * mask[:, 1:, None, None, None]
+    pairwise = _pairwise(alpha, beta * e / norm[..., None], trans) * mask[:, 1:, None, None, None]
     return Posterior(log_evidence, marginals, pairwise, joint)
 
 
-def _pairwise(log_alpha: Tensor, log_g: Tensor, log_trans: Tensor, log_evidence: Tensor) -> Tensor:
+def _pairwise(alpha: Tensor, g: Tensor, trans: Tensor) -> Tensor:
     """p(s_t^m = i, s_{t+1}^m = j | y): (N, T-1, M, L, L), all t at once.
 
-    p(c_t, c_{t+1} | y) = alpha_t(c_t) prod_k A_k(c_t^k, c_{t+1}^k) g_{t+1}(c_{t+1}) / p(y), g = e * beta.
+    p(c_t, c_{t+1} | y) = alpha_t(c_t) prod_k A_k(c_t^k, c_{t+1}^k) g_{t+1}(c_{t+1}), g = e beta / norm (scaled).
     For chain m: push alpha_t through every other chain's transition, then pair chain m's axis of the result
-    with chain m's axis of g_{t+1}, summing the others: O(S L) per step and chain, never S x S."""
-    n, t_max, s = log_alpha.shape
-    m, l, _ = log_trans.shape
+    with chain m's axis of g_{t+1}, summing the others (a batched matrix product): O(S L) per step and
+    chain, never S x S."""
+    n, t_max, s = alpha.shape
+    m, l, _ = trans.shape
     if t_max == 1:
-        return log_alpha.new_zeros(n, 0, m, l, l)
-    a = log_alpha[:, :-1].reshape(-1, s)  # (N (T-1), S)
-    g = log_g[:, 1:].reshape((-1,) + (l,) * m)
+        return alpha.new_zeros(n, 0, m, l, l)
+    a = alpha[:, :-1].reshape(-1, s)  # (N (T-1), S)
+    g = g[:, 1:].reshape((-1,) + (l,) * m)
+    eye = torch.eye(l, dtype=trans.dtype)
     out = []
     for i in range(m):
-        others = torch.stack([log_trans[k] if k != i else torch.log(torch.eye(l, dtype=log_trans.dtype)) for k in range(m)])
-        pushed = _transition(a, others).reshape((-1,) + (l,) * m)  # chain i still at time t, the others at t+1
+        others = torch.stack([trans[k] if k != i else eye for k in range(m)])
+        pushed = _push(a, others).reshape((-1,) + (l,) * m)  # chain i still at time t, the others at t+1
         pa = pushed.movedim(i + 1, -1).reshape(pushed.shape[0], -1, l)  # (B, rest, L_t)
         pg = g.movedim(i + 1, -1).reshape(pushed.shape[0], -1, l)  # (B, rest, L_{t+1})
-        xi = torch.logsumexp(pa[..., :, None] + pg[..., None, :], 1) + log_trans[i]  # (B, L, L)
-        out.append(xi)
-    xi = torch.stack(out, 1).reshape(n, t_max - 1, m, l, l)
-    return torch.exp(xi - log_evidence[:, None, None, None, None])
+        out.append(pa.transpose(1, 2) @ pg * trans[i])  # (B, L, L)
+    return torch.stack(out, 1).reshape(n, t_max - 1, m, l, l)
 
 
 def log_evidence(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Tensor:
@@ -424,6 +429,35 @@ def fit_mean_field(
 # --------------------------------------------------------------------------- exact EM
 
 
+class VariationalEMFit(NamedTuple):
+    """params; elbo: sum_n ELBO_n / N after each E-step (list, monotone); num_iters; converged."""
+
+    params: FHMMParams
+    elbo: list[float]
+    num_iters: int
+    converged: bool
+
+
+def fit_variational_em(y: Tensor, init: FHMMParams, family: str = "structured", max_iter: int = 100, tol: float = 1e-8,
+                       lengths: Tensor | None = None, sweeps: int = 20) -> VariationalEMFit:
+    """Ghahramani & Jordan's learning algorithm: E-step = the family's fixed point (:func:`fit_mean_field`,
+    warm-started from the previous q), M-step = :func:`m_step` with q in place of the posterior. Both steps
+    raise the ELBO (the Bernoulli M-step is a generalised one). Gaussian: no L^M table anywhere."""
+    y, lengths = _lengths(y, lengths)
+    params, marginals = init, None
+    trace: list[float] = []
+    converged = False
+    for _ in range(max_iter):
+        fit = fit_mean_field(y, params, family, lengths, max_sweeps=sweeps, init=marginals)
+        marginals = fit.q.marginals
+        trace.append(fit.elbo[-1] / y.shape[0])
+        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
+            converged = True
+            break
+        params = m_step(y, fit.q, params, lengths)
+    return VariationalEMFit(params, trace, len(trace), converged)
+
+
 class EMFit(NamedTuple):
     """params; log_likelihood: sum_n log p(y_n) / N before each M-step and at the end (list, monotone);
     num_iters; converged."""
@@ -434,8 +468,9 @@ class EMFit(NamedTuple):
     converged: bool
 
 
-def m_step(y: Tensor, post: Posterior, params: FHMMParams, lengths: Tensor, bernoulli_iters: int = 25) -> FHMMParams:
-    """Maximise E_{p(s|y)}[log p(y, s)] over the parameters.
+def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths: Tensor, bernoulli_iters: int = 25) -> FHMMParams:
+    """Maximise E_q[log p(y, s)] over the parameters, for q the exact posterior (EM) or a mean-field q
+    (variational EM: the M-step of Ghahramani & Jordan's learning algorithm; it raises the ELBO).
 
     pi_m and A_m: normalised expected counts. Gaussian (Ghahramani & Jordan): with s_t the concatenated
     one-hot states (M L,), W = (sum_t E[s_t s_t^T])^+ sum_t E[s_t] y_t^T and C = (sum_t y_t y_t^T - sum_t
@@ -452,18 +487,27 @@ def m_step(y: Tensor, post: Posterior, params: FHMMParams, lengths: Tensor, bern
     init_logits = torch.log((init_counts / init_counts.sum(-1, keepdim=True)).clamp_min(tiny))
     rows = trans_counts.sum(-1, keepdim=True)
     trans_logits = torch.where(rows > 0, torch.log((trans_counts / rows.clamp_min(tiny)).clamp_min(tiny)), params.trans_logits)
-    states = joint_states(m, l)
-    onehot = torch.nn.functional.one_hot(states, l).to(dtype).reshape(-1, m * l)  # (S, M L)
-    weight = post.joint.sum((0, 1))  # (S,)
-    y_joint = torch.einsum("nts,ntd->sd", post.joint, y)  # (S, D): sum_t p(s_t = c) y_t
     if params.bias is None:
-        ess = onehot.T @ (weight[:, None] * onehot)
-        esy = onehot.T @ y_joint  # (M L, D)
+        theta = post.marginals * mask[..., None, None]  # (N, T, M, L)
+        esy = torch.einsum("ntml,ntd->mld", theta, y).reshape(m * l, -1)  # sum_t E[s_t] y_t^T: (M L, D)
+        if isinstance(post, Posterior):  # cross-chain terms of E[s s^T] from the joint table
+            onehot = torch.nn.functional.one_hot(joint_states(m, l), l).to(dtype).reshape(-1, m * l)  # (S, M L)
+            ess = onehot.T @ (post.joint.sum((0, 1))[:, None] * onehot)
+        else:  # chains independent under q: E[s^m s^k^T] = theta^m theta^k^T (k != m), diag(theta^m) (k = m)
+            flat = theta.reshape(-1, m * l)
+            ess = flat.T @ flat
+            diag = torch.block_diag(*[torch.diag(theta[..., c, :].sum((0, 1))) for c in range(m)])
+            own = torch.block_diag(*[flat[:, c * l : (c + 1) * l].T @ flat[:, c * l : (c + 1) * l] for c in range(m)])
+            ess = ess - own + diag
         w = torch.linalg.pinv(ess, hermitian=True) @ esy
         yy = torch.einsum("ntd,nte->de", y * mask[..., None], y)
         cov = (yy - esy.T @ w) / lengths.sum()
         cov = 0.5 * (cov + cov.T)
         return FHMMParams(init_logits, trans_logits, w.reshape(m, l, -1), cov=cov)
+    states = joint_states(m, l)
+    joint = post.joint if isinstance(post, Posterior) else _product_joint(post.marginals) * mask[..., None]
+    weight = joint.sum((0, 1))  # (S,)
+    y_joint = torch.einsum("nts,ntd->sd", joint, y)  # (S, D): sum_t q(s_t = c) y_t
     weights = params.weights.detach().clone().requires_grad_(True)
     bias = params.bias.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS([weights, bias], max_iter=bernoulli_iters, line_search_fn="strong_wolfe", tolerance_change=1e-12)
@@ -477,6 +521,13 @@ def m_step(y: Tensor, post: Posterior, params: FHMMParams, lengths: Tensor, bern
 
     opt.step(closure)
     return FHMMParams(init_logits, trans_logits, weights.detach(), bias=bias.detach())
+
+
+def _product_joint(marginals: Tensor) -> Tensor:
+    """q(s_t = c) = prod_m q(s_t^m = c_m): (N, T, S) from marginals (N, T, M, L)."""
+    m, l = marginals.shape[2:]
+    check_joint_size(m, l)
+    return marginals[:, :, torch.arange(m), joint_states(m, l)].prod(-1)
 
 
 def fit_em(y: Tensor, init: FHMMParams, max_iter: int = 100, tol: float = 1e-8, lengths: Tensor | None = None) -> EMFit:
