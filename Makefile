@@ -16,6 +16,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_binary.py
 	$(BIN)/python benchmarks/bench_lda.py
+	$(BIN)/python benchmarks/bench_fhmm.py
 
 install: $(STAMP)
 

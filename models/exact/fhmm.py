@@ -249,7 +249,7 @@ class Variational(NamedTuple):
 def factorised(probs: Tensor, lengths: Tensor) -> Variational:
     """The completely factorised q(s) = prod_t prod_m q(s_t^m) from probs: (N, T, M, L)."""
     mask = step_mask(lengths, probs.shape[1])
-    pairwise = probs[:, :-1, :, :, None] * probs[:, 1:, :, None, :]
+    pairwise = probs[:, :-1, :, :, None] * probs[:, 1:, :, None, :] * mask[:, 1:, None, None, None]  # zero past ends
     entropy = -(torch.special.xlogy(probs, probs).sum((-1, -2)) * mask).sum(1)
     return Variational(probs, pairwise, entropy)
 
@@ -499,9 +499,14 @@ def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths
             diag = torch.block_diag(*[torch.diag(theta[..., c, :].sum((0, 1))) for c in range(m)])
             own = torch.block_diag(*[flat[:, c * l : (c + 1) * l].T @ flat[:, c * l : (c + 1) * l] for c in range(m)])
             ess = ess - own + diag
-        w = torch.linalg.pinv(ess, hermitian=True) @ esy
+        # E[s s^T] is singular (each chain's one-hot sums to 1: W is defined up to per-chain offsets that
+        # cancel in sum_m W_m[s^m]); the pseudo-inverse cuts those exact null directions (rtol), which
+        # round-off would otherwise blow up into huge offsets
+        w = torch.linalg.pinv(ess, hermitian=True, rtol=1e-10) @ esy
         yy = torch.einsum("ntd,nte->de", y * mask[..., None], y)
-        cov = (yy - esy.T @ w) / lengths.sum()
+        cross = esy.T @ w
+        # the expected residual covariance at this W (equal to G & J's (yy - esy^T W) / T at the exact optimum)
+        cov = (yy - cross - cross.T + w.T @ ess @ w) / lengths.sum()
         cov = 0.5 * (cov + cov.T)
         return FHMMParams(init_logits, trans_logits, w.reshape(m, l, -1), cov=cov)
     states = joint_states(m, l)
