@@ -103,7 +103,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     if not (cfg.em.enabled and ref is not None and (enumerable or not ref.enumerable)):
         ref = None
     fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
-    if data.truth is not None and enumerable and x_test is None:  # validated data and truths are float64
+    if data.truth is not None and enumerable and not cfg.data.heldout:  # x is all of data.x; validated data and truths are float64
         metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if ref is not None:
         start = time.perf_counter()

@@ -4,7 +4,8 @@ Each step estimates the ELBO and its gradient with a Pyro estimator (``loss_and_
 surrogate gradient on the model's and guide's parameters) and takes a torch optimiser step; a guide
 with an ``after_step`` method then takes its own closed-form step (LDA's natural-gradient lambda). With
 ``TraceEnum_ELBO`` the guide is wrapped in ``config_enumerate`` so its discrete sites are summed out
-exactly, in parallel.
+exactly, in parallel. ``Analytic_ELBO`` is not a Pyro estimator: it backpropagates the guide's ELBO in
+closed form (``guide.analytic_elbo``), for guides whose expectations are analytic (the factorial HMM's).
 """
 
 from __future__ import annotations

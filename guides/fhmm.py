@@ -110,7 +110,8 @@ class Structured(_ChainGuide):
 
 class Amortised(_ChainGuide):
     """The structured family with h = Linear(BiGRU(y)): (N, T, M, L); inputs standardised with the training
-    rows' mean and scale. The read-out starts at zero (q = the guide's prior chains)."""
+    rows' mean and scale; the GRU has hidden[0] units per direction and len(hidden) layers. The read-out
+    starts at zero (q = the guide's prior chains)."""
 
     def __init__(self, y_train: Tensor, init: FHMMParams, hidden: Sequence[int] = (32,), baseline: str = "average"):
         super().__init__(baseline)

@@ -76,6 +76,14 @@ class FHMMArgs:
             raise ValueError(f"model_args.num_states must be >= 2, got {self.num_states}")
         if self.emission not in EMISSIONS:
             raise ValueError(f"model_args.emission must be one of {EMISSIONS}, got {self.emission!r}")
+        if self.emission == "bernoulli" and self.num_states**self.num_chains > exact.MAX_JOINT_STATES:
+            # no closed form for E_q[log sigmoid(...)]: every Bernoulli expectation (exact, mean-field ELBO,
+            # fixed points, held-out score) contracts the L^M table
+            raise ValueError(
+                f"model_args.num_chains={self.num_chains}, num_states={self.num_states}: Bernoulli emissions need "
+                f"the L^M = {self.num_states**self.num_chains:,}-state table for every expectation; the limit is "
+                f"{exact.MAX_JOINT_STATES:,} (Gaussian emissions have closed-form mean-field expectations beyond it)"
+            )
 
 
 def exact_size_error(args: FHMMArgs) -> str:

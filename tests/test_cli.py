@@ -65,6 +65,11 @@ MISUSE = {
     "guide option nobody takes": ("[guide_args]\nrefine = 3\n", "guide_args.refine=3 does not apply to the guides"),
     "held-out fraction": ('model = "lda"\n[data]\nname = "reuters"\nheldout = 1.0\n', "data.heldout must be a fraction in [0, 1)"),
     "lda topic step": ('model = "lda"\n[guide_args]\ntopic_step = "newton"\n', "guide_args.topic_step must be"),
+    "fhmm joint states": ('model = "fhmm"\n[data]\nname = "synthetic"\n[model_args]\nnum_chains = 7\nnum_states = 4\n',
+                          "exact inference needs L^M = 4^7 = 16,384 joint states"),
+    "fhmm enumerated paths": ('model = "fhmm"\n[data]\nname = "synthetic"\n[svi]\nelbo = "TraceEnum_ELBO"\n',
+                              "TraceEnum_ELBO would sum over the L^T paths"),
+    "chorales need bernoulli": ('model = "fhmm"\n[data]\nname = "chorales"\nsubset = 2\n', "set model_args.emission = 'bernoulli'"),
 }
 
 

@@ -188,6 +188,9 @@ def test_too_many_joint_states_is_refused_by_the_config_before_any_work():
     raw["em"] = {"enabled": False}
     raw["svi"] = {"elbo": "Analytic_ELBO"}
     parse_config(raw)  # trains without the exact reference (Gaussian expectations need no joint table)
+    raw["model_args"]["emission"] = "bernoulli"
+    with pytest.raises(ConfigError, match=r"Bernoulli emissions need the L\^M = 16,384-state table for every expectation"):
+        parse_config(raw)
     with pytest.raises(ConfigError, match="Analytic_ELBO needs the ELBO in closed form"):
         parse_config({"name": "t", "model": "gmm", "svi": {"elbo": "Analytic_ELBO"}})
     with pytest.raises(ConfigError, match="TraceEnum_ELBO would sum over the L\\^T paths"):
