@@ -1,7 +1,8 @@
-"""Factorial HMM exact inference (models.exact.fhmm; issue 5, started): forward-backward on the joint
-state space equals brute-force enumeration of every joint path (log p(y) and each chain's posterior
-marginals, to 1e-10 in float64), for Gaussian and Bernoulli emissions, with padded sequences of
-different lengths; too many joint states is refused with the limit named."""
+"""Factorial HMM exact inference (models.exact.fhmm): forward-backward equals brute-force enumeration of every
+joint path (log p(y), marginals and pairwise marginals, to 1e-10 in float64) for Gaussian and Bernoulli
+emissions with padded sequences; both mean-field families satisfy ELBO + KL = log p(y) with KL summed over
+every path; Ghahramani & Jordan's fixed points, Baum-Welch and variational EM never decrease their
+objectives; the structured optimum is at least the factorised one; too many joint states is refused."""
 
 from __future__ import annotations
 

@@ -7,10 +7,16 @@ M chains m = 1..M of L states each; sequences n = 1..N of lengths T_n <= T (padd
     Bernoulli:  y_t | s_t ~ Bern(sigmoid(sum_m W_m[s_t^m] + b))           b: (D,)
 
 Joint states are the S = L^M configurations c = (c_1, ..., c_M), in row-major order (chain 1 slowest).
-The forward-backward recursions run in log space over S states, vectorised over sequences, and apply
-the factored transition one chain at a time (a logsumexp over that chain's axis of the (L,)*M view):
-O(T N M L^(M+1)) time instead of the O(T N L^(2M)) of a dense S x S transition, and never an S x S
-matrix in memory. Time is the only Python loop (the recursion is sequential in t).
+The forward-backward recursions are scaled (each step renormalised, log p(y) from the normalisers), run
+over S states vectorised over sequences, and apply the factored transition one chain at a time (a
+matrix product on that chain's axis of the (L,)*M view): O(T N M L^(M+1)) time instead of the
+O(T N L^(2M)) of a dense S x S transition, and never an S x S matrix in memory. Time is the only Python
+loop (the recursion is sequential in t). Sequences are NaN-padded: see :func:`sequence_lengths`.
+
+Also here: Baum-Welch (:func:`fit_em`), the two mean-field families of Ghahramani & Jordan as tables
+(:class:`Variational`: :func:`factorised`, :func:`structured`), their ELBO in closed form (:func:`elbo`),
+their fixed-point updates (:func:`fit_mean_field`) and learning algorithm (:func:`fit_variational_em`),
+and brute-force enumeration of every joint path for tests (:func:`brute_force`, :func:`brute_force_kl`).
 """
 
 from __future__ import annotations
