@@ -158,7 +158,7 @@ def _read_cache(path: Path, key: str):
             if str(z["key"]) != key:
                 return None
             rolls, lengths, is_test, names = z["rolls"], z["lengths"], z["is_test"], [str(n) for n in z["names"]]
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # noqa: BLE001 (a truncated or foreign file raises anything from zipfile/numpy)
         warnings.warn(f"ignoring an unreadable chorale cache {path}: {err}", stacklevel=3)
         return None
     if rolls.shape[0] != lengths.sum() or len(names) != len(lengths) or len(is_test) != len(lengths):
@@ -168,10 +168,16 @@ def _read_cache(path: Path, key: str):
 
 def _write_cache(path: Path, key: str, rolls, lengths, is_test, names) -> None:
     """Write atomically (temporary file, then rename); a cache that cannot be written is only a warning."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".", suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
             np.savez_compressed(f, key=np.asarray(key), rolls=rolls, lengths=lengths, is_test=is_test, names=np.asarray(names))
-        os.replace(f.name, path)
+        os.replace(tmp, path)
+        tmp = None
     except OSError as err:
         warnings.warn(f"could not write the chorale cache {path}: {err}", stacklevel=3)
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

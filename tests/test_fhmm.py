@@ -225,6 +225,11 @@ def test_chorales_are_binary_rolls_with_a_fixed_split(tmp_path):
         assert rows.sum(-1).max() <= 4  # four voices: at most four pitches at once
     assert (a.train.nan_to_num().sum((0, 1)) + a.test.nan_to_num().sum((0, 1)) > 0).all()  # only pitches in use
     assert list(a.pitches) == sorted(a.pitches) and 30 < a.pitches[0] and a.pitches[-1] < 90
+    (cache,) = tmp_path.glob("chorales-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated: rebuilt, with a warning, not a crash
+    with pytest.warns(UserWarning, match="unreadable chorale cache"):
+        c = chorales.chorales(subset=4, cache_dir=tmp_path)
+    assert c.names == a.names and not list(tmp_path.glob("*.tmp"))
 
 
 def test_cli_run_on_synthetic_sequences(tmp_path):
