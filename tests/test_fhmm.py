@@ -9,7 +9,7 @@ import json
 import pyro
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import Trace_ELBO
 
 from experiments.config import SVIConfig, parse_config
 from experiments.train import train_svi
