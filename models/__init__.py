@@ -19,12 +19,14 @@ from guides import gmm as gmm_guides
 from guides import lda as lda_guides
 from guides import lfdm as lfdm_guides
 from guides import noisy_or as noisy_or_guides
-from models import datasets, fhmm, gmm, lda, lfdm, noisy_or
+from guides import vae as vae_guides
+from models import datasets, fhmm, gmm, lda, lfdm, noisy_or, vae
 from models.datasets import Dataset, DataOptions
 from models.exact import fhmm as fhmm_exact
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
 from models.exact import noisy_or as noisy_or_exact
+from models.exact import ppca
 
 # Parameters of PyroModules live in their modules, not in Pyro's global param store: two runs in one
 # process never share state, and a module's state_dict is all there is to save.
@@ -328,6 +330,39 @@ MODELS: dict[str, ModelSpec] = {
             real_valued=False,
             heldout=fhmm.heldout_metrics,
             exact_size_error=fhmm.exact_size_error,
+        ),
+        ModelSpec(
+            name="vae",
+            summary="VAE: L layers of Gaussian latents, Bernoulli or Gaussian pixels; linear = true is probabilistic PCA (exact)",
+            args_type=vae.VAEArgs,
+            model=vae.model,
+            learnable=vae.learnable,
+            simulate=vae.simulate,
+            validate=vae.validate_data,
+            init_params=vae.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(h_n) = prod_l N(m^l_n, diag s^l_n^2), free per point (no network)",
+                    vae_guides.mean_field, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "q(h^1 | x) q(h^2 | h^1) ..., each N(MLP(.)): the hierarchical inference network",
+                    vae_guides.amortised, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=lambda x, dec: ppca.log_evidence(x, dec.ppca()).sum(),
+                elbo=lambda x, dec, q: ppca.elbo(x, dec.ppca(), q).sum(),
+                kl=lambda x, dec, q: ppca.kl_to_posterior(x, dec.ppca(), q).sum(),
+                fit=lambda x, init, args, max_iter, tol: vae.fit_ppca(x, init, args),
+                method="closed-form MLE (PPCA)",
+            ),
+            datasets={"digits": vae.digits},
+            describe=lambda args: (f"{'linear (PPCA), ' if args.linear else ''}latents {list(args.latent_sizes)}, "
+                                   f"{args.likelihood} likelihood"),
+            real_valued=False,
+            minibatch=True,
+            exact_size_error=vae.exact_size_error,
         ),
     )
 }

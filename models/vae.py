@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -227,3 +228,24 @@ def simulate(decoder: Decoder, num_points: int, dim: int, seed: int) -> Tensor:
     with torch.no_grad():
         trace = pyro.poutine.trace(pyro.poutine.uncondition(model)).get_trace(torch.zeros(num_points, dim), decoder)
     return trace.nodes["x"]["value"]
+
+
+class PPCAFit(NamedTuple):
+    """The exact reference's result, in the runner's shape: params (a Decoder), log_likelihood per point
+    ([value]), num_iters (0: closed form), converged."""
+
+    params: Decoder
+    log_likelihood: list[float]
+    num_iters: int
+    converged: bool
+
+
+def fit_ppca(x: Tensor, init: Decoder, args: VAEArgs) -> PPCAFit:
+    """Tipping & Bishop's closed-form MLE, written into a copy of the linear decoder."""
+    mle = ppca.fit_mle(x, args.latent_sizes[0])
+    decoder = copy.deepcopy(init)
+    with torch.no_grad():
+        decoder.out.weight.copy_(mle.weight)
+        decoder.out.bias.copy_(mle.bias)
+    decoder.noise_var = mle.noise_var.detach().clone()
+    return PPCAFit(decoder, [float(ppca.log_evidence(x, mle).mean())], 0, True)

@@ -87,3 +87,30 @@ def test_bad_images_are_refused():
         vae.VAEArgs(latent_sizes=(2, 2), likelihood="gaussian", linear=True)
     with pytest.raises(DataError, match="must be below the data's dimension 2"):
         vae.validate_data(torch.zeros(3, 2), vae.VAEArgs(latent_sizes=(2,), likelihood="gaussian", linear=True))
+
+
+def test_cli_run_of_the_linear_vae(tmp_path):
+    """vizoo run: the PPCA MLE row, exact ELBO / log p(x) / KL for both guides (ELBO + KL = log p(x))."""
+    import json
+
+    from experiments.cli import main
+
+    cfg = tmp_path / "vae.toml"
+    cfg.write_text('model = "vae"\n[data]\nname = "digits"\nsubset = 100\n[model_args]\nlatent_sizes = [2]\n'
+                   'likelihood = "gaussian"\nlinear = true\n[guide_args]\nhidden = [16]\n[svi]\nsteps = 20\nlr = 0.01\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["enumerable"] and metrics["exact"]["method"] == "closed-form MLE (PPCA)"
+    for g in ("mean_field", "amortised"):
+        m = metrics["guides"][g]
+        assert abs(m["final_elbo_per_point"] + m["kl_per_point"] - m["log_likelihood_per_point"]) < 1e-9
+        assert m["log_likelihood_per_point"] <= metrics["exact"]["log_likelihood_per_point"] + 1e-9
+
+
+def test_nonlinear_vae_with_the_exact_reference_is_refused():
+    from experiments.config import parse_config
+    from models.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"exact reference \(probabilistic PCA\) needs model_args.linear = true; set em.enabled = false"):
+        parse_config({"name": "t", "model": "vae", "data": {"name": "digits"}})
