@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models import cache
 from models.errors import DataError
 
 CHORALES_CACHE_VERSION = "chorales-1"
@@ -99,8 +98,7 @@ def chorales(subset: int = 0, cache_dir: Path | None = None) -> Chorales:
     """The chorales, split and padded (see the module docstring). ``subset`` > 0: only the first ``subset``
     training chorales and the first max(1, subset // 4) test ones (for tests; the pitches are those they use)."""
     key = hashlib.sha256(f"{CHORALES_CACHE_VERSION}|{_music21_version()}|{subset}".encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("VIZOO_CACHE", ".cache/vizoo")) if cache_dir is None else Path(cache_dir)
-    path = folder / f"chorales-{key}.npz"
+    path = cache.folder(cache_dir) / f"chorales-{key}.npz"
     cached = _read_cache(path, key)
     if cached is None:
         cached = _build(subset)
@@ -151,13 +149,11 @@ def _build(subset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
 
 
 def _read_cache(path: Path, key: str):
-    if not path.is_file():
-        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            rolls, lengths, is_test, names = z["rolls"], z["lengths"], z["is_test"], [str(n) for n in z["names"]]
+        z = cache.load(path, key)
+        if z is None:
+            return None
+        rolls, lengths, is_test, names = z["rolls"], z["lengths"], z["is_test"], [str(n) for n in z["names"]]
     except Exception as err:  # noqa: BLE001 (a truncated or foreign file raises anything from zipfile/numpy)
         warnings.warn(f"ignoring an unreadable chorale cache {path}: {err}", stacklevel=3)
         return None
@@ -167,17 +163,4 @@ def _read_cache(path: Path, key: str):
 
 
 def _write_cache(path: Path, key: str, rolls, lengths, is_test, names) -> None:
-    """Write atomically (temporary file, then rename); a cache that cannot be written is only a warning."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".", suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-            np.savez_compressed(f, key=np.asarray(key), rolls=rolls, lengths=lengths, is_test=is_test, names=np.asarray(names))
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        warnings.warn(f"could not write the chorale cache {path}: {err}", stacklevel=3)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    cache.save(path, key, "chorale", rolls=rolls, lengths=lengths, is_test=is_test, names=np.asarray(names))

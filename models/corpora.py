@@ -21,9 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
-import warnings
 import zipfile
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -35,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models import cache
 from models.errors import DataError
 
 # Bump when the way news() builds its matrix changes, so that old cache files are not reused.
@@ -97,8 +95,7 @@ def news(
     options = {"vocab_size": vocab_size, "min_doc_freq": min_doc_freq, "max_doc_frac": float(max_doc_frac),
                "subset": subset}
     key = _news_key(options, archive)
-    folder = Path(os.environ.get("VIZOO_CACHE", ".cache/vizoo")) if cache_dir is None else Path(cache_dir)
-    path = folder / f"news-{key[:20]}.npz"
+    path = cache.folder(cache_dir) / f"news-{key[:20]}.npz"
 
     cached = _read_cache(path, key)
     if cached is not None:
@@ -164,17 +161,15 @@ def _news_key(options: dict[str, Any], archive: Path) -> str:
 
 def _read_cache(path: Path, key: str) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], int] | None:
     """The cached (counts, vocab, titles, num_dropped), or None when absent, unreadable or inconsistent."""
-    if not path.is_file():
-        return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["key"]) != key:
-                return None
-            shape = tuple(int(s) for s in f["shape"])
-            data, indices, indptr = f["data"], f["indices"], f["indptr"]
-            vocab = tuple(str(w) for w in f["vocab"])
-            titles = tuple(str(t) for t in f["titles"])
-            num_dropped = int(f["num_dropped"])
+        f = cache.load(path, key)
+        if f is None:
+            return None
+        shape = tuple(int(s) for s in f["shape"])
+        data, indices, indptr = f["data"], f["indices"], f["indptr"]
+        vocab = tuple(str(w) for w in f["vocab"])
+        titles = tuple(str(t) for t in f["titles"])
+        num_dropped = int(f["num_dropped"])
         num_docs, num_words = shape
         consistent = (
             len(vocab) == num_words and len(titles) == num_docs and data.shape == indices.shape
@@ -192,31 +187,18 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, tuple[str, ...], tupl
 
 def _write_cache(path: Path, key: str, counts: np.ndarray, vocab: Sequence[str], titles: Sequence[str],
                  num_dropped: int) -> None:
-    """Store counts as CSR arrays and strings as unicode arrays; temp file + os.replace, so never half-written."""
+    """Store counts as CSR arrays and strings as unicode arrays (:func:`models.cache.save`: never half-written)."""
     rows, cols = np.nonzero(counts)
-    arrays = {
-        "key": np.array(key),
-        "shape": np.array(counts.shape, dtype=np.int64),
-        "data": counts[rows, cols].astype(np.int32),
-        "indices": cols.astype(np.int32),
-        "indptr": np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=counts.shape[0]))]).astype(np.int64),
-        "vocab": np.array(vocab, dtype=str),
-        "titles": np.array(titles, dtype=str),
-        "num_dropped": np.array(num_dropped, dtype=np.int64),
-    }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".", suffix=".tmp", delete=False) as f:
-            tmp = Path(f.name)
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        warnings.warn(f"could not write the corpus cache {path}: {err}", stacklevel=3)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    cache.save(
+        path, key, "corpus",
+        shape=np.array(counts.shape, dtype=np.int64),
+        data=counts[rows, cols].astype(np.int32),
+        indices=cols.astype(np.int32),
+        indptr=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=counts.shape[0]))]).astype(np.int64),
+        vocab=np.array(vocab, dtype=str),
+        titles=np.array(titles, dtype=str),
+        num_dropped=np.array(num_dropped, dtype=np.int64),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

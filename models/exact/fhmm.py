@@ -96,25 +96,26 @@ def emission_log_prob(y: Tensor, params: FHMMParams) -> Tensor:
     return -0.5 * ((z**2).sum(-1) + log_det + d * torch.log(torch.tensor(2 * torch.pi, dtype=y.dtype)))
 
 
-def _push(alpha: Tensor, trans: Tensor) -> Tensor:
-    """sum over previous joint states of alpha(c') A(c' -> c), chain by chain: (B, S) -> (B, S).
-    trans: (M, L, L) probabilities; each chain is one matrix product on its axis of the (L,)*M view."""
-    b = alpha.shape[0]
+def _chainwise(x: Tensor, trans: Tensor, axis: int) -> Tensor:
+    """Apply each chain's transition matrix to its own axis of x: (B, S) viewed as (B, L, ..., L), one matrix
+    product per chain. axis 0 contracts the previous state (forward: sum_c' x(c') A(c' -> c)); axis 1 the
+    next state (backward: sum_c' A(c -> c') x(c')). trans: (M, L, L) probabilities."""
+    b = x.shape[0]
     m, l, _ = trans.shape
-    a = alpha.reshape((b,) + (l,) * m)
+    a = x.reshape((b,) + (l,) * m)
     for i in range(m):
-        a = torch.tensordot(a, trans[i], dims=([i + 1], [0])).movedim(-1, i + 1)
+        a = torch.tensordot(a, trans[i], dims=([i + 1], [axis])).movedim(-1, i + 1)
     return a.reshape(b, -1)
+
+
+def _push(alpha: Tensor, trans: Tensor) -> Tensor:
+    """sum over previous joint states of alpha(c') A(c' -> c): (B, S) -> (B, S)."""
+    return _chainwise(alpha, trans, 0)
 
 
 def _pull(beta: Tensor, trans: Tensor) -> Tensor:
-    """sum over next joint states of A(c -> c') beta(c'), chain by chain: (B, S) -> (B, S)."""
-    b = beta.shape[0]
-    m, l, _ = trans.shape
-    a = beta.reshape((b,) + (l,) * m)
-    for i in range(m):
-        a = torch.tensordot(a, trans[i], dims=([i + 1], [1])).movedim(-1, i + 1)
-    return a.reshape(b, -1)
+    """sum over next joint states of A(c -> c') beta(c'): (B, S) -> (B, S)."""
+    return _chainwise(beta, trans, 1)
 
 
 class Posterior(NamedTuple):
