@@ -17,6 +17,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_binary.py
 	$(BIN)/python benchmarks/bench_lda.py
 	$(BIN)/python benchmarks/bench_fhmm.py
+	$(BIN)/python benchmarks/bench_vae.py
 
 install: $(STAMP)
 

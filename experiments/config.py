@@ -14,6 +14,7 @@ exactly like the file.
     [guide_args]  -> GuideArgs
     [svi]         -> SVIConfig
     [em]          -> EMConfig
+    [eval]        -> EvalConfig
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class GuideArgs:
         (semi-amortised; 0: the network alone).
     topic_step: LDA's guides: how q(beta)'s lambda moves, "natural" (Hoffman et al.'s stochastic
         natural-gradient step) or "gradient" (the optimiser, on the Monte Carlo gradient).
+    reparameterised: the VAE's guides: false hides rsample from their sites, so Trace_ELBO falls back to
+        the score-function estimator (same family, same objective, a different gradient estimate).
     Each guide's builder gets the keys it takes; a key that no guide of the run takes must stay at its
     default (the run refuses it otherwise).
     """
@@ -65,6 +68,7 @@ class GuideArgs:
     baseline: str = "average"
     refine: int = 0
     topic_step: str = "natural"
+    reparameterised: bool = True
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -145,6 +149,31 @@ class EMConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Monte Carlo evaluation, for models where nothing is exact (the non-linear VAE).
+
+    importance_samples: k, the samples per point of the importance-sampled log p(x) (IWAE estimate) and of
+        the ELBO estimate reported for each guide.
+    refit_steps: steps of the per-point fit of q on a fixed decoder (held-out data; the amortisation gap);
+        0 skips it.
+    train_points: evaluate each guide on the first this many training points (0: all of them); held-out
+        points are always all evaluated.
+    """
+
+    importance_samples: int = 1000
+    refit_steps: int = 300
+    train_points: int = 0
+
+    def __post_init__(self) -> None:
+        if self.importance_samples < 1:
+            raise ValueError(f"eval.importance_samples must be >= 1, got {self.importance_samples}")
+        if self.refit_steps < 0:
+            raise ValueError(f"eval.refit_steps must be >= 0, got {self.refit_steps}")
+        if self.train_points < 0:
+            raise ValueError(f"eval.train_points must be >= 0 (0: all), got {self.train_points}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     model: str = "gmm"
@@ -158,6 +187,7 @@ class RunConfig:
     guide_args: GuideArgs = field(default_factory=GuideArgs)
     svi: SVIConfig = field(default_factory=SVIConfig)
     em: EMConfig = field(default_factory=EMConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def spec(self) -> ModelSpec:

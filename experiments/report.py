@@ -119,7 +119,8 @@ def comparison_table(metrics: dict[str, Any]) -> str:
         mine = g["final_elbo_per_point"] if by_elbo else ll
         diff = mine - ref if (mine is not None and ref is not None) else None
         rows.append(
-            f"| SVI {name} | {g['elbo']} | {_f(g['final_elbo_per_point'])} | {_f(ll)} | {_f(g.get('kl_per_point'))} | "
+            f"| SVI {name} | {g['elbo']} | {_f(g['final_elbo_per_point'], se=g.get('final_elbo_se'))} | "
+            f"{_f(ll, se=g.get('log_likelihood_se'))} | {_f(g.get('kl_per_point'))} | "
             f"{_f(diff, signed=True)} | {g['steps']}{' (interrupted)' if g['interrupted'] else ''} | {g['wall_time_s']:.3f} |"
         )
     return "\n".join(rows)
@@ -128,18 +129,20 @@ def comparison_table(metrics: dict[str, Any]) -> str:
 def heldout_table(metrics: dict[str, Any]) -> str:
     """Markdown table of the model's held-out metrics, one row per method (same evaluation for all)."""
     heldout = metrics["heldout"]
-    names = list(next(iter(heldout.values())))
+    names = list(dict.fromkeys(k for values in heldout.values() for k in values))  # every metric, first-seen order
     rows = ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for method, values in heldout.items():
-        rows.append(f"| {method} | " + " | ".join(f"{values[k]:.4g}" for k in names) + " |")
+        rows.append(f"| {method} | " + " | ".join(f"{values[k]:.4g}" if k in values else "–" for k in names) + " |")
     return "\n".join(rows)
 
 
-def _f(v: float | None, signed: bool = False) -> str:
+def _f(v: float | None, signed: bool = False, se: float | None = None) -> str:
+    """4 decimals; with a Monte Carlo standard error, "v ± se"."""
     if v is None:
         return "–"
     v = round(v, 4) + 0.0  # no "-0.0000" from round-off
-    return f"{v:+.4f}" if signed else f"{v:.4f}"
+    text = f"{v:+.4f}" if signed else f"{v:.4f}"
+    return text if se is None or not math.isfinite(se) else f"{text} ± {se:.4f}"
 
 
 def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
@@ -197,12 +200,17 @@ def _axes(figsize: tuple[float, float]):
 
 def _finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
     """Title, legend and grid; then write the PNG atomically and free the figure."""
-    import matplotlib.pyplot as plt
-
     ax.set_title(textwrap.fill(title, int(13 * fig.get_figwidth())), fontsize=9)  # wrap to the figure, never clip
     ax.legend(fontsize=8, loc=legend_loc)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure as a PNG, atomically, and free it."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -11,6 +11,7 @@ The run folder ``<output_dir>/<name>-<timestamp>/`` holds::
     guides/<guide>.pt  the guide's own parameters (state_dict)
     elbo.png           ELBO per point against step, with the exact log-likelihood line
     fit.png            the data and every method's fit (models that provide ``plot_fit``)
+    *.png              the model's own pictures (``pictures``: the VAE's reconstructions, samples, latent map)
     report.md          the comparison table
     metrics.json       written last; "status" is "complete" or "interrupted"
 """
@@ -103,6 +104,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     if not (cfg.em.enabled and ref is not None and (enumerable or not ref.enumerable)):
         ref = None
     fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
+    trained: dict[str, Any] = {}  # method -> its trained guide (SVI methods)
     if data.truth is not None and enumerable and not cfg.data.heldout:  # x is all of data.x; validated data and truths are float64
         metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if ref is not None:
@@ -131,6 +133,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
         fitted = spec.fitted(model, guide)
         metrics["guides"][g] = _evaluate(spec, enumerable, fitted, guide, x, result, cfg)
         fits[f"SVI {g}"] = fitted
+        trained[f"SVI {g}"] = guide
         report.save_tensors(run_dir / "params" / f"{g}.pt", fits[f"SVI {g}"].state_dict())
         report.save_tensors(run_dir / "guides" / f"{g}.pt", guide.state_dict())
         m = metrics["guides"][g]
@@ -143,7 +146,8 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     if x_test is not None:
         metrics["heldout"] = {}
         for method, params in fits.items():
-            metrics["heldout"][method] = spec.heldout(x, x_test, params, cfg.seed)
+            metrics["heldout"][method] = spec.heldout(x, x_test, params, cfg.seed, guide=trained.get(method),
+                                                      samples=cfg.eval.importance_samples, refit_steps=cfg.eval.refit_steps)
             log(f"held out, {method}: " + ", ".join(f"{k} = {v:.4g}" for k, v in metrics["heldout"][method].items()))
     metrics["status"] = "interrupted" if interrupted or stop_requested() else "complete"
     table = report.comparison_table(metrics)
@@ -152,6 +156,9 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     report.plot_elbo(run_dir / "elbo.png", metrics)
     if spec.plot_fit is not None:
         report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)
+    if spec.pictures is not None:
+        labels = data.labels if data.labels is not None and not cfg.data.heldout else None  # rows of x are data.x's
+        spec.pictures(run_dir, x, fits, trained, labels, cfg.seed)
     fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
     report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
     report.write_json(run_dir / "metrics.json", metrics)
@@ -197,6 +204,8 @@ def _evaluate(spec, enumerable: bool, params, guide, x, result: SVIResult, cfg: 
     elif spec.bound is not None:
         out["final_elbo_per_point"] = _per_point(spec.bound(x, params, guide), n)
         out["final_elbo_method"] = "closed form (analytic expectations under q)"
+    elif spec.importance is not None:
+        out.update(spec.importance(x, params, guide, cfg.seed, samples=cfg.eval.importance_samples, points=cfg.eval.train_points))
     else:
         tail = result.elbo_trace[-max(1, len(result.elbo_trace) // 10) :]
         out["final_elbo_per_point"] = sum(tail) / len(tail) if tail else float("nan")
@@ -219,6 +228,10 @@ def _notes(metrics: dict[str, Any]) -> str:
         ]
     else:
         lines = ["This model is not enumerated here: each guide's ELBO is a Monte Carlo estimate."]
+        methods = sorted({g["log_likelihood_method"] for g in metrics["guides"].values() if "log_likelihood_method" in g})
+        if methods:
+            lines.append(f"log p(x) is estimated by importance sampling with each guide's q ({', '.join(methods)}); "
+                         "± is the Monte Carlo standard error.")
     if metrics.get("truth_log_likelihood_per_point") is not None:
         lines.append(f"log p(x)/point at the true parameters: {metrics['truth_log_likelihood_per_point']:.4f}.")
     if metrics["status"] != "complete":

@@ -6,7 +6,10 @@ r"""Guides for the VAE (:mod:`models.vae`): the same diagonal-Gaussian family pe
   (no network). With L = 1 both guides are in one family, so on the same decoder the amortised ELBO can be
   no better than the per-point optimum: the difference is the amortisation gap.
 
-Valid estimators: ``Trace_ELBO`` and ``TraceGraph_ELBO`` (both reparameterised: every site has rsample).
+Valid estimators: ``Trace_ELBO`` and ``TraceGraph_ELBO``. Both guides are reparameterised by default;
+``reparameterised = False`` hides rsample from every site (:class:`ScoreFunctionNormal`), so the same guide is
+trained with the score-function estimator (the seed's comparison; see :mod:`experiments.gradients`).
+Both take ``subsample_size`` (minibatches) or ``subsample`` (given point indices) for their plate.
 ``probs(x, params)`` gives q(h^1 | x) as :class:`models.exact.ppca.GaussianQ`, which the linear (PPCA)
 case's exact reference scores.
 """
@@ -29,11 +32,25 @@ VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO")
 WHY_NOT = "the latents are continuous: TraceEnum_ELBO has nothing to enumerate; TraceMeanField_ELBO is not checked here"
 
 
+class ScoreFunctionNormal(dist.Normal):
+    """A Normal whose samples carry no pathwise gradient, so Pyro's estimators use the score function.
+    (A class attribute, not ``has_rsample_(False)``: that flag is lost when a plate expands the
+    distribution under ``to_event``.)"""
+
+    has_rsample = False
+
+
+def _normal(loc: Tensor, scale: Tensor, reparameterised: bool):
+    return (dist.Normal if reparameterised else ScoreFunctionNormal)(loc, scale).to_event(1)
+
+
 class Amortised(PyroModule):
     """q(h^1 | x) = N(GaussianLayer(standardised x)); q(h^{l+1} | h^l) = N(GaussianLayer(h^l))."""
 
-    def __init__(self, x_train: Tensor, latent_sizes: Sequence[int], hidden: Sequence[int] = (200,)):
+    def __init__(self, x_train: Tensor, latent_sizes: Sequence[int], hidden: Sequence[int] = (200,),
+                 reparameterised: bool = True):
         super().__init__()
+        self.reparameterised = reparameterised
         from models.vae import GaussianLayer  # models imports guides to build its registry
 
         self.standardise = Standardise(x_train)
@@ -45,24 +62,35 @@ class Amortised(PyroModule):
         loc, scale = self.first(self.standardise(x))
         return GaussianQ(loc, scale**2)
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
-        with pyro.plate("points", x.shape[0], subsample_size=subsample_size) as idx:
+    def layers(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(loc, scale) of every layer's q, each conditioned on the layer below's mean: a summary of q(h | x)
+        (exact for layer 1), for pictures and to start a per-point fit."""
+        out = [self.first(self.standardise(x))]
+        for layer in self.up:
+            out.append(layer(out[-1][0]))
+        return out
+
+    def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
             loc, scale = self.first(self.standardise(x[idx]))
-            h = pyro.sample("h1", dist.Normal(loc, scale).to_event(1))
+            h = pyro.sample("h1", _normal(loc, scale, self.reparameterised))
             for l, layer in enumerate(self.up):
                 loc, scale = layer(h)
-                h = pyro.sample(f"h{l + 2}", dist.Normal(loc, scale).to_event(1))
+                h = pyro.sample(f"h{l + 2}", _normal(loc, scale, self.reparameterised))
 
 
 class MeanField(PyroModule):
     """Free locs[l]: (N, K_l) and scales[l]: (N, K_l) > 0 per point and layer (start: N(0, I))."""
 
-    def __init__(self, num_points: int, latent_sizes: Sequence[int], dtype=torch.float64):
+    def __init__(self, num_points: int, latent_sizes: Sequence[int], dtype=torch.float64, reparameterised: bool = True,
+                 start: Sequence[tuple[Tensor, Tensor]] | None = None):
         super().__init__()
         self.num_layers = len(latent_sizes)
+        self.reparameterised = reparameterised
         for l, k in enumerate(latent_sizes):
-            setattr(self, f"loc{l + 1}", PyroParam(torch.zeros(num_points, k, dtype=dtype)))
-            setattr(self, f"scale{l + 1}", PyroParam(torch.ones(num_points, k, dtype=dtype), constraint=constraints.positive))
+            loc, scale = start[l] if start is not None else (torch.zeros(num_points, k), torch.ones(num_points, k))
+            setattr(self, f"loc{l + 1}", PyroParam(loc.detach().clone().to(dtype)))
+            setattr(self, f"scale{l + 1}", PyroParam(scale.detach().clone().to(dtype), constraint=constraints.positive))
         self.num_points = num_points
 
     def _check(self, x: Tensor) -> None:
@@ -74,17 +102,21 @@ class MeanField(PyroModule):
         self._check(x)
         return GaussianQ(self.loc1, self.scale1**2)
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
+    def layers(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         self._check(x)
-        with pyro.plate("points", x.shape[0], subsample_size=subsample_size) as idx:
+        return [(getattr(self, f"loc{l + 1}"), getattr(self, f"scale{l + 1}")) for l in range(self.num_layers)]
+
+    def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+        self._check(x)
+        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
             for l in range(self.num_layers):
                 loc, scale = getattr(self, f"loc{l + 1}")[idx], getattr(self, f"scale{l + 1}")[idx]
-                pyro.sample(f"h{l + 1}", dist.Normal(loc, scale).to_event(1))
+                pyro.sample(f"h{l + 1}", _normal(loc, scale, self.reparameterised))
 
 
-def amortised(x: Tensor, init, hidden: Sequence[int] = (200,)) -> Amortised:
-    return Amortised(x, init.args.latent_sizes, hidden)
+def amortised(x: Tensor, init, hidden: Sequence[int] = (200,), reparameterised: bool = True) -> Amortised:
+    return Amortised(x, init.args.latent_sizes, hidden, reparameterised)
 
 
-def mean_field(x: Tensor, init) -> MeanField:
-    return MeanField(x.shape[0], init.args.latent_sizes, x.dtype)
+def mean_field(x: Tensor, init, reparameterised: bool = True) -> MeanField:
+    return MeanField(x.shape[0], init.args.latent_sizes, x.dtype, reparameterised)

@@ -22,6 +22,7 @@ from guides import noisy_or as noisy_or_guides
 from guides import vae as vae_guides
 from models import datasets, fhmm, gmm, lda, lfdm, noisy_or, vae
 from models.datasets import Dataset, DataOptions
+from models.errors import DataError
 from models.exact import fhmm as fhmm_exact
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
@@ -99,8 +100,14 @@ class ModelSpec:
         ``params``; LDA adds the guide's q(beta)).
     bound(x, fitted, guide) -> the guide's ELBO in closed form (scalar), for models that are not
         enumerable; otherwise the run reports a Monte Carlo average.
-    heldout(x_train, x_test, fitted, seed) -> {metric: value}: the model's held-out evaluation, run
-        on every method when ``data.heldout`` > 0 or the data set comes with a fixed test set.
+    heldout(x_train, x_test, fitted, seed, guide=, samples=, refit_steps=) -> {metric: value}: the model's
+        held-out evaluation, run on every method when ``data.heldout`` > 0 or the data set comes with a fixed
+        test set (guide: the method's trained guide, None for the exact fit; samples, refit_steps: ``[eval]``).
+    importance(x, fitted, guide, seed, samples=, points=) -> {final_elbo_per_point, final_elbo_se,
+        log_likelihood_per_point, log_likelihood_se, *_method}: Monte Carlo evaluation for models that are
+        neither enumerable nor closed form (the VAE's importance-sampled log p(x), IWAE).
+    pictures(folder, x, fits, guides, labels, seed) -> [file names]: the model's own PNGs in the run folder
+        (fits: method -> fitted parameters; guides: method -> trained guide).
     exact_size_error(args) -> str: why the exact reference is out of reach at these args ("" when it is
         not), for models whose exact cost is not set by ``latent_field`` (the factorial HMM's L^M).
     """
@@ -125,6 +132,8 @@ class ModelSpec:
     fitted: Callable[..., Any] = lambda model, guide: model.params.detach()
     bound: Callable[..., Tensor] | None = None
     heldout: Callable[..., dict[str, float]] | None = None
+    importance: Callable[..., dict[str, Any]] | None = None
+    pictures: Callable[..., list[str]] | None = None
     exact_size_error: Callable[[Any], str] = lambda args: ""
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
@@ -133,8 +142,12 @@ class ModelSpec:
             data = datasets.from_file(opts.path, opts.standardise and self.real_valued)
         else:
             data = self.datasets[opts.name](opts, args, seed)
+        x = self.validate(data.x, args)
         x_test = None if data.x_test is None else self.validate(data.x_test, args)
-        return data._replace(x=self.validate(data.x, args), x_test=x_test)
+        if x_test is not None and x_test.shape[-1] != x.shape[-1]:
+            raise DataError(f"the test set has {x_test.shape[-1]} columns (features, pixels), the training data {x.shape[-1]}: "
+                            "they must match")
+        return data._replace(x=x, x_test=x_test)
 
 
 _GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
@@ -357,7 +370,10 @@ MODELS: dict[str, ModelSpec] = {
                 fit=lambda x, init, args, max_iter, tol: vae.fit_ppca(x, init, args),
                 method="closed-form MLE (PPCA)",
             ),
-            datasets={"digits": vae.digits},
+            datasets={"digits": vae.digits, "mnist": vae.mnist, "fashion_mnist": vae.fashion_mnist},
+            heldout=vae.heldout_metrics,
+            importance=vae.importance_metrics,
+            pictures=vae.pictures,
             describe=lambda args: (f"{'linear (PPCA), ' if args.linear else ''}latents {list(args.latent_sizes)}, "
                                    f"{args.likelihood} likelihood"),
             real_valued=False,

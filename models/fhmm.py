@@ -283,7 +283,7 @@ def chorales(opts: DataOptions, args: FHMMArgs, seed: int) -> Dataset:
     return Dataset(c.train, c.description, tuple(f"midi{p}" for p in c.pitches), x_test=c.test)
 
 
-def heldout_metrics(y_train: Tensor, y_test: Tensor, params: FHMMParams, seed: int) -> dict[str, float]:
+def heldout_metrics(y_train: Tensor, y_test: Tensor, params: FHMMParams, seed: int, **_options) -> dict[str, float]:
     """Log-likelihood per time step on the training and test sequences at the fitted parameters: exact
     (forward-backward) when L^M allows, else the structured mean-field fixed point's ELBO (a lower bound)."""
     out = {}

@@ -386,7 +386,7 @@ def npmi(x: Tensor, topics: Tensor, num_words: int = 10) -> Tensor:
     return score[:, pairs].mean(-1) if n > 1 else torch.zeros(k, dtype=torch.float64)
 
 
-def heldout_metrics(x_train: Tensor, x_test: Tensor, fitted: LDAParams, seed: int) -> dict[str, float]:
+def heldout_metrics(x_train: Tensor, x_test: Tensor, fitted: LDAParams, seed: int, **_options) -> dict[str, float]:
     """Document-completion perplexity on x_test and mean NPMI (top 10 words) over the whole corpus."""
     topics = fitted.topics().detach()
     out = document_completion(x_test, topics, fitted.alpha.detach(), seed)

