@@ -337,6 +337,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 

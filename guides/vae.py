@@ -34,8 +34,8 @@ WHY_NOT = "the latents are continuous: TraceEnum_ELBO has nothing to enumerate; 
 
 class ScoreFunctionNormal(dist.Normal):
     """A Normal whose samples carry no pathwise gradient, so Pyro's estimators use the score function.
-    (A class attribute, not ``has_rsample_(False)``: that flag is lost when a plate expands the
-    distribution under ``to_event``.)"""
+    (A class attribute, not ``has_rsample_(False)``: when a plate broadcasts ``Normal(...).to_event(1)`` with
+    that flag, Pyro copies it onto the ``Independent`` wrapper, whose ``has_rsample`` has no setter, and raises.)"""
 
     has_rsample = False
 

