@@ -158,7 +158,8 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
         report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)
     if spec.pictures is not None:
         labels = data.labels if data.labels is not None and not cfg.data.heldout else None  # rows of x are data.x's
-        spec.pictures(run_dir, x, fits, trained, labels, cfg.seed)
+        for name, fig in spec.pictures(x, fits, trained, labels, cfg.seed).items():
+            report.save_png(fig, run_dir / name)
     fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
     report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
     report.write_json(run_dir / "metrics.json", metrics)

@@ -106,8 +106,8 @@ class ModelSpec:
     importance(x, fitted, guide, seed, samples=, points=) -> {final_elbo_per_point, final_elbo_se,
         log_likelihood_per_point, log_likelihood_se, *_method}: Monte Carlo evaluation for models that are
         neither enumerable nor closed form (the VAE's importance-sampled log p(x), IWAE).
-    pictures(folder, x, fits, guides, labels, seed) -> [file names]: the model's own PNGs in the run folder
-        (fits: method -> fitted parameters; guides: method -> trained guide).
+    pictures(x, fits, guides, labels, seed) -> {file name: matplotlib figure}: the model's own pictures, which
+        the runner writes into the run folder (fits: method -> fitted parameters; guides: method -> trained guide).
     exact_size_error(args) -> str: why the exact reference is out of reach at these args ("" when it is
         not), for models whose exact cost is not set by ``latent_field`` (the factorial HMM's L^M).
     """

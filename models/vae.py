@@ -497,8 +497,8 @@ def _tile(ax, images: Tensor, side: int, rows: int, cols: int) -> None:
 
 
 @torch.no_grad()
-def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, labels: Tensor | None, seed: int) -> list[str]:
-    """The pictures people expect of a VAE, one PNG each, written into ``folder``:
+def pictures(x: Tensor, fits: dict[str, Decoder], guides: dict, labels: Tensor | None, seed: int) -> dict:
+    """The pictures people expect of a VAE, as {PNG file name: matplotlib figure} (the runner writes them):
 
     * reconstructions.png: ten images (one per class when labels are known), and for each method
       E[x | h^1] at the mean of q(h^1 | x) (the exact posterior's for the PPCA fit);
@@ -508,19 +508,17 @@ def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, la
       principal axes when K_L > 2);
     * latent_manifold.png (K_L = 2 only): E[x | h] over a grid of h^L at the N(0, I) quantiles 0.05..0.95.
 
-    The image pictures need square images (D = side^2). Returns the file names written."""
+    The image pictures need square images (D = side^2)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.report import save_png
-
     x = x.detach().cpu()
     fits = {m: d for m, d in fits.items() if isinstance(d, Decoder)}
     side = math.isqrt(x.shape[1])
     square = side * side == x.shape[1]
-    written: list[str] = []
+    figures = {}
     if labels is not None and len(labels) == x.shape[0]:
         firsts = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels)[:10]]
     else:
@@ -535,8 +533,7 @@ def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, la
             ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
         fig.suptitle("reconstructions: E[x | h1] at the mean of q(h1 | x)", fontsize=9)
         fig.tight_layout()
-        save_png(fig, folder / "reconstructions.png")
-        written.append("reconstructions.png")
+        figures["reconstructions.png"] = fig
 
         k_top = next(iter(fits.values())).args.latent_sizes[-1]
         draws = torch.randn(10, k_top, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -546,8 +543,7 @@ def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, la
             ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
         fig.suptitle("samples from the prior: E[x | h1] for h^L ~ N(0, I)", fontsize=9)
         fig.tight_layout()
-        save_png(fig, folder / "samples.png")
-        written.append("samples.png")
+        figures["samples.png"] = fig
 
     tops = {m: layers[-1] for m, layers in means.items() if layers is not None}
     if tops:
@@ -570,8 +566,7 @@ def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, la
             if colours is not None:
                 fig.colorbar(points, ax=ax, ticks=range(10))
         fig.tight_layout()
-        save_png(fig, folder / "latent_map.png")
-        written.append("latent_map.png")
+        figures["latent_map.png"] = fig
 
     if square and fits:
         name, d = next(((m, fits[m]) for m in guides if m in fits), next(iter(fits.items())))
@@ -583,6 +578,5 @@ def pictures(folder: Path, x: Tensor, fits: dict[str, Decoder], guides: dict, la
             _tile(ax, _decode_from_top(d, grid.to(x.dtype)).float(), side, n, n)
             ax.set_title(f"{name}: E[x | h] over h^L at the N(0, I) quantiles 0.05..0.95", fontsize=8)
             fig.tight_layout()
-            save_png(fig, folder / "latent_manifold.png")
-            written.append("latent_manifold.png")
-    return written
+            figures["latent_manifold.png"] = fig
+    return figures
