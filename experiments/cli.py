@@ -2,6 +2,7 @@
 
     vizoo run CONFIG.toml [--set key=value ...] [--out DIR] [--no-progress]
     vizoo list
+    vizoo show MODEL          (a model's name, or the path of a model declaration, MODEL.toml)
     vizoo --help
 
 Errors in the input (config, overrides, data) print one line to stderr and exit with status 2;
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="folder for run folders (default: the config's output_dir, 'runs')")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("list", help="list models, their guides, valid ELBOs and data sets, and bundled configs")
+    show = sub.add_parser("show", help="show a declared model: its generative process, parameters, plates and tensor shapes")
+    show.add_argument("model", help="the path of a model declaration (.toml), or the name of a declared model (see 'vizoo list')")
     return parser
 
 
@@ -58,6 +61,21 @@ def cmd_list() -> None:
             print(f"  guide {g.name}: {g.summary}  [ELBOs: {', '.join(g.valid_elbos)}]")
         print(f"  data sets: {', '.join(spec.datasets)}, file (data.path = .npy/.csv)")
     print("bundled configs: " + ", ".join(bundled_configs()))
+
+
+def cmd_show(ns: argparse.Namespace) -> None:
+    from models import DECLARATIONS, MODELS, declaration, declared
+    from models.errors import ConfigError
+
+    if ns.model.endswith(".toml"):
+        decl = declaration.load(ns.model)
+    elif ns.model in DECLARATIONS:
+        decl = DECLARATIONS[ns.model]
+    else:
+        kind = "a hand-written model (see its module's docstring)" if ns.model in MODELS else "unknown"
+        raise ConfigError(f"model {ns.model!r} is {kind}: 'vizoo show' takes a declared model "
+                          f"({', '.join(DECLARATIONS)}) or the path of a declaration (.toml)")
+    print(declared.show(decl))
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -82,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
-        print("vizoo: error: a command is required: run or list (see vizoo --help)", file=sys.stderr)
+        print("vizoo: error: a command is required: run, list or show (see vizoo --help)", file=sys.stderr)
         return 2
     try:
         if ns.command == "list":
             cmd_list()
+            return 0
+        if ns.command == "show":
+            cmd_show(ns)
             return 0
         return cmd_run(ns)
     except VizooError as err:

@@ -34,7 +34,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from guides.nets import BASELINES
-from models import ELBOS, MODELS, ModelSpec
+from models import ELBOS, ModelSpec, resolve
 from models.datasets import DataOptions
 from models.errors import ConfigError
 from models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
@@ -191,7 +191,7 @@ class RunConfig:
 
     @property
     def spec(self) -> ModelSpec:
-        return MODELS[self.model]
+        return resolve(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (every default filled in), for the run folder."""
@@ -249,9 +249,9 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
     """Check the raw table against the dataclasses; resolve model_args against the model's type."""
     raw = dict(raw)
     model_name = raw.get("model", "gmm")
-    if not isinstance(model_name, str) or model_name not in MODELS:
-        raise ConfigError(f"model: unknown model {model_name!r}; known: {', '.join(MODELS)}")
-    spec = MODELS[model_name]
+    if not isinstance(model_name, str):
+        raise ConfigError(f"model: must be a model's name or the path of a model declaration (.toml), got {model_name!r}")
+    spec = resolve(model_name)
     model_args_raw = raw.pop("model_args", {})
     cfg: RunConfig = _build(RunConfig, raw, "")
     model_args = _build(spec.args_type, model_args_raw, "model_args.")

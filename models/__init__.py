@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -22,7 +24,7 @@ from guides import noisy_or as noisy_or_guides
 from guides import vae as vae_guides
 from models import datasets, fhmm, gmm, lda, lfdm, noisy_or, vae
 from models.datasets import Dataset, DataOptions
-from models.errors import DataError
+from models.errors import ConfigError, DataError
 from models.exact import fhmm as fhmm_exact
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
@@ -382,3 +384,45 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+# --------------------------------------------------------------------------- declared models
+# A model declared in TOML (models/declaration.py) is registered from its file: the bundled declarations in
+# experiments/models/ join MODELS by name; any other declaration is used by its path (resolve).
+
+DECLARED_DIR = files("experiments") / "models"
+DECLARATIONS: dict[str, Any] = {}
+"""name -> :class:`models.declaration.Declaration` of each bundled declared model (also in :data:`MODELS`)."""
+
+
+def _bundled_declarations() -> None:
+    from models import declaration, declared
+
+    for path in sorted((p for p in DECLARED_DIR.iterdir() if p.name.endswith(".toml")), key=lambda p: p.name):
+        decl = declaration.load(path)
+        if decl.name in MODELS:
+            raise declaration.DeclarationError(f"{decl.where('name')}: the model name {decl.name!r} is already registered")
+        DECLARATIONS[decl.name] = decl
+        MODELS[decl.name] = declared.spec(decl)
+
+
+_bundled_declarations()
+
+_FROM_FILES: dict[tuple[str, float], ModelSpec] = {}
+
+
+def resolve(name: str) -> ModelSpec:
+    """The spec registered under ``name``, or the model declared in the TOML file at path ``name``."""
+    from models import declaration, declared
+
+    if name in MODELS:
+        return MODELS[name]
+    if name.endswith(".toml"):
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"model: declaration file not found: {name!r}")
+        key = (str(path), path.stat().st_mtime)
+        if key not in _FROM_FILES:
+            _FROM_FILES[key] = declared.spec(declaration.load(path))
+        return _FROM_FILES[key]
+    raise ConfigError(f"model: unknown model {name!r}; known: {', '.join(MODELS)}, or the path of a model declaration (.toml)")

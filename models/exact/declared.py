@@ -1,0 +1,407 @@
+r"""Declared models (:mod:`models.declaration`) in plain torch: their parameters, decoders and exact inference.
+
+Parameters are one flat mapping ``name -> tensor``, named after the group they belong to
+(:func:`layout`)::
+
+    <z>.logits        (K,)          a bernoulli or categorical root's prior logits
+    <z>.loc, <z>.scale (K,)         a gaussian root's prior
+    <g>.weight        (in, out)     linear and noisy_or links; in = sum of the parents' widths
+    <g>.bias          (out,)        linear links
+    <g>.leak          (out,)        noisy_or links, in (0, 1)
+    <g>.layers.<i>.weight, .bias    mlp links, (in, out) layout, the last layer to out
+    <g>.scale         (out,)        a gaussian child with scale = "shared"
+    <g>.scale_weight, .scale_bias   a gaussian child with scale = "linked": scale = exp(h V + c)
+
+A parent enters a link through its encoding h: its bits (bernoulli), its one-hot vector (categorical:
+row z of the weight, by indexing) or its values (gaussian), concatenated in ``from`` order.
+
+Exact inference, when every latent group is discrete: the joint configurations of all latent groups
+(mixed radix, the first group's digit least significant; 2^K for a bernoulli group, K for a categorical
+one) are enumerated in chunks, each decoded once, and meet the data only through matrix products::
+
+    log p(x_n, c) = log p(c) + sum_o log p(x_no | c)                       (N, C) per chunk
+    bernoulli, logits l(c):   x l_+^T + (1 - x) l_-^T,  l_± = log sigmoid(±l)
+    noisy-OR, A(c) = log P(off | c):  (1 - x) A^T + x log(1 - e^A)^T
+    categorical counts:       x log_softmax(l(c))^T       (the word sequence's probability, no multinomial coefficient)
+    gaussian (m(c), s(c)):    -x^2 (1/2s^2)^T + x (m/s^2)^T - sum_d (m^2/2s^2 + log s) - D/2 log 2 pi
+
+and log p(x), the posterior marginals, ELBO(q), KL(q || p(z | x)) and generalised EM follow as in
+:mod:`models.exact.binary`, with running log-sum-exp accumulators (memory O(N x chunk)). ELBO takes the
+entropy in closed form and KL sums q log q over configurations, so ELBO + KL = log p(x) is a check.
+No Pyro here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import biject_to, constraints
+
+from models.declaration import Declaration, Group, Link
+from models.exact import binary
+
+MAX_CONFIGURATIONS = 2**binary.MAX_LATENTS
+"""Largest number of joint latent configurations per point that exact enumeration takes."""
+
+MAX_PARALLEL_CONFIGURATIONS = 2**binary.MAX_PARALLEL_LATENTS
+"""Largest product of the latent groups' supports for TraceEnum_ELBO (held in memory for every point)."""
+
+
+class Slot(NamedTuple):
+    """One parameter: its shape, its constraint, and whether it is learned."""
+
+    shape: tuple[int, ...]
+    constraint: Any
+    learnable: bool = True
+
+
+def layout(decl: Declaration) -> dict[str, Slot]:
+    """Every parameter of the declared model, in a fixed order (see the module docstring)."""
+    out: dict[str, Slot] = {}
+    for g in (*decl.latents, *decl.observed):
+        link = decl.links.get(g.name)
+        if link is None:  # a latent root
+            if g.family == "gaussian":
+                out[f"{g.name}.loc"] = Slot((g.size,), constraints.real, g.learn_prior)
+                out[f"{g.name}.scale"] = Slot((g.size,), constraints.positive, g.learn_prior)
+            else:
+                out[f"{g.name}.logits"] = Slot((g.size,), constraints.real, g.learn_prior)
+            continue
+        width = decl.in_width(link)
+        weights = constraints.positive if link.constraint == "nonnegative" else constraints.real
+        if link.kind == "mlp":
+            sizes = [width, *link.hidden, g.size]
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+                out[f"{g.name}.layers.{i}.weight"] = Slot((a, b), weights)
+                out[f"{g.name}.layers.{i}.bias"] = Slot((b,), constraints.real)
+        else:
+            out[f"{g.name}.weight"] = Slot((width, g.size), weights)
+            if link.kind == "noisy_or":
+                out[f"{g.name}.leak"] = Slot((g.size,), constraints.unit_interval)
+            else:
+                out[f"{g.name}.bias"] = Slot((g.size,), constraints.real)
+        if g.family == "gaussian" and g.scale == "shared":
+            out[f"{g.name}.scale"] = Slot((g.size,), constraints.positive)
+        elif g.family == "gaussian" and g.scale == "linked":
+            out[f"{g.name}.scale_weight"] = Slot((width, g.size), constraints.real)
+            out[f"{g.name}.scale_bias"] = Slot((g.size,), constraints.real)
+    return out
+
+
+@dataclass(frozen=True)
+class DeclaredParams:
+    """Parameters of a declared model: ``tensors`` maps each name of :func:`layout` to its value."""
+
+    tensors: Mapping[str, Tensor]
+    slots: Mapping[str, Slot]
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.tensors.values())).dtype
+
+    def detach(self) -> "DeclaredParams":
+        return DeclaredParams({k: v.detach().clone() for k, v in self.tensors.items()}, self.slots)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
+        return {k: v.detach().clone() for k, v in self.tensors.items()}
+
+    def free(self) -> dict[str, Tensor]:
+        """Unconstrained coordinates of the learned parameters (for gradient M-steps)."""
+        return {k: biject_to(self.slots[k].constraint).inv(_inside(v, self.slots[k].constraint))
+                for k, v in self.tensors.items() if self.slots[k].learnable}
+
+    def with_free(self, free: Mapping[str, Tensor]) -> "DeclaredParams":
+        new = dict(self.tensors)
+        new.update({k: biject_to(self.slots[k].constraint)(u) for k, u in free.items()})
+        return DeclaredParams(new, self.slots)
+
+
+def _inside(value: Tensor, constraint: Any) -> Tensor:
+    """Nudge a value on the boundary (a weight of exactly 0, a leak of 0 or 1) inside, so its free coordinate is finite."""
+    tiny = torch.finfo(value.dtype).tiny ** 0.5
+    if constraint is constraints.positive:
+        return value.clamp_min(tiny)
+    if constraint is constraints.unit_interval:
+        return value.clamp(tiny, 1 - torch.finfo(value.dtype).eps)
+    return value
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def affine(decl: Declaration, link: Link, values: Mapping[str, Tensor], weight: Tensor, bias: Tensor | None) -> Tensor:
+    """h W + b, where h concatenates the parents' encodings: (..., out). A categorical parent selects its
+    rows of W by index (one-hot times W without the product), so enumerated values broadcast as they come."""
+    out = None if bias is None else bias
+    start = 0
+    for p in link.parents:
+        g = decl.groups[p]
+        w = weight[start:start + g.width]
+        start += g.width
+        term = w[values[p].long()] if g.family == "categorical" else values[p] @ w
+        out = term if out is None else out + term
+    return out
+
+
+def log1mexp(a: Tensor) -> Tensor:
+    """log(1 - exp(a)) for a < 0 (Maechler's switch at -log 2)."""
+    return torch.where(a > -0.6931471805599453, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+
+
+def natural(decl: Declaration, params: DeclaredParams, name: str, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The parameters of group ``name``'s distribution given its parents' ``values``.
+
+    bernoulli: {"logits"} or, for a noisy_or link, {"log_off"} = log P(off) = log(1 - leak) - h W;
+    categorical: {"logits"} (unnormalised); gaussian: {"loc", "scale"}. Shapes: (..., size), the parents'
+    batch shape in front (none for a root).
+    """
+    g = decl.groups[name]
+    link = decl.links.get(name)
+    if link is None:
+        if g.family == "gaussian":
+            return {"loc": params[f"{name}.loc"], "scale": params[f"{name}.scale"]}
+        return {"logits": params[f"{name}.logits"]}
+    if link.kind == "noisy_or":
+        return {"log_off": torch.log1p(-params[f"{name}.leak"]) - affine(decl, link, values, params[f"{name}.weight"], None)}
+    if link.kind == "linear":
+        pre = affine(decl, link, values, params[f"{name}.weight"], params[f"{name}.bias"])
+    else:
+        act = torch.tanh if link.activation == "tanh" else torch.relu
+        pre = act(affine(decl, link, values, params[f"{name}.layers.0.weight"], params[f"{name}.layers.0.bias"]))
+        for i in range(1, len(link.hidden) + 1):
+            pre = pre @ params[f"{name}.layers.{i}.weight"] + params[f"{name}.layers.{i}.bias"]
+            if i < len(link.hidden):
+                pre = act(pre)
+    if g.family != "gaussian":
+        return {"logits": pre}
+    if g.scale == "shared":
+        scale = params[f"{name}.scale"]
+    elif g.scale == "linked":
+        scale = torch.exp(affine(decl, link, values, params[f"{name}.scale_weight"], params[f"{name}.scale_bias"]))
+    else:
+        scale = torch.full((g.size,), float(g.scale), dtype=pre.dtype)
+    return {"loc": pre, "scale": scale.expand(pre.shape)}
+
+
+def bernoulli_logits(nat: Mapping[str, Tensor]) -> Tensor:
+    """Logits of a bernoulli group's bits, from either parameterisation (logit = log(1 - P0) - log P0)."""
+    if "log_off" in nat:
+        return log1mexp(nat["log_off"]) - nat["log_off"]
+    return nat["logits"]
+
+
+# --------------------------------------------------------------------------- enumeration
+
+
+def radix(g: Group) -> int:
+    return 2**g.size if g.family == "bernoulli" else g.size
+
+
+def configurations(decl: Declaration, start: int, stop: int, dtype=torch.float64) -> dict[str, Tensor]:
+    """Joint configurations start..stop-1 of the latent groups: bernoulli (C, K) 0/1, categorical (C,) int64."""
+    c = torch.arange(start, stop, dtype=torch.int64)
+    out = {}
+    for g in decl.latents:
+        digit = c % radix(g)
+        c = c // radix(g)
+        out[g.name] = ((digit[:, None] >> torch.arange(g.size)) & 1).to(dtype) if g.family == "bernoulli" else digit
+    return out
+
+
+def encode(g: Group, value: Tensor, dtype=torch.float64) -> Tensor:
+    """A group's value as a vector: bits, one-hot, or the values themselves: (..., size)."""
+    return F.one_hot(value.long(), g.size).to(dtype) if g.family == "categorical" else value
+
+
+def check_enumerable(decl: Declaration) -> None:
+    """Refuse a declaration whose posterior cannot be enumerated here, saying why."""
+    if not decl.discrete:
+        names = [g.name for g in decl.latents if g.family == "gaussian"]
+        raise ValueError(f"model {decl.name!r} has gaussian latent groups ({', '.join(names)}): its posterior cannot be enumerated")
+    if decl.num_configurations > MAX_CONFIGURATIONS:
+        raise ValueError(f"model {decl.name!r} has {decl.num_configurations:,} joint latent configurations per point, more than "
+                         f"the exact-enumeration limit {MAX_CONFIGURATIONS:,}")
+
+
+def log_prior(decl: Declaration, params: DeclaredParams, values: Mapping[str, Tensor]) -> Tensor:
+    """log p(c) = sum_g log p(c_g | c_parents(g)) over the latent groups: (C,)."""
+    total = 0.0
+    for g in decl.latents:
+        nat = natural(decl, params, g.name, values)
+        v = values[g.name]
+        if g.family == "bernoulli":
+            if "log_off" in nat:
+                term = (v * log1mexp(nat["log_off"]) + (1 - v) * nat["log_off"]).sum(-1)
+            else:
+                term = (v * F.logsigmoid(nat["logits"]) + (1 - v) * F.logsigmoid(-nat["logits"])).sum(-1)
+        else:
+            log_p = torch.log_softmax(nat["logits"], -1)
+            term = log_p.expand(v.shape + log_p.shape[-1:]).gather(-1, v[..., None]).squeeze(-1)
+        total = total + term
+    return total
+
+
+def log_likelihood(decl: Declaration, params: DeclaredParams, x: Tensor, values: Mapping[str, Tensor]) -> Tensor:
+    """log p(x_n | c) summed over the observed groups: (N, C), as matrix products (module docstring)."""
+    cols = decl.columns()
+    total = 0.0
+    for g in decl.observed:
+        xo = x[:, cols[g.name]]
+        nat = natural(decl, params, g.name, values)
+        if g.family == "bernoulli" and "log_off" in nat:
+            off = nat["log_off"]
+            term = (1 - xo) @ off.T + xo @ log1mexp(off).T
+        elif g.family == "bernoulli":
+            term = xo @ F.logsigmoid(nat["logits"]).T + (1 - xo) @ F.logsigmoid(-nat["logits"]).T
+        elif g.family == "categorical":
+            term = xo @ torch.log_softmax(nat["logits"], -1).T
+        else:
+            loc, scale = nat["loc"], nat["scale"]
+            prec = scale.pow(-2)
+            term = (-0.5 * xo.pow(2) @ prec.T + xo @ (loc * prec).T
+                    - (0.5 * loc.pow(2) * prec + scale.log()).sum(-1) - 0.5 * g.size * math.log(2 * math.pi))
+        total = total + term
+    return total
+
+
+def log_joint_chunks(decl: Declaration, params: DeclaredParams, x: Tensor) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+    """Yield (configurations, log p(x_n, c): (N, C)) over every joint configuration, chunk by chunk."""
+    check_enumerable(decl)
+    total = decl.num_configurations
+    size = min(total, max(1, binary.CHUNK_ELEMENTS // (x.shape[0] + x.shape[1])))
+    for start in range(0, total, size):
+        values = configurations(decl, start, min(start + size, total), params.dtype)
+        yield values, log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
+
+
+class Posterior(NamedTuple):
+    """log_evidence: (N,) log p(x_n). marginals: group -> (N, size), p(z_gk = 1 | x_n) (bits, or categories)."""
+
+    log_evidence: Tensor
+    marginals: dict[str, Tensor]
+
+
+def posterior(decl: Declaration, params: DeclaredParams, x: Tensor) -> Posterior:
+    """log p(x_n) and the posterior marginals of every latent group, in one streaming pass."""
+    n = x.shape[0]
+    run_max = torch.full((n,), -math.inf, dtype=params.dtype)
+    total = torch.zeros(n, dtype=params.dtype)
+    first = {g.name: torch.zeros(n, g.size, dtype=params.dtype) for g in decl.latents}
+    for values, table in log_joint_chunks(decl, params, x):
+        new_max = torch.maximum(run_max, table.max(-1).values)
+        rescale = torch.exp(run_max - new_max)
+        w = torch.exp(table - new_max[:, None])
+        total = total * rescale + w.sum(-1)
+        for g in decl.latents:
+            first[g.name] = first[g.name] * rescale[:, None] + w @ encode(g, values[g.name], params.dtype)
+        run_max = new_max
+    return Posterior(run_max + total.log(), {k: v / total[:, None] for k, v in first.items()})
+
+
+def log_evidence(decl: Declaration, params: DeclaredParams, x: Tensor) -> Tensor:
+    """log p(x) = sum_n log p(x_n): a scalar."""
+    return posterior(decl, params, x).log_evidence.sum()
+
+
+def log_q(decl: Declaration, q: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> Tensor:
+    """log q_n(c) for a mean-field q (group -> (N, size): bernoulli q(bit = 1), categorical q(z = k)): (N, C)."""
+    total = 0.0
+    for g in decl.latents:
+        if g.family == "bernoulli":
+            total = total + binary.log_q_table(values[g.name], q[g.name])
+        else:
+            total = total + torch.log(q[g.name]).clamp_min(torch.finfo(q[g.name].dtype).min)[:, values[g.name]]
+    return total
+
+
+def entropy(decl: Declaration, q: Mapping[str, Tensor]) -> Tensor:
+    """H(q) in closed form, summed over points and groups: a scalar."""
+    total = torch.zeros((), dtype=next(iter(q.values())).dtype)
+    for g in decl.latents:
+        p = q[g.name]
+        total = total + (binary.entropy(p) if g.family == "bernoulli" else -torch.special.xlogy(p, p).sum())
+    return total
+
+
+def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
+    """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly: a scalar."""
+    expected = torch.zeros((), dtype=params.dtype)
+    for values, table in log_joint_chunks(decl, params, x):
+        expected = expected + binary._weighted(torch.exp(log_q(decl, q, values)), table).sum()
+    return expected + entropy(decl, q)
+
+
+def kl_to_posterior(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
+    """KL(q || p(z | x)) = sum_n sum_c q_n(c) (log q_n(c) - log p(c | x_n)), exactly: a scalar."""
+    log_px = posterior(decl, params, x).log_evidence
+    kl = torch.zeros((), dtype=params.dtype)
+    for values, table in log_joint_chunks(decl, params, x):
+        lq = log_q(decl, q, values)
+        kl = kl + binary._weighted(torch.exp(lq), lq - (table - log_px[:, None])).sum()
+    return kl
+
+
+def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 200, tol: float = 1e-6,
+           m_steps: int = 20) -> binary.GEMResult:
+    r"""Generalised EM: exact E-step by enumeration; M-step: up to ``m_steps`` L-BFGS iterations (strong-Wolfe)
+    on Q(theta) = sum_n sum_c r_n(c) log p(x_n, c; theta) over every learned parameter (free coordinates),
+    from theta_old; a result that lowers Q is discarded, so log p(x) never decreases (up to round-off).
+    Stops when log p(x) per point changes by less than ``tol``."""
+    n = x.shape[0]
+    params = init
+    post = posterior(decl, params, x)
+    history = [float(post.log_evidence.sum()) / n]
+    converged = False
+    for _ in range(max_iter):
+        old, old_log_px = params, post.log_evidence
+        with torch.no_grad():
+            resp = [torch.exp(table - old_log_px[:, None]) for _, table in log_joint_chunks(decl, old, x)] \
+                if n * decl.num_configurations <= binary.MAX_TABLE else None
+
+        def q_value(p: DeclaredParams) -> Tensor:
+            total = torch.zeros((), dtype=p.dtype)
+            for i, (values, table) in enumerate(log_joint_chunks(decl, p, x)):
+                if resp is not None:
+                    r = resp[i]
+                else:
+                    with torch.no_grad():
+                        r = torch.exp(log_likelihood(decl, old, x, values) + log_prior(decl, old, values) - old_log_px[:, None])
+                total = total + binary._weighted(r, table).sum()
+            return total
+
+        leaves = {k: t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+                  for k, t in old.free().items()}
+        if not leaves:
+            break
+        with torch.no_grad():
+            q_old = float(q_value(old))
+        optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optim.zero_grad()
+            loss = -q_value(old.with_free(leaves)) / n
+            loss.backward()
+            return loss
+
+        optim.step(closure)
+        candidate = old.with_free({k: t.detach() for k, t in leaves.items()})
+        with torch.no_grad():
+            q_new = float(q_value(candidate))
+            params = candidate if q_new >= q_old else old
+            post = posterior(decl, params, x)
+        history.append(float(post.log_evidence.sum()) / n)
+        if abs(history[-1] - history[-2]) < tol:
+            converged = True
+            break
+    return binary.GEMResult(params, history, converged)
+

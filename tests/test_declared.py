@@ -1,0 +1,326 @@
+"""Declared models: TOML declarations give the hand-written models' log-joint and evidence, their generated
+guides keep the ELBO identities (property-based, random small declarations), and malformed declarations are
+refused with the line and the field."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+
+from guides import declared as declared_guides
+from models import MODELS, declared, gmm, lfdm, noisy_or, resolve
+from models.declaration import DeclarationError, load, parse
+from models.exact import declared as exact
+from models.exact import gmm as gmm_exact
+from models.exact import lfdm as lfdm_exact
+from models.exact import noisy_or as noisy_or_exact
+from models.exact.declared import DeclaredParams
+
+DIR = "experiments/models"
+
+
+def _params(decl, tensors: dict[str, torch.Tensor]) -> DeclaredParams:
+    slots = exact.layout(decl)
+    assert set(tensors) == set(slots), (sorted(tensors), sorted(slots))
+    for name, t in tensors.items():
+        assert tuple(t.shape) == slots[name].shape, name
+    return DeclaredParams(tensors, slots)
+
+
+def _log_joint(model_fn, x, *args, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum of log p over the sites of one run with the latents fixed: a scalar."""
+    trace = poutine.trace(poutine.condition(model_fn, data=latents)).get_trace(x, *args)
+    return trace.log_prob_sum()
+
+
+# --------------------------------------------------------------------------- the hand-written models, declared
+
+
+def test_declared_gmm_matches_the_handwritten_mixture():
+    decl = load(f"{DIR}/declared_gmm.toml")
+    truth = gmm.random_params(2, 2, seed=3, separation=2.0, covariance="diag")
+    x, z = gmm.simulate(truth, 200, seed=4)
+    p = _params(decl, {
+        "z.logits": truth.weights.log(), "x.weight": truth.locs, "x.bias": torch.zeros(2, dtype=torch.float64),
+        "x.scale_weight": truth.scales.log(), "x.scale_bias": torch.zeros(2, dtype=torch.float64),
+    })
+    for latents in (z, 1 - z, torch.zeros_like(z)):
+        hand = _log_joint(gmm.model, x, truth, latents={"z": latents})
+        ours = _log_joint(partial_model(decl), x, p, latents={"z": latents})
+        torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
+    torch.testing.assert_close(exact.log_evidence(decl, p, x), gmm_exact.log_evidence(x, truth), atol=1e-10, rtol=0)
+
+
+def test_declared_noisy_or_matches_the_handwritten_network():
+    decl = load(f"{DIR}/declared_noisy_or.toml")
+    truth = noisy_or.random_network(3, 10, seed=5)
+    s, d = noisy_or.simulate(truth, 300, seed=6)
+    p = _params(decl, {"d.logits": truth.prior_logits, "s.weight": truth.weights, "s.leak": truth.leak})
+    for latents in (d, 1 - d, torch.ones_like(d)):
+        hand = _log_joint(noisy_or.model, s, truth, latents={"d": latents})
+        ours = _log_joint(partial_model(decl), s, p, latents={"d": latents})
+        torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
+    torch.testing.assert_close(exact.log_evidence(decl, p, s), noisy_or_exact.log_evidence(s, truth), atol=1e-10, rtol=0)
+
+
+def test_declared_lfdm_matches_the_handwritten_document_model():
+    decl = load(f"{DIR}/declared_lfdm.toml")
+    gen = torch.Generator().manual_seed(7)
+    x = torch.poisson(torch.full((40, 50), 0.6, dtype=torch.float64), generator=gen)
+    init = lfdm.init_params(x, lfdm.LFDMArgs(num_factors=4, hidden=(16,), init_scale=1.0), seed=8)
+    (w0, b0), (w1, b1) = init.layers
+    p = _params(decl, {"z.logits": init.prior_logits, "x.layers.0.weight": w0.T, "x.layers.0.bias": b0,
+                       "x.layers.1.weight": w1.T, "x.layers.1.bias": b1})
+    z = torch.bernoulli(torch.full((40, 4), 0.5, dtype=torch.float64), generator=gen)
+    for latents in (z, 1 - z):
+        hand = _log_joint(lfdm.model, x, init, latents={"z": latents})
+        ours = _log_joint(partial_model(decl), x, p, latents={"z": latents})
+        torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
+    torch.testing.assert_close(exact.log_evidence(decl, p, x), lfdm_exact.log_evidence(x, init), atol=1e-10, rtol=0)
+
+
+def partial_model(decl):
+    return lambda x, params: declared.model(decl, x, params)
+
+
+# --------------------------------------------------------------------------- random small declarations
+
+
+@st.composite
+def declarations(draw):
+    """TOML text of a random small declaration whose latent groups are all discrete."""
+    lines = []
+    latents = []
+    for i in range(draw(st.integers(1, 2))):
+        family = draw(st.sampled_from(["bernoulli", "categorical"]))
+        size = draw(st.integers(1, 3)) if family == "bernoulli" else draw(st.integers(2, 4))
+        latents.append((f"z{i}", family, size))
+        lines += [f"[latent.z{i}]", f'family = "{family}"', f"size = {size}"]
+        if i == 1 and draw(st.booleans()):  # a latent hierarchy: z0 -> z1
+            kinds = ["linear", "mlp"] + (["noisy_or"] if family == "bernoulli" else [])
+            kind = draw(st.sampled_from(kinds))
+            lines += ["[link.z1]", 'from = ["z0"]', f'type = "{kind}"'] + (["hidden = [2]"] if kind == "mlp" else [])
+    for j in range(draw(st.integers(1, 2))):
+        family = draw(st.sampled_from(["bernoulli", "categorical", "gaussian"]))
+        size = draw(st.integers(2, 3))
+        parents = draw(st.lists(st.sampled_from([n for n, _, _ in latents]), min_size=1, unique=True))
+        kinds = ["linear", "mlp"]
+        if family == "bernoulli":
+            kinds.append("noisy_or")
+        kind = draw(st.sampled_from(kinds))
+        lines += [f"[observed.x{j}]", f'family = "{family}"', f"size = {size}"]
+        if family == "gaussian":
+            scale = draw(st.sampled_from(['"shared"', '"linked"', "0.7"]))
+            lines.append(f"scale = {scale}")
+        lines += [f"[link.x{j}]", f"from = {parents!r}".replace("'", '"'), f'type = "{kind}"']
+        if kind == "mlp":
+            lines.append(f"hidden = [{draw(st.integers(1, 3))}]")
+        if kind == "linear" and draw(st.booleans()):
+            lines.append('constraint = "nonnegative"')
+    return "\n".join(lines) + "\n"
+
+
+def _random_guide(decl, x, kind: str, seed: int):
+    pyro.set_rng_seed(seed)
+    guide = (declared_guides.mean_field if kind == "mean_field" else declared_guides.amortised)(decl, x, hidden=(3,))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # move every parameter off its zero start (the amortised net's last layer is zero)
+        for p in guide.parameters():
+            p.copy_(2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return guide
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=declarations(), seed=st.integers(0, 2**16), kind=st.sampled_from(["mean_field", "amortised"]))
+@torch.no_grad()
+def test_elbo_identities_hold_for_generated_guides(text, seed, kind):
+    decl = parse(text, "<random>")
+    params = declared.random_params(decl, seed)
+    x, _ = declared.simulate(decl, params, 5, seed + 1, doc_length=4)
+    guide = _random_guide(decl, x, kind, seed)
+    q = guide.probs(x)
+    log_px = exact.log_evidence(decl, params, x)
+    elbo = exact.elbo(decl, params, x, q)
+    kl = exact.kl_to_posterior(decl, params, x, q)
+    assert elbo <= log_px + 1e-9
+    assert kl >= -1e-9
+    assert math.isclose(float(elbo + kl), float(log_px), rel_tol=0, abs_tol=1e-8 * max(1.0, abs(float(log_px))))
+    # Pyro's enumeration of the generated model alone is log p(x); of model and guide, the ELBO
+    model_fn = config_enumerate(lambda x: declared.model(decl, x, params), "parallel")
+    pyro_log_px = -TraceEnum_ELBO(max_plate_nesting=1).loss(model_fn, lambda x: None, x)
+    assert math.isclose(pyro_log_px, float(log_px), rel_tol=0, abs_tol=1e-8 * max(1.0, abs(float(log_px))))
+    pyro_elbo = -TraceEnum_ELBO(max_plate_nesting=1).loss(lambda x: declared.model(decl, x, params),
+                                                         config_enumerate(guide, "parallel"), x)
+    assert math.isclose(pyro_elbo, float(elbo), rel_tol=0, abs_tol=1e-8 * max(1.0, abs(float(elbo))))
+
+
+def test_posterior_marginals_match_brute_force():
+    """Marginals of the two-level diagnosis network against a loop over all 24 configurations."""
+    decl = load(f"{DIR}/diagnosis.toml")
+    params = declared.random_params(decl, 11)
+    x, _ = declared.simulate(decl, params, 30, 12)
+    post = exact.posterior(decl, params, x)
+    weights, c_marg, d_marg = [], torch.zeros(30, 3, dtype=torch.float64), torch.zeros(30, 3, dtype=torch.float64)
+    for c in range(3):
+        for bits in range(8):
+            d = torch.tensor([(bits >> k) & 1 for k in range(3)], dtype=torch.float64)
+            latents = {"c": torch.full((30,), c), "d": d.expand(30, 3)}
+            trace = poutine.trace(poutine.condition(lambda x: declared.model(decl, x, params), data=latents)).get_trace(x)
+            trace.compute_log_prob()
+            lj = sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
+            weights.append((lj, c, d))
+    log_px = torch.logsumexp(torch.stack([w for w, _, _ in weights], -1), -1)
+    for lj, c, d in weights:
+        r = torch.exp(lj - log_px)
+        c_marg[:, c] += r
+        d_marg += r[:, None] * d
+    torch.testing.assert_close(post.log_evidence, log_px, atol=1e-10, rtol=0)
+    torch.testing.assert_close(post.marginals["c"], c_marg, atol=1e-10, rtol=0)
+    torch.testing.assert_close(post.marginals["d"], d_marg, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["declared_gmm", "diagnosis"])
+def test_generalised_em_never_decreases_log_likelihood(name):
+    decl = load(f"{DIR}/{name}.toml")
+    truth = declared.random_params(decl, 2)
+    x, _ = declared.simulate(decl, truth, 300, 3)
+    init = declared.init_params(decl, x, declared.DeclaredArgs(), 4)
+    fit = exact.fit_em(decl, x, init, max_iter=60, tol=1e-9)
+    steps = torch.tensor(fit.log_likelihood).diff()
+    assert (steps >= -1e-9).all(), steps.min()
+    assert fit.log_likelihood[-1] > fit.log_likelihood[0] + 0.05
+    # the fit is at least as likely as the truth that generated the data, less a little (a local optimum)
+    assert fit.log_likelihood[-1] >= float(exact.log_evidence(decl, truth, x)) / 300 - 0.05
+
+
+
+# --------------------------------------------------------------------------- malformed declarations
+
+GOOD = """\
+name = "ok"
+
+[latent.z]
+family = "bernoulli"
+size = 2
+
+[latent.y]
+family = "categorical"
+size = 3
+
+[observed.x]
+family = "gaussian"
+size = 2
+
+[link.x]
+from = ["z", "y"]
+type = "linear"
+"""
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), start=1) if needle in line)
+
+
+@pytest.mark.parametrize("old, new, needle, field, words", [
+    ('family = "bernoulli"', 'family = "poisson"', 'family = "poisson"', "latent.z.family", "unknown value 'poisson'"),
+    ('size = 2\n\n[latent.y]', 'size = 2\nprior = { probs = [0.1, 0.2, 0.3] }\n\n[latent.y]', "prior = ", "latent.z.prior.probs",
+     "size mismatch: 3 values for a group of size 2"),
+    ('type = "linear"', 'type = "noisy_or"', 'type = "noisy_or"', "link.x.type", "needs a bernoulli child"),
+    ('type = "linear"', 'type = "linear"\nfunction = "softmax"', 'function = "softmax"', "link.x.function",
+     "does not fit the gaussian group"),
+    ('size = 3\n', 'size = 3\n\n[link.y]\nfrom = ["z"]\n\n[link.z]\nfrom = ["y"]\n', 'from = ["y"]', "link.z.from", "cycle"),
+    ('size = 3\n', 'size = 3\ncolour = "blue"\n', "colour", "latent.y.colour", "unknown key 'colour'"),
+    ('from = ["z", "y"]', 'from = ["z", "w"]', 'from = ["z", "w"]', "link.x.from", "no group named 'w'"),
+    ('from = ["z", "y"]', 'from = ["z", "x"]', 'from = ["z", "x"]', "link.x.from", "observed group"),
+    ('type = "linear"', 'type = "mlp"\nhidden = [0]', "hidden = [0]", "link.x.hidden", "between 1 and"),
+    ('size = 2\n\n[link', 'size = 2\nscale = "wide"\n\n[link', 'scale = "wide"', "observed.x.scale", "unknown value 'wide'"),
+    ('[link.x]\nfrom = ["z", "y"]\ntype = "linear"\n', "", "[observed.x]", "observed.x", "has no link"),
+])
+def test_malformed_declarations_name_the_line_and_field(old, new, needle, field, words):
+    text = GOOD.replace(old, new)
+    assert text != GOOD
+    with pytest.raises(DeclarationError) as err:
+        parse(text, "bad.toml")
+    message = str(err.value)
+    assert f"bad.toml, line {_line_of(text, needle)}, {field}:" in message, message
+    assert words in message, message
+    assert "\n" not in message
+
+
+def test_the_good_declaration_parses_and_orders_parents_first():
+    decl = parse(GOOD.replace('size = 3\n', 'size = 3\n\n[link.y]\nfrom = ["z"]\n'), "good.toml")
+    assert [g.name for g in decl.latents] == ["z", "y"]
+    decl = parse(GOOD.replace('[latent.z]', '[link.z]\nfrom = ["y"]\n\n[latent.z]'), "good.toml")
+    assert [g.name for g in decl.latents] == ["y", "z"]
+
+
+def test_data_of_the_wrong_width_names_the_declared_size(tmp_path):
+    text = (Path(DIR) / "declared_gmm.toml").read_text().replace("size = 2\nscale", "size = 3\nscale")
+    path = tmp_path / "wide.toml"
+    path.write_text(text)
+    spec = resolve(str(path))
+    from models.datasets import DataOptions
+    from models.errors import DataError
+
+    with pytest.raises(DataError, match=rf"wide.toml, line {_line_of(text, 'size = 3')}, observed.x.size: size mismatch"):
+        spec.load(DataOptions(name="faithful"), spec.args_type(), 0)
+    with pytest.raises(DataError, match="must be 0 or 1"):
+        MODELS["declared_noisy_or"].validate(torch.full((4, 10), 0.5))
+    with pytest.raises(DataError, match="a count"):
+        MODELS["declared_lfdm"].validate(torch.full((4, 50), 1.5))
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_show_prints_the_process_parameters_and_shapes(capsys):
+    from experiments.cli import main
+
+    assert main(["show", f"{DIR}/diagnosis.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "d_n | c_n ~ prod_j Bernoulli(sigmoid(eta))" in out
+    assert "s_n | d_n ~ prod_j Bernoulli(1 - (1 - leak_s_j) exp(-(h W_s)_j))" in out
+    assert "s.weight" in out and "(3, 10)" in out
+    assert "24 joint configurations" in out
+    assert "d dist 5 |  3" in out  # Pyro's shape table: the bits of d are one event of size 3
+
+
+def test_show_refuses_a_handwritten_model_and_a_bad_file(tmp_path, capsys):
+    from experiments.cli import main
+
+    assert main(["show", "gmm"]) == 2
+    assert "hand-written" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace('family = "gaussian"', 'family = "gamma"'))
+    assert main(["show", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"line {_line_of(bad.read_text(), 'gamma')}, observed.x.family" in err
+
+
+def test_run_a_declaration_by_path_end_to_end(tmp_path):
+    """A declaration outside the bundle, named by its path in a config: exact reference and both guides."""
+    from experiments.config import load_config
+    from experiments.run import run_experiment
+
+    decl_path = tmp_path / "mine.toml"
+    decl_path.write_text((Path(DIR) / "diagnosis.toml").read_text().replace('name = "diagnosis"', 'name = "mine"'))
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text(f'model = "{decl_path}"\noutput_dir = "{tmp_path}"\n[data]\nname = "std"\n'
+                        '[svi]\nelbo = "TraceEnum_ELBO"\nsteps = 30\n[em]\nmax_iter = 5\n')
+    result = run_experiment(load_config(cfg_path), progress=False, log=lambda *a: None)
+    m = result.metrics
+    assert m["model"] == "mine" and m["enumerable"] and m["status"] == "complete"
+    for g in ("mean_field", "amortised"):
+        r = m["guides"][g]
+        assert r["final_elbo_per_point"] <= r["log_likelihood_per_point"] + 1e-12
+        assert math.isclose(r["final_elbo_per_point"] + r["kl_per_point"], r["log_likelihood_per_point"], abs_tol=1e-10)
+    assert m["exact"]["method"] == "generalised EM"
+    assert (result.run_dir / "params" / "em.pt").exists()
