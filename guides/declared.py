@@ -18,13 +18,15 @@ get a baseline, :class:`guides.nets.Baseline`); ``TraceEnum_ELBO`` when some lat
 joint supports are small enough to hold for every point (the gaussian groups are still sampled);
 ``TraceMeanField_ELBO`` when every latent group is gaussian (all sites reparameterised).
 
-``probs(x, params)`` -> {group: (N, size)} gives the table of each discrete group that
-:mod:`models.exact.declared` scores: q(bit = 1) for bernoulli groups, q(z = k) for categorical ones.
+``probs(x, params)`` gives what the exact references score: {group: (N, size)}, q(bit = 1) for bernoulli
+groups and q(z = k) for categorical ones (:mod:`models.exact.declared`); {group: (loc, scale)} for gaussian
+ones (:mod:`models.exact.linear_gaussian`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -35,14 +37,17 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from guides.nets import MLP, Baseline, Standardise
-from models.declaration import Declaration, Group
-from models.exact.declared import MAX_PARALLEL_CONFIGURATIONS
+
+if TYPE_CHECKING:  # models imports this module to build its registry: import it lazily below
+    from models.declaration import Declaration, Group
 
 _PARALLEL_SUPPORT = {"bernoulli": lambda g: 2**g.size, "categorical": lambda g: g.size}
 
 
 def valid_elbos(decl: Declaration) -> tuple[tuple[str, ...], str]:
     """The estimators the generated guides are valid with, and why the others are not."""
+    from models.exact.declared import MAX_PARALLEL_CONFIGURATIONS
+
     discrete = [g for g in decl.latents if g.family != "gaussian"]
     if not discrete:
         return ("Trace_ELBO", "TraceGraph_ELBO", "TraceMeanField_ELBO"), \
@@ -93,10 +98,12 @@ class _Guide(PyroModule):
     def raw(self, x: Tensor) -> dict[str, dict[str, Tensor]]:
         raise NotImplementedError
 
-    def probs(self, x: Tensor, params=None) -> dict[str, Tensor]:
-        """{group: (N, size)} for the discrete groups: q(bit = 1) or q(z = k)."""
+    def probs(self, x: Tensor, params=None) -> dict:
+        """What the exact references score: {group: (N, size)} for the discrete groups, q(bit = 1) or q(z = k);
+        {group: (loc, scale)}, each (N, size), for the gaussian ones."""
         raw = self.raw(x)
-        return {g.name: _table(g, raw[g.name]) for g in self.decl.latents if g.family != "gaussian"}
+        return {g.name: (raw[g.name]["loc"], raw[g.name]["scale"]) if g.family == "gaussian" else _table(g, raw[g.name])
+                for g in self.decl.latents}
 
     def forward(self, x: Tensor) -> None:
         raw = self.raw(x)

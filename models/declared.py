@@ -28,6 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
@@ -37,6 +38,7 @@ from models.declaration import Declaration, Group
 from models.distributions import BernoulliVector, WordCounts
 from models.errors import DataError
 from models.exact import declared as exact
+from models.exact import linear_gaussian
 from models.exact.declared import DeclaredParams, bernoulli_logits, natural
 
 
@@ -259,6 +261,55 @@ def _counts(probs: Tensor, doc_length: int, gen: torch.Generator) -> Tensor:
     return torch.zeros_like(probs).scatter_add_(1, draws, keep)
 
 
+# --------------------------------------------------------------------------- Monte Carlo evaluation
+
+
+def log_weights(decl: Declaration, x: Tensor, params: DeclaredParams, guide, num_samples: int) -> Tensor:
+    """log w[s, n] = log p(x_n, z_s) - log q(z_s | x_n), z_s ~ q(z | x_n), s = 1..S: (S, N). The guide runs
+    under an outer plate of S samples and the model is replayed on its trace, so any guide of the model works."""
+    with pyro.plate("samples", num_samples, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(decl, x, params)
+    return _log_density(model_trace) - _log_density(guide_trace)
+
+
+def _log_density(trace) -> Tensor:
+    return sum(site["fn"].log_prob(site["value"]) for site in trace.nodes.values()
+               if site["type"] == "sample" and not site_is_subsample(site))
+
+
+@torch.no_grad()
+def importance_sampled(decl: Declaration, x: Tensor, params: DeclaredParams, guide, num_samples: int, seed: int,
+                       max_elements: float = 2e7):
+    """IWAE log p(x_n) and ELBO estimates per point with q the guide's (:class:`models.vae.ImportanceEstimate`),
+    samples drawn in chunks so an (S, N, width) tensor stays under ``max_elements``."""
+    from models.vae import ImportanceEstimate
+
+    pyro.set_rng_seed(seed)
+    widest = max([x.shape[1]] + [h for link in decl.links.values() for h in link.hidden])
+    chunk = max(1, int(max_elements // (x.shape[0] * widest)))
+    lw = torch.cat([log_weights(decl, x, params, guide, min(chunk, num_samples - start))
+                    for start in range(0, num_samples, chunk)])
+    log_p = torch.logsumexp(lw, 0) - math.log(num_samples)
+    nan = torch.full_like(log_p, float("nan"))
+    var = torch.exp(lw - log_p).var(0) / num_samples if num_samples > 1 else nan  # delta method: var(w) / (S mean(w)^2)
+    lvar = lw.var(0) / num_samples if num_samples > 1 else nan
+    return ImportanceEstimate(log_p, var, lw.mean(0), lvar, num_samples)
+
+
+def importance_metrics(decl: Declaration, x: Tensor, params: DeclaredParams, guide, seed: int, samples: int = 1000,
+                       points: int = 0) -> dict:
+    """A guide's ELBO and log p(x) per point by importance sampling with its q, for declarations with no exact
+    reference (the runner's evaluation); ``points`` is not used (a mean-field guide scores its own points)."""
+    est = importance_sampled(decl, x, params, guide, samples, seed).summary()
+    return {
+        "final_elbo_per_point": est["elbo"], "final_elbo_se": est["elbo_se"],
+        "final_elbo_method": f"Monte Carlo, {samples} samples per point",
+        "log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"],
+        "log_likelihood_method": f"IWAE, k = {samples} (a lower bound in expectation)",
+    }
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -428,9 +479,12 @@ def show(decl: Declaration, num_points: int = 5) -> str:
     elif decl.discrete:
         out.append(f"Not exact: {decl.num_configurations:,} joint configurations per point, over the limit "
                    f"{exact.MAX_CONFIGURATIONS:,}.")
+    elif linear_gaussian.applies(decl):
+        out.append("Exact: linear-Gaussian (factor analysis): log p(x), the posterior, ELBO and KL in closed form; "
+                   "exact EM as the reference fit.")
     else:
-        out.append("Not exact: gaussian latent groups ({}); ELBOs are Monte Carlo estimates.".format(
-            ", ".join(g.name for g in decl.latents if g.family == "gaussian")))
+        out.append("Not exact: gaussian latent groups ({}) with a non-linear or non-gaussian part; ELBOs and log p(x) are "
+                   "Monte Carlo (importance-sampled) estimates.".format(", ".join(g.name for g in decl.latents if g.family == "gaussian")))
     out.append("Guides: mean_field (free parameters per point and latent group), amortised (one MLP from the "
                "observed groups to every latent group's parameters); the same family: q(z) = prod_g q(z_g).")
     return "\n".join(out)
@@ -453,6 +507,14 @@ def spec(decl: Declaration):
             kl=lambda x, p, q: exact.kl_to_posterior(decl, p, x, q),
             fit=lambda x, init, args, max_iter, tol: exact.fit_em(decl, x, init, max_iter, tol),
             method="generalised EM",
+        )
+    elif linear_gaussian.applies(decl):
+        exact_ref = ExactReference(
+            log_evidence=lambda x, p: linear_gaussian.log_evidence(decl, p, x),
+            elbo=lambda x, p, q: linear_gaussian.elbo(decl, p, x, q),
+            kl=lambda x, p, q: linear_gaussian.kl_to_posterior(decl, p, x, q),
+            fit=lambda x, init, args, max_iter, tol: linear_gaussian.fit_em(decl, x, init, max_iter, tol),
+            method="exact EM (factor analysis)",
         )
     sets = {"synthetic": partial(synthetic, decl)}
     if decl.data:
@@ -480,6 +542,7 @@ def spec(decl: Declaration):
                                    partial(guides.amortised, decl), valid, why_not),
         },
         exact=exact_ref,
+        importance=None if exact_ref is not None else partial(importance_metrics, decl),
         datasets=sets,
         describe=lambda args: structure(decl),
         real_valued=all(g.family == "gaussian" for g in decl.observed),

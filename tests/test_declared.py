@@ -19,6 +19,7 @@ from guides import declared as declared_guides
 from models import MODELS, declared, gmm, lfdm, noisy_or, resolve
 from models.declaration import DeclarationError, load, parse
 from models.exact import declared as exact
+from models.exact import linear_gaussian
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
 from models.exact import noisy_or as noisy_or_exact
@@ -324,3 +325,112 @@ def test_run_a_declaration_by_path_end_to_end(tmp_path):
         assert math.isclose(r["final_elbo_per_point"] + r["kl_per_point"], r["log_likelihood_per_point"], abs_tol=1e-10)
     assert m["exact"]["method"] == "generalised EM"
     assert (result.run_dir / "params" / "em.pt").exists()
+
+
+# --------------------------------------------------------------------------- gaussian latents
+
+
+def _fa_problem(n: int = 2000):
+    decl = load(f"{DIR}/factor_analysis.toml")
+    truth = declared.random_params(decl, 1)
+    x, _ = declared.simulate(decl, truth, n, 2)
+    return decl, truth, x
+
+
+def test_factor_analysis_em_reaches_scikit_learns_maximum():
+    from sklearn.decomposition import FactorAnalysis
+
+    decl, truth, x = _fa_problem()
+    fit = linear_gaussian.fit_em(decl, x, declared.init_params(decl, x, declared.DeclaredArgs(), 0), 5000, 1e-13)
+    assert fit.converged
+    assert (torch.tensor(fit.log_likelihood).diff() >= -1e-12).all()
+    fa = FactorAnalysis(n_components=2, tol=1e-13, max_iter=100_000).fit(x.numpy())
+    assert math.isclose(fit.log_likelihood[-1], fa.score(x.numpy()), abs_tol=1e-8)
+    assert fit.log_likelihood[-1] >= float(linear_gaussian.log_evidence(decl, truth, x)) / x.shape[0]
+
+
+@torch.no_grad()
+def test_linear_gaussian_identities_and_pyro_agree():
+    decl, truth, x = _fa_problem(300)
+    gen = torch.Generator().manual_seed(3)
+    q = {"z": (torch.randn(300, 2, generator=gen, dtype=torch.float64),
+               0.1 + torch.rand(300, 2, generator=gen, dtype=torch.float64))}
+    log_px = linear_gaussian.log_evidence(decl, truth, x)
+    elbo = linear_gaussian.elbo(decl, truth, x, q)
+    kl = linear_gaussian.kl_to_posterior(decl, truth, x, q)
+    assert elbo <= log_px and kl >= 0
+    torch.testing.assert_close(elbo + kl, log_px, atol=1e-8, rtol=0)
+    # the closed form against Pyro's model and guide: log weights averaged over samples (4 standard errors)
+    guide = declared_guides.mean_field(decl, x)
+    guide.z_loc.copy_(q["z"][0])
+    guide.z_scale = q["z"][1]
+    pyro.set_rng_seed(0)
+    lw = declared.log_weights(decl, x, truth, guide, 2000).sum(-1)  # (S,): the ELBO of every point, one sample each
+    se = float(lw.std() / math.sqrt(lw.shape[0]))
+    assert abs(float(lw.mean() - elbo)) < 4 * se, (float(lw.mean()), float(elbo), se)
+
+
+@torch.no_grad()
+def test_iwae_rises_to_the_exact_log_likelihood_from_below():
+    """With the prior as proposal, IWAE_k is below log p(x) and reaches it as k grows (factor analysis, exact)."""
+    decl, truth, x = _fa_problem(50)
+    guide = declared_guides.mean_field(decl, x)  # starts at N(0, 1), the prior of the standard form
+    exact_per_point = linear_gaussian.log_evidence_per_point(decl, truth, x)
+    small = declared.importance_sampled(decl, x, truth, guide, 10, seed=0)
+    large = declared.importance_sampled(decl, x, truth, guide, 20_000, seed=1)
+    gap_small = float((exact_per_point - small.log_p).mean())
+    gap_large = float((exact_per_point - large.log_p).mean())
+    se_large = float(large.log_p_var.sum().sqrt()) / 50
+    assert gap_small > gap_large > -3 * se_large
+    assert gap_large < 0.05
+    assert float((exact_per_point - large.elbo).mean()) > gap_small  # the ELBO is below both
+
+
+@pytest.mark.parametrize("model, data, extra, reference", [
+    ("declared_gmm", "faithful", {}, "generalised EM"),
+    ("sigmoid_belief_net", "digits", {"data": {"subset": 60}}, "generalised EM"),
+    ("factor_analysis", "iris", {"svi": {"elbo": "TraceMeanField_ELBO"}}, "exact EM (factor analysis)"),
+    ("declared_vae", "digits", {"data": {"subset": 60}, "eval": {"importance_samples": 50}}, None),
+    ("declared_lfdm", "synthetic", {"data": {"num_points": 40}}, "generalised EM"),
+])
+def test_bundled_declarations_run_end_to_end(tmp_path, model, data, extra, reference):
+    from experiments.config import parse_config
+    from experiments.run import run_experiment
+
+    raw = {"name": model, "model": model, "output_dir": str(tmp_path), "data": {"name": data},
+           "svi": {"steps": 20}, "em": {"max_iter": 5}, "guide_args": {"hidden": [8]}}
+    for key, table in extra.items():
+        raw[key] = {**raw.get(key, {}), **table}
+    result = run_experiment(parse_config(raw), progress=False, log=lambda *a: None)
+    m = result.metrics
+    assert m["status"] == "complete"
+    assert (m["exact"] or {}).get("method") == reference
+    for g in ("mean_field", "amortised"):
+        r = m["guides"][g]
+        assert math.isfinite(r["final_elbo_per_point"])
+        if reference is None:  # importance sampled: IWAE >= the ELBO of the same samples
+            assert r["log_likelihood_per_point"] >= r["final_elbo_per_point"]
+            assert r["log_likelihood_method"].startswith("IWAE")
+        else:
+            assert math.isclose(r["final_elbo_per_point"] + r["kl_per_point"], r["log_likelihood_per_point"], abs_tol=1e-9)
+    assert (result.run_dir / "report.md").exists() and (result.run_dir / "metrics.json").exists()
+
+
+def test_generalised_em_reaches_the_handwritten_mixtures_em_optimum():
+    """Same model, same start (the hand-written k-means++ initialisation): closed-form EM and the declaration's
+    generalised EM (L-BFGS M-steps) stop at the same maximum of log p(x) on Old Faithful."""
+    from models.datasets import DataOptions
+
+    decl = load(f"{DIR}/declared_gmm.toml")
+    x = MODELS["gmm"].load(DataOptions(name="faithful"), gmm.GMMArgs(), 0).x
+    init = gmm.init_params(x, gmm.GMMArgs(2), 0)
+    em = gmm_exact.fit_em(x, init, "diag", 0.0, 1000, 1e-13)
+    zero = torch.zeros(2, dtype=torch.float64)
+    start = _params(decl, {"z.logits": init.weights.log(), "x.weight": init.locs, "x.bias": zero,
+                           "x.scale_weight": init.scales.log(), "x.scale_bias": zero.clone()})
+    gem = exact.fit_em(decl, x, start, 1000, 1e-13)
+    assert math.isclose(gem.log_likelihood[-1], float(em.log_likelihood[-1]), abs_tol=1e-9)
+    fitted = gem.params
+    locs = fitted["x.weight"] + fitted["x.bias"]
+    order = locs[:, 0].argsort()
+    torch.testing.assert_close(locs[order], em.params.locs[em.params.locs[:, 0].argsort()], atol=1e-5, rtol=0)
