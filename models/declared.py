@@ -103,7 +103,7 @@ class Declared(PyroModule):
             slot = self.slots[name]
             attr = name.replace(".", "__")
             if slot.learnable:
-                setattr(self, attr, PyroParam(exact._inside(value.detach(), slot.constraint).clone(), constraint=slot.constraint))
+                setattr(self, attr, PyroParam(exact.interior(value.detach(), slot.constraint).clone(), constraint=slot.constraint))
             else:
                 self.register_buffer(attr, value.detach().clone())
 

@@ -117,7 +117,7 @@ class DeclaredParams:
 
     def free(self) -> dict[str, Tensor]:
         """Unconstrained coordinates of the learned parameters (for gradient M-steps)."""
-        return {k: biject_to(self.slots[k].constraint).inv(_inside(v, self.slots[k].constraint))
+        return {k: biject_to(self.slots[k].constraint).inv(interior(v, self.slots[k].constraint))
                 for k, v in self.tensors.items() if self.slots[k].learnable}
 
     def with_free(self, free: Mapping[str, Tensor]) -> "DeclaredParams":
@@ -126,7 +126,7 @@ class DeclaredParams:
         return DeclaredParams(new, self.slots)
 
 
-def _inside(value: Tensor, constraint: Any) -> Tensor:
+def interior(value: Tensor, constraint: Any) -> Tensor:
     """Nudge a value on the boundary (a weight of exactly 0, a leak of 0 or 1) inside, so its free coordinate is finite."""
     tiny = torch.finfo(value.dtype).tiny ** 0.5
     if constraint is constraints.positive:
