@@ -103,7 +103,7 @@ def entropy(probs: Tensor) -> Tensor:
     return -(torch.special.xlogy(probs, probs) + torch.special.xlogy(1 - probs, 1 - probs)).sum()
 
 
-def _weighted(weight: Tensor, value: Tensor) -> Tensor:
+def weighted(weight: Tensor, value: Tensor) -> Tensor:
     """weight * value with 0 * (anything) = 0 (q_n(c) = 0 contributes nothing, even against -inf)."""
     return torch.where(weight > 0, weight * value, torch.zeros_like(value))
 
@@ -172,7 +172,7 @@ def elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Te
     check_enumerable(prior_logits.shape[-1])
     expected = torch.zeros((), dtype=probs.dtype)
     for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
-        expected = expected + _weighted(torch.exp(log_q_table(configs, probs)), table).sum()
+        expected = expected + weighted(torch.exp(log_q_table(configs, probs)), table).sum()
     return expected + entropy(probs)
 
 
@@ -182,7 +182,7 @@ def kl_to_posterior(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width:
     kl = torch.zeros((), dtype=probs.dtype)
     for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
         log_q = log_q_table(configs, probs)
-        kl = kl + _weighted(torch.exp(log_q), log_q - (table - log_px[:, None])).sum()
+        kl = kl + weighted(torch.exp(log_q), log_q - (table - log_px[:, None])).sum()
     return kl
 
 
@@ -234,7 +234,7 @@ def best_mean_field(
     probs = probs.clamp(1e-12, 1 - 1e-12)
 
     def bound(b: Tensor) -> float:
-        return float(_weighted(torch.exp(log_q_table(configs, b)), table).sum() + entropy(b))
+        return float(weighted(torch.exp(log_q_table(configs, b)), table).sum() + entropy(b))
 
     history = [bound(probs)]
     for _ in range(max_sweeps):
@@ -242,10 +242,10 @@ def best_mean_field(
             others = torch.ones(k, dtype=torch.bool)
             others[j] = False
             log_q_others = log_q_table(configs[:, others], probs[:, others])  # (N, 2^K)
-            weighted = _weighted(torch.exp(log_q_others), table)
+            terms = weighted(torch.exp(log_q_others), table)
             on = configs[:, j]
-            e1 = weighted[:, on == 1].sum(-1)
-            e0 = weighted[:, on == 0].sum(-1)
+            e1 = terms[:, on == 1].sum(-1)
+            e0 = terms[:, on == 0].sum(-1)
             probs[:, j] = torch.sigmoid(e1 - e0).clamp(1e-12, 1 - 1e-12)
         history.append(bound(probs))
         if history[-1] - history[-2] < tol * num_points:
@@ -324,24 +324,7 @@ def fit_gem(
             return total
 
         prior = torch.logit(post.marginals.mean(0).clamp(1e-6, 1 - 1e-6))
-        with torch.no_grad():
-            q_old = float(q_value(old))
-        leaves = {name: t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-                  for name, t in old.free().items()}  # L-BFGS flattens gradients with view()
-        optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            optim.zero_grad()
-            loss = -q_value(old.with_free(leaves)) / num_points
-            loss.backward()
-            return loss
-
-        optim.step(closure)
-        candidate = old.with_free({n: t.detach() for n, t in leaves.items()})
-        with torch.no_grad():
-            q_new = float(q_value(candidate))
-        if not q_new >= q_old:  # the line search keeps Q from falling; this guards against round-off and NaN
-            candidate = old
+        candidate = m_step(old, q_value, num_points, m_steps)
         params = candidate.replace_prior(prior.detach())
         with torch.no_grad():
             post = posterior(lambda c: log_lik(c, params), params.prior_logits, num_points, width)
@@ -350,6 +333,31 @@ def fit_gem(
             converged = True
             break
     return GEMResult(params, history, converged)
+
+
+def m_step(old: Any, q_value: Callable[[Any], Tensor], num_points: int, m_steps: int = 20) -> Any:
+    """A guarded gradient M-step: up to ``m_steps`` L-BFGS iterations (strong-Wolfe line search) on Q over the
+    free coordinates of ``old`` (``free()`` / ``with_free``), starting at ``old``; the result is kept only if
+    Q(result) >= Q(old) (the line search keeps Q from falling; this guards against round-off and NaN)."""
+    with torch.no_grad():
+        q_old = float(q_value(old))
+    leaves = {name: t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+              for name, t in old.free().items()}  # L-BFGS flattens gradients with view()
+    if not leaves:
+        return old
+    optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optim.zero_grad()
+        loss = -q_value(old.with_free(leaves)) / num_points
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    candidate = old.with_free({n: t.detach() for n, t in leaves.items()})
+    with torch.no_grad():
+        q_new = float(q_value(candidate))
+    return candidate if q_new >= q_old else old
 
 
 class Reference:

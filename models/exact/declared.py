@@ -337,7 +337,7 @@ def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, T
     """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly: a scalar."""
     expected = torch.zeros((), dtype=params.dtype)
     for values, table in log_joint_chunks(decl, params, x):
-        expected = expected + binary._weighted(torch.exp(log_q(decl, q, values)), table).sum()
+        expected = expected + binary.weighted(torch.exp(log_q(decl, q, values)), table).sum()
     return expected + entropy(decl, q)
 
 
@@ -347,7 +347,7 @@ def kl_to_posterior(decl: Declaration, params: DeclaredParams, x: Tensor, q: Map
     kl = torch.zeros((), dtype=params.dtype)
     for values, table in log_joint_chunks(decl, params, x):
         lq = log_q(decl, q, values)
-        kl = kl + binary._weighted(torch.exp(lq), lq - (table - log_px[:, None])).sum()
+        kl = kl + binary.weighted(torch.exp(lq), lq - (table - log_px[:, None])).sum()
     return kl
 
 
@@ -376,28 +376,11 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 2
                 else:
                     with torch.no_grad():
                         r = torch.exp(log_likelihood(decl, old, x, values) + log_prior(decl, old, values) - old_log_px[:, None])
-                total = total + binary._weighted(r, table).sum()
+                total = total + binary.weighted(r, table).sum()
             return total
 
-        leaves = {k: t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-                  for k, t in old.free().items()}
-        if not leaves:
-            break
+        params = binary.m_step(old, q_value, n, m_steps)
         with torch.no_grad():
-            q_old = float(q_value(old))
-        optim = torch.optim.LBFGS(leaves.values(), lr=1.0, max_iter=m_steps, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            optim.zero_grad()
-            loss = -q_value(old.with_free(leaves)) / n
-            loss.backward()
-            return loss
-
-        optim.step(closure)
-        candidate = old.with_free({k: t.detach() for k, t in leaves.items()})
-        with torch.no_grad():
-            q_new = float(q_value(candidate))
-            params = candidate if q_new >= q_old else old
             post = posterior(decl, params, x)
         history.append(float(post.log_evidence.sum()) / n)
         if abs(history[-1] - history[-2]) < tol:
