@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from models import corpora
 from models.datasets import DataOptions, Dataset
 from models.distributions import TopicWord
+from models.errors import DataError
 from models.exact import lda as exact
 from models.exact.lda import Entries
 
@@ -272,6 +273,9 @@ def init_params(x: Tensor, args: LDAArgs, seed: int) -> LDAParams:
 def synthetic(opts: DataOptions, args: LDAArgs, seed: int) -> Dataset:
     """``opts.num_points`` documents of mean length ``opts.doc_length`` over ``opts.dim`` words, from
     :func:`true_params` with K = ``args.num_topics`` (known truth; theta as ``labels``)."""
+    if opts.dim < args.num_topics:
+        raise DataError(f"data.dim={opts.dim} words cannot give each of model_args.num_topics={args.num_topics} synthetic "
+                        "topics its own block of words: use data.dim >= num_topics")
     truth = true_params(args.num_topics, opts.dim, seed, alpha=args.alpha_value)
     x, theta = simulate(truth, opts.num_points, opts.doc_length, seed + 1)
     desc = f"synthetic LDA corpus (K={args.num_topics}, V={opts.dim}, D={opts.num_points}, mean length {opts.doc_length})"
