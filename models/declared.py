@@ -66,8 +66,8 @@ def _latent_dist(g: Group, nat: dict[str, Tensor]):
 
 
 def _observed_dist(g: Group, nat: dict[str, Tensor], x: Tensor):
-    if g.family == "bernoulli":
-        return dist.Bernoulli(logits=bernoulli_logits(nat)).to_event(1)
+    if g.family == "bernoulli":  # one event of D bits; scored by matrix products against enumerated parents
+        return BernoulliVector(bernoulli_logits(nat))
     if g.family == "categorical":
         return WordCounts(nat["logits"], total_count=x.sum(-1))
     return dist.Normal(nat["loc"], nat["scale"]).to_event(1)
@@ -454,6 +454,40 @@ def process(decl: Declaration) -> list[str]:
     return lines
 
 
+def describe_fit(decl: Declaration, fits: dict[str, DeclaredParams], features: tuple[str, ...], max_columns: int = 16) -> str:
+    """Markdown for the run's report: each method's discrete priors and the weights of every linear or noisy-OR
+    link with at most ``max_columns`` columns (parent units as rows; an MLP's layers are not shown)."""
+    cols = decl.columns()
+    units = {g.name: [f"{g.name}={k}" if g.family == "categorical" else f"{g.name}{k}" for k in range(g.size)] for g in decl.latents}
+    out = []
+    for method, p in fits.items():
+        parts = [f"### {method}"]
+        for g in decl.latents:
+            if g.name not in decl.links and g.family != "gaussian":
+                logits = p[f"{g.name}.logits"]
+                probs = torch.sigmoid(logits) if g.family == "bernoulli" else torch.softmax(logits, -1)
+                what = "P({}_k = 1)" if g.family == "bernoulli" else "P({} = k)"
+                parts.append(f"{what.format(g.name)}: " + ", ".join(f"{float(v):.3f}" for v in probs))
+        for child, link in decl.links.items():
+            g = decl.groups[child]
+            if link.kind == "mlp" or g.size > max_columns:
+                shape = "x".join(str(n) for n in (decl.in_width(link), *link.hidden, g.size))
+                parts.append(f"{child} <- {', '.join(link.parents)}: {link.kind} link {shape} (weights not shown)")
+                continue
+            names = list(features[cols[child]]) if g.role == "observed" and len(features) == decl.data_width else \
+                [f"{child}{j}" for j in range(g.size)]
+            head = f"| {child} <- {', '.join(link.parents)} ({link.kind}) | " + " | ".join(names) + " |"
+            rows = [head, "|---|" + "---:|" * g.size]
+            weight = p[f"{child}.weight"]
+            rows += [f"| {u} | " + " | ".join(f"{float(w):.2f}" for w in weight[i]) + " |"
+                     for i, u in enumerate(u for q in link.parents for u in units[q])]
+            extra = "leak" if link.kind == "noisy_or" else "bias"
+            rows.append(f"| {extra} | " + " | ".join(f"{float(v):.3f}" for v in p[f"{child}.{extra}"]) + " |")
+            parts.append("\n".join(rows))
+        out.append("\n\n".join(parts))
+    return "\n\n".join(out)
+
+
 def show(decl: Declaration, num_points: int = 5) -> str:
     """What ``vizoo show`` prints: the process, the parameters, the plates and tensor shapes, and what is exact."""
     slots = exact.layout(decl)
@@ -545,6 +579,7 @@ def spec(decl: Declaration):
         importance=None if exact_ref is not None else partial(importance_metrics, decl),
         datasets=sets,
         describe=lambda args: structure(decl),
+        describe_fit=partial(describe_fit, decl),
         real_valued=all(g.family == "gaussian" for g in decl.observed),
         exact_size_error=size_error,
     )

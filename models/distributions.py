@@ -4,6 +4,8 @@ r"""Small distributions the models need and Pyro does not have in this form.
   ``enumerate_support`` lists all 2^K configurations. One sample site then holds a point's whole
   latent vector, and ``TraceEnum_ELBO`` can sum a guide over it exactly (a plate over the K bits
   would not do: the observation depends on all bits jointly, so they are not independent given x).
+  Observed bits (the declared models' bernoulli groups) use it too: against enumerated parents its
+  log_prob is two matrix products, as :class:`WordCounts`'s is.
 * :class:`WordCounts`: the probability of a document's word sequence given per-word log-probabilities,
   scored from its bag of words, log p(x) = sum_v n_v log f_v (no multinomial coefficient: the
   sequence, not the count vector, is the observation; per-word perplexity is exp(-log p / sum_v n_v)).
@@ -32,8 +34,10 @@ class BernoulliVector(TorchDistribution):
     support = constraints.independent(constraints.boolean, 1)
     has_enumerate_support = True
 
-    def __init__(self, logits: Tensor, validate_args=None):
+    def __init__(self, logits: Tensor, validate_args=None, _compact: Tensor | None = None):
+        # _compact: the logits before any expand (set by expand, never by users), for the observed case below
         self.logits = logits
+        self._compact = logits if _compact is None else _compact
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
 
     @property
@@ -46,7 +50,7 @@ class BernoulliVector(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return BernoulliVector(self.logits.expand(batch_shape + self.event_shape), validate_args=False)
+        return BernoulliVector(self.logits.expand(batch_shape + self.event_shape), validate_args=False, _compact=self._compact)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
@@ -56,6 +60,13 @@ class BernoulliVector(TorchDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        compact = self._compact
+        if value.dim() == 2 and compact.dim() >= 3 and compact.shape[-2] == 1:
+            # observed bits (N, D) against one logit vector per enumerated configuration, (..., C, 1, D), broadcast
+            # over the N points: two matrix products on the compact logits, never a (..., C, N, D) tensor
+            c = compact.squeeze(-2)
+            out = F.logsigmoid(c) @ value.T + F.logsigmoid(-c) @ (1 - value).T  # (..., C, N)
+            return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
         return (value * F.logsigmoid(self.logits) + (1 - value) * F.logsigmoid(-self.logits)).sum(-1)
 
     def entropy(self) -> Tensor:
