@@ -290,6 +290,8 @@ def parse(text: str, source: str = "<declaration>", default_name: str = "declare
             raise c.fail(path, f"observed group {g.name!r} has no link: add [link.{g.name}] with from = [its latent parents]")
         if g.role == "latent" and g.name in links and "prior" in raw["latent"][g.name]:
             raise c.fail(path + ("prior",), f"latent group {g.name!r} has a link, which gives its distribution; remove its prior")
+        if g.role == "latent" and g.name in links and "learn_prior" in raw["latent"][g.name]:
+            raise c.fail(path + ("learn_prior",), f"latent group {g.name!r} has a link, so no prior to learn; remove learn_prior")
         if g.family == "gaussian" and g.name not in links and "scale" in _raw_group(raw, g):
             raise c.fail(path + ("scale",), "scale applies to a gaussian group with a link; a root's scale is prior.scale")
     order = _topological(c, groups, links)

@@ -246,7 +246,10 @@ def simulate(decl: Declaration, params: DeclaredParams, num_points: int, seed: i
                     v = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
                 else:
                     v = _counts(probs, doc_length, gen)
-            (values.__setitem__(g.name, v) if g.role == "latent" else columns.append(v.to(dtype)))
+            if g.role == "latent":
+                values[g.name] = v
+            else:
+                columns.append(v.to(dtype))
     return torch.cat(columns, -1), values
 
 
@@ -534,21 +537,14 @@ def spec(decl: Declaration):
 
     valid, why_not = guides.valid_elbos(decl)
     exact_ref = None
-    if decl.discrete:
+    backend, method = (exact, "generalised EM") if decl.discrete else (linear_gaussian, "exact EM (factor analysis)")
+    if decl.discrete or linear_gaussian.applies(decl):  # the two backends share one interface
         exact_ref = ExactReference(
-            log_evidence=lambda x, p: exact.log_evidence(decl, p, x),
-            elbo=lambda x, p, q: exact.elbo(decl, p, x, q),
-            kl=lambda x, p, q: exact.kl_to_posterior(decl, p, x, q),
-            fit=lambda x, init, args, max_iter, tol: exact.fit_em(decl, x, init, max_iter, tol),
-            method="generalised EM",
-        )
-    elif linear_gaussian.applies(decl):
-        exact_ref = ExactReference(
-            log_evidence=lambda x, p: linear_gaussian.log_evidence(decl, p, x),
-            elbo=lambda x, p, q: linear_gaussian.elbo(decl, p, x, q),
-            kl=lambda x, p, q: linear_gaussian.kl_to_posterior(decl, p, x, q),
-            fit=lambda x, init, args, max_iter, tol: linear_gaussian.fit_em(decl, x, init, max_iter, tol),
-            method="exact EM (factor analysis)",
+            log_evidence=lambda x, p: backend.log_evidence(decl, p, x),
+            elbo=lambda x, p, q: backend.elbo(decl, p, x, q),
+            kl=lambda x, p, q: backend.kl_to_posterior(decl, p, x, q),
+            fit=lambda x, init, args, max_iter, tol: backend.fit_em(decl, x, init, max_iter, tol),
+            method=method,
         )
     sets = {"synthetic": partial(synthetic, decl)}
     if decl.data:

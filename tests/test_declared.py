@@ -244,6 +244,8 @@ def _line_of(text: str, needle: str) -> int:
     ('type = "linear"', 'type = "mlp"\nhidden = [0]', "hidden = [0]", "link.x.hidden", "between 1 and"),
     ('size = 2\n\n[link', 'size = 2\nscale = "wide"\n\n[link', 'scale = "wide"', "observed.x.scale", "unknown value 'wide'"),
     ('[link.x]\nfrom = ["z", "y"]\ntype = "linear"\n', "", "[observed.x]", "observed.x", "has no link"),
+    ('size = 3\n', 'size = 3\nlearn_prior = false\n\n[link.y]\nfrom = ["z"]\n', "learn_prior", "latent.y.learn_prior",
+     "no prior to learn"),
 ])
 def test_malformed_declarations_name_the_line_and_field(old, new, needle, field, words):
     text = GOOD.replace(old, new)
