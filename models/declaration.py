@@ -272,8 +272,10 @@ def parse(text: str, source: str = "<declaration>", default_name: str = "declare
         for gname, body in tables.items():
             if not _NAME.match(gname):
                 raise c.fail((role, gname), f"group names must be plain identifiers, got {gname!r}")
-            if gname in groups or gname == plate:
+            if gname in groups:
                 raise c.fail((role, gname), f"the name {gname!r} is used twice")
+            if gname == plate:
+                raise c.fail((role, gname), f"the group name {gname!r} is also the plate's name")
             groups[gname] = _group(c, role, gname, body, raw)
 
     links_raw = raw.get("link", {})

@@ -246,6 +246,10 @@ def _line_of(text: str, needle: str) -> int:
     ('[link.x]\nfrom = ["z", "y"]\ntype = "linear"\n', "", "[observed.x]", "observed.x", "has no link"),
     ('size = 3\n', 'size = 3\nlearn_prior = false\n\n[link.y]\nfrom = ["z"]\n', "learn_prior", "latent.y.learn_prior",
      "no prior to learn"),
+    ('size = 2\n\n[latent.y]', 'size = 2.5\n\n[latent.y]', "size = 2.5", "latent.z.size", "must be an integer"),
+    ('from = ["z", "y"]', 'from = "z"', 'from = "z"', "link.x.from", "must be a non-empty list"),
+    ('size = 2\n\n[latent.y]', 'size = 2\nprior = 3\n\n[latent.y]', "prior = 3", "latent.z.prior", "must be a table"),
+    ('name = "ok"', 'name = "ok"\nplate = "z"', "[latent.z]", "latent.z", "also the plate's name"),
 ])
 def test_malformed_declarations_name_the_line_and_field(old, new, needle, field, words):
     text = GOOD.replace(old, new)
