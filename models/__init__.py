@@ -47,6 +47,9 @@ class GuideSpec:
     valid_elbos: the estimators this guide is correct with; why_not: why the others are not.
     learnable: the model module to train with this guide, when it is not the spec's own (e.g. a
     collapsed model with z summed out, for a guide with no local latents).
+    optimum(x, params) -> the best member of this guide's family for every point at ``params``, in the form
+    ``probs`` gives (coordinate ascent, fixed points or closed form): the reference of the approximation gap,
+    ELBO(optimum) <= log p(x), and of the amortisation gap, ELBO(optimum) - ELBO(amortised q). Exact models only.
     """
 
     name: str
@@ -55,6 +58,7 @@ class GuideSpec:
     valid_elbos: tuple[str, ...]
     why_not: str = ""
     learnable: Callable[..., nn.Module] | None = None
+    optimum: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,8 @@ class ModelSpec:
 
 
 _GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
+_NOISY_OR_OPTIMUM = lambda s, p: noisy_or_exact.best_mean_field(s, p).probs  # noqa: E731
+_LFDM_OPTIMUM = lambda x, p: lfdm_exact.best_mean_field(x, p).probs  # noqa: E731
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -169,11 +175,11 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(z_n) = Cat(phi_n), free phi_n per point", gmm_guides.mean_field,
-                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=gmm_exact.posterior,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(z_n | x_n) = Cat(softmax(MLP(x_n)))", gmm_guides.amortised,
-                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=gmm_exact.posterior,
                 ),
                 "marginal": GuideSpec(
                     "marginal", "no local guide: z summed out in the model, ELBO = log p(x) (the fast path)",
@@ -209,11 +215,11 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(d_n) = prod_i Bern(b_ni), free b per observation", noisy_or_guides.mean_field,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_NOISY_OR_OPTIMUM,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(d_n | s_n) = prod_i Bern(sigmoid(MLP(s_n))_i)", noisy_or_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_NOISY_OR_OPTIMUM,
                 ),
             },
             exact=ExactReference(
@@ -244,11 +250,11 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(z_d) = prod_k Bern(b_dk), free b per document", lfdm_guides.mean_field,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_LFDM_OPTIMUM,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(z_d | x_d) = prod_k Bern(sigmoid(MLP(log(1 + x_d)))_k)", lfdm_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_LFDM_OPTIMUM,
                 ),
             },
             exact=ExactReference(
@@ -318,15 +324,18 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "completely factorised: q(s) = prod_t prod_m Cat(s_t^m), free per sequence and step",
                     fhmm_guides.mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "factorised").q,
                 ),
                 "structured_mean_field": GuideSpec(
                     "structured_mean_field", "independent Markov chains q(s) = prod_m q(s^m_{1:T}), free pseudo-emissions "
                     "per sequence, step and chain (forward-backward per chain)",
                     fhmm_guides.structured_mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "structured").q,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "the structured family, pseudo-emissions from a bidirectional GRU over y",
                     fhmm_guides.amortised, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
+                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "structured").q,
                 ),
             },
             exact=ExactReference(
@@ -359,10 +368,12 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "q(h_n) = prod_l N(m^l_n, diag s^l_n^2), free per point (no network)",
                     vae_guides.mean_field, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
+                    optimum=lambda x, dec: ppca.best_diagonal(x, dec.ppca()),
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(h^1 | x) q(h^2 | h^1) ..., each N(MLP(.)): the hierarchical inference network",
                     vae_guides.amortised, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
+                    optimum=lambda x, dec: ppca.best_diagonal(x, dec.ppca()),
                 ),
             },
             exact=ExactReference(

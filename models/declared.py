@@ -546,6 +546,11 @@ def spec(decl: Declaration):
             fit=lambda x, init, args, max_iter, tol: backend.fit_em(decl, x, init, max_iter, tol),
             method=method,
         )
+    optimum = None
+    if decl.discrete:
+        optimum = lambda x, p: exact.best_mean_field(decl, p, x).probs  # noqa: E731
+    elif linear_gaussian.applies(decl):
+        optimum = lambda x, p: linear_gaussian.best_mean_field(decl, p, x)  # noqa: E731
     sets = {"synthetic": partial(synthetic, decl)}
     if decl.data:
         sets[data_name(decl)] = partial(mapped, decl)
@@ -567,9 +572,9 @@ def spec(decl: Declaration):
         init_params=partial(init_params, decl),
         guides={
             "mean_field": GuideSpec("mean_field", "q(z_n) = prod_g q(z_ng), free parameters per point and group",
-                                    partial(guides.mean_field, decl), valid, why_not),
+                                    partial(guides.mean_field, decl), valid, why_not, optimum=optimum),
             "amortised": GuideSpec("amortised", "q(z_n | x_n) = prod_g q(z_ng | MLP(x_n)_g), one network for every group",
-                                   partial(guides.amortised, decl), valid, why_not),
+                                   partial(guides.amortised, decl), valid, why_not, optimum=optimum),
         },
         exact=exact_ref,
         importance=None if exact_ref is not None else partial(importance_metrics, decl),

@@ -559,3 +559,17 @@ x = "faithful"
         r = m["guides"][g]
         assert r["log_likelihood_per_point"] >= r["final_elbo_per_point"]
         assert r["elbo_curve"][-1] > r["elbo_curve"][0]  # training raised the bound
+
+
+@torch.no_grad()
+def test_linear_gaussian_best_diagonal_q_is_a_maximum():
+    decl, truth, x = _fa_problem(100)
+    best = linear_gaussian.best_mean_field(decl, truth, x)
+    top = float(linear_gaussian.elbo(decl, truth, x, best))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        loc, scale = best["z"]
+        shifted = {"z": (loc + 0.05 * torch.randn(loc.shape, generator=gen, dtype=torch.float64),
+                         scale * torch.exp(0.1 * torch.randn(scale.shape, generator=gen, dtype=torch.float64)))}
+        assert float(linear_gaussian.elbo(decl, truth, x, shifted)) <= top + 1e-9
+    assert top < float(linear_gaussian.log_evidence(decl, truth, x))

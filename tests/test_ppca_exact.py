@@ -85,3 +85,18 @@ def test_mle_matches_scikit_learn_and_is_a_maximum():
         assert float(ppca.log_evidence(x, moved).mean()) < ours
     with pytest.raises(ValueError, match="1 <= num_latents < dim = 64"):
         ppca.fit_mle(x, 64)
+
+
+def test_best_diagonal_q_is_a_maximum_of_the_elbo_over_diagonal_gaussians():
+    """The closed form (posterior mean, variances 1 / diag(precision)) against perturbations of every point's mean
+    and log-variances: none raises the ELBO of any point; it is below log p(x) by the KL of a correlated posterior."""
+    x, params, gen = random_case()
+    best = ppca.best_diagonal(x, params)
+    top = ppca.elbo(x, params, best)
+    for _ in range(20):
+        shifted = ppca.GaussianQ(best.mean + 0.05 * torch.randn(best.mean.shape, generator=gen, dtype=torch.float64),
+                                 best.cov * torch.exp(0.1 * torch.randn(best.cov.shape, generator=gen, dtype=torch.float64)))
+        assert (ppca.elbo(x, params, shifted) <= top + 1e-12).all()
+    gap = ppca.log_evidence(x, params) - top
+    torch.testing.assert_close(gap, ppca.kl_to_posterior(x, params, best), rtol=0, atol=1e-10)
+    assert (gap > 0).all()

@@ -14,6 +14,7 @@ W' = diag(s) W, b' = m W + b, Psi = diag sigma^2, so everything is exact:
     ELBO(q)      for a diagonal Gaussian q(z_n) (the generated guides), in closed form; it is the same in z
                  and u (the Jacobian of z = m + s u cancels between log p(x, z) and H(q))
     KL(q || p(z | x_n)) between Gaussians (:func:`models.exact.ppca.kl_gaussian`), by a different route
+    best q       the best diagonal Gaussian: the posterior mean, variances 1 / diag(precision)
     EM           exact E-step; M-step: each observed group's [W' b'] by least squares on its parents' E[u],
                  E[u u^T], and its shared sigma^2 in closed form (Rubin & Thayer 1982); the prior m, s stays fixed
                  (it is redundant with W and b)
@@ -110,6 +111,20 @@ def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: dict) -> Tenso
 def kl_to_posterior(decl: Declaration, params: DeclaredParams, x: Tensor, q: dict) -> Tensor:
     """KL(q(z_n) || p(z_n | x_n)) summed over points (computed in u: KL is invariant under z = m + s u)."""
     return kl_gaussian(_q_in_u(decl, params, q), posterior_u(decl, params, x)).sum()
+
+
+def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """The best diagonal Gaussian q(z_n) (the guides' family) in closed form: for a Gaussian posterior N(mu, Lambda^-1),
+    KL(q || p) over diagonal q is minimised by the posterior mean and variances 1 / Lambda_kk (not the
+    posterior's marginal variances, which are larger when the factors are correlated). Mapped back to z = m + s u.
+    Returns group -> (loc, scale), each (N, size)."""
+    post = posterior_u(decl, params, x)
+    precision_diag = torch.diagonal(torch.linalg.inv(post.cov[0]))
+    m = torch.cat([params[f"{g.name}.loc"] for g in decl.latents])
+    s = torch.cat([params[f"{g.name}.scale"] for g in decl.latents])
+    loc = m + s * post.mean
+    scale = (s / precision_diag.sqrt()).expand_as(loc)
+    return {g: (loc[:, sl], scale[:, sl]) for g, sl in _offsets(decl.latents).items()}
 
 
 def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 1000, tol: float = 1e-8) -> GEMResult:

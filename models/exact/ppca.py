@@ -81,6 +81,15 @@ def elbo(x: Tensor, params: PPCAParams, q: GaussianQ) -> Tensor:
     return expected_lik + expected_prior + entropy
 
 
+def best_diagonal(x: Tensor, params: PPCAParams) -> GaussianQ:
+    """The best diagonal Gaussian q(h_n) (the VAE guides' family): the posterior mean, variances sigma^2 / M_kk
+    (1 / the diagonal of the posterior precision M / sigma^2), which minimise KL(q || p(h | x)) over diagonal q."""
+    post = posterior(x, params)
+    w, s2 = params.weight, params.noise_var
+    m = w.T @ w + s2 * torch.eye(w.shape[1], dtype=w.dtype)
+    return GaussianQ(post.mean, (s2 / torch.diagonal(m)).expand_as(post.mean))
+
+
 def kl_gaussian(q: GaussianQ, p: GaussianQ) -> Tensor:
     """KL(N(m_q, S_q) || N(m_p, S_p)) per point: (N,)."""
     sq, sp = q.full_cov(), p.full_cov()
