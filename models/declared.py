@@ -28,11 +28,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from models import datasets
+from models import datasets, importance
 from models.datasets import DataOptions, Dataset
 from models.declaration import Declaration, Group
 from models.distributions import BernoulliVector, WordCounts
@@ -40,6 +39,7 @@ from models.errors import DataError
 from models.exact import declared as exact
 from models.exact import linear_gaussian
 from models.exact.declared import DeclaredParams, bernoulli_logits, natural
+from models.importance import ImportanceEstimate
 
 
 @dataclass(frozen=True)
@@ -268,49 +268,29 @@ def _counts(probs: Tensor, doc_length: int, gen: torch.Generator) -> Tensor:
 
 
 def log_weights(decl: Declaration, x: Tensor, params: DeclaredParams, guide, num_samples: int) -> Tensor:
-    """log w[s, n] = log p(x_n, z_s) - log q(z_s | x_n), z_s ~ q(z | x_n), s = 1..S: (S, N). The guide runs
-    under an outer plate of S samples and the model is replayed on its trace, so any guide of the model works."""
-    with pyro.plate("samples", num_samples, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(decl, x, params)
-    return _log_density(model_trace) - _log_density(guide_trace)
-
-
-def _log_density(trace) -> Tensor:
-    return sum(site["fn"].log_prob(site["value"]) for site in trace.nodes.values()
-               if site["type"] == "sample" and not site_is_subsample(site))
+    """log w[s, n] = log p(x_n, z_s) - log q(z_s | x_n), z_s ~ q(z | x_n), s = 1..S: (S, N); see
+    :func:`models.importance.log_weights`."""
+    return importance.log_weights(model, (decl, x, params), guide, (x,), num_samples)
 
 
 @torch.no_grad()
 def importance_sampled(decl: Declaration, x: Tensor, params: DeclaredParams, guide, num_samples: int, seed: int,
-                       max_elements: float = 2e7):
-    """IWAE log p(x_n) and ELBO estimates per point with q the guide's (:class:`models.vae.ImportanceEstimate`),
-    samples drawn in chunks so an (S, N, width) tensor stays under ``max_elements``."""
-    from models.vae import ImportanceEstimate
-
+                       max_elements: float = 2e7) -> ImportanceEstimate:
+    """IWAE log p(x_n) and ELBO estimates per point with q the guide's, samples drawn in chunks so an
+    (S, N, width) tensor stays under ``max_elements``."""
     pyro.set_rng_seed(seed)
     widest = max([x.shape[1]] + [h for link in decl.links.values() for h in link.hidden])
     chunk = max(1, int(max_elements // (x.shape[0] * widest)))
     lw = torch.cat([log_weights(decl, x, params, guide, min(chunk, num_samples - start))
                     for start in range(0, num_samples, chunk)])
-    log_p = torch.logsumexp(lw, 0) - math.log(num_samples)
-    nan = torch.full_like(log_p, float("nan"))
-    var = torch.exp(lw - log_p).var(0) / num_samples if num_samples > 1 else nan  # delta method: var(w) / (S mean(w)^2)
-    lvar = lw.var(0) / num_samples if num_samples > 1 else nan
-    return ImportanceEstimate(log_p, var, lw.mean(0), lvar, num_samples)
+    return ImportanceEstimate.from_log_weights(lw)
 
 
 def importance_metrics(decl: Declaration, x: Tensor, params: DeclaredParams, guide, seed: int, samples: int = 1000,
                        points: int = 0) -> dict:
     """A guide's ELBO and log p(x) per point by importance sampling with its q, for declarations with no exact
     reference (the runner's evaluation); ``points`` is not used (a mean-field guide scores its own points)."""
-    est = importance_sampled(decl, x, params, guide, samples, seed).summary()
-    return {
-        "final_elbo_per_point": est["elbo"], "final_elbo_se": est["elbo_se"],
-        "final_elbo_method": f"Monte Carlo, {samples} samples per point",
-        "log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"],
-        "log_likelihood_method": f"IWAE, k = {samples} (a lower bound in expectation)",
-    }
+    return importance_sampled(decl, x, params, guide, samples, seed).metrics()
 
 
 # --------------------------------------------------------------------------- data

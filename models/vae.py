@@ -45,15 +45,15 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.nn import PyroModule, PyroParam
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from models import importance
 from models.datasets import DataOptions, Dataset
 from models.errors import DataError
 from models.exact import ppca
+from models.importance import ImportanceEstimate
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -343,41 +343,8 @@ def fit_ppca(x: Tensor, init: Decoder, args: VAEArgs) -> PPCAFit:
 
 def log_weights(x: Tensor, decoder: Decoder, guide, num_samples: int, subsample: Tensor | None = None) -> Tensor:
     """log w[s, n] = log p(x_n, h_s) - log q(h_s | x_n) with h_s ~ q(h | x_n), s = 1..S, for the points in
-    ``subsample`` (default all): (S, n). The guide runs under an outer plate of S samples and the model is
-    replayed on its trace, so any guide of this model works. Differentiable (reparameterised guides)."""
-    with pyro.plate("samples", num_samples, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(x, subsample=subsample)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, decoder, subsample=subsample)
-    return _log_density(model_trace) - _log_density(guide_trace)
-
-
-def _log_density(trace) -> Tensor:
-    return sum(site["fn"].log_prob(site["value"]) for site in trace.nodes.values()
-               if site["type"] == "sample" and not site_is_subsample(site))
-
-
-class ImportanceEstimate(NamedTuple):
-    """Per point n, from S samples h_s ~ q(h | x_n) with weights w_s = p(x_n, h_s) / q(h_s | x_n), all (N,):
-
-    log_p: the IWAE estimate log (1/S) sum_s w_s (Burda et al. 2016): a lower bound on log p(x_n) in
-        expectation, rising with S to log p(x_n); log_p_var: its delta-method variance, var(w) / (S mean(w)^2).
-    elbo: the ELBO estimate (1/S) sum_s log w_s; elbo_var: var(log w) / S.
-    """
-
-    log_p: Tensor
-    log_p_var: Tensor
-    elbo: Tensor
-    elbo_var: Tensor
-    num_samples: int
-
-    def summary(self) -> dict[str, float]:
-        """Means per point and their Monte Carlo standard errors."""
-        n = self.log_p.shape[0]
-        return {
-            "log_p": float(self.log_p.mean()), "log_p_se": float(self.log_p_var.sum().sqrt()) / n,
-            "elbo": float(self.elbo.mean()), "elbo_se": float(self.elbo_var.sum().sqrt()) / n,
-            "samples": self.num_samples,
-        }
+    ``subsample`` (default all): (S, n); see :func:`models.importance.log_weights`."""
+    return importance.log_weights(model, (x, decoder), guide, (x,), num_samples, subsample=subsample)
 
 
 @torch.no_grad()
@@ -390,15 +357,10 @@ def importance_sampled(x: Tensor, decoder: Decoder, guide, num_samples: int, see
     widest = max(x.shape[1], *decoder.args.hidden, *decoder.args.latent_sizes)
     chunk = max(1, int(max_elements // (num_samples * widest)))
     end = min(points, x.shape[0]) if points else x.shape[0]
-    parts = []
-    for start in range(0, end, chunk):
-        lw = log_weights(x, decoder, guide, num_samples, torch.arange(start, min(start + chunk, end)))
-        log_p = torch.logsumexp(lw, 0) - math.log(num_samples)
-        ratio = torch.exp(lw - log_p)  # w / mean(w): mean 1
-        var = ratio.var(0) / num_samples if num_samples > 1 else torch.full_like(log_p, float("nan"))
-        lvar = lw.var(0) / num_samples if num_samples > 1 else torch.full_like(log_p, float("nan"))
-        parts.append((log_p, var, lw.mean(0), lvar))
-    return ImportanceEstimate(*(torch.cat(c) for c in zip(*parts)), num_samples)
+    return ImportanceEstimate.concat([
+        ImportanceEstimate.from_log_weights(log_weights(x, decoder, guide, num_samples, torch.arange(start, min(start + chunk, end))))
+        for start in range(0, end, chunk)
+    ])
 
 
 def fit_per_point(x: Tensor, decoder: Decoder, steps: int, seed: int, start=None, lr: float = 0.05,
@@ -427,14 +389,8 @@ def fit_per_point(x: Tensor, decoder: Decoder, steps: int, seed: int, start=None
 def importance_metrics(x: Tensor, decoder: Decoder, guide, seed: int, samples: int = 1000, points: int = 0) -> dict:
     """A guide's ELBO and log p(x) per point on its own training points (the first ``points``, if > 0), by
     importance sampling with its q (the runner's evaluation where nothing is exact)."""
-    est = importance_sampled(x, decoder, guide, samples, seed, points=points).summary()
     where = f", first {points} points" if points and points < x.shape[0] else ""
-    return {
-        "final_elbo_per_point": est["elbo"], "final_elbo_se": est["elbo_se"],
-        "final_elbo_method": f"Monte Carlo, {samples} samples per point{where}",
-        "log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"],
-        "log_likelihood_method": f"IWAE, k = {samples}{where} (a lower bound in expectation)",
-    }
+    return importance_sampled(x, decoder, guide, samples, seed, points=points).metrics(where)
 
 
 def heldout_metrics(x_train: Tensor, x_test: Tensor, decoder: Decoder, seed: int, guide=None,

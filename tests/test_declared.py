@@ -53,11 +53,7 @@ def test_declared_gmm_matches_the_handwritten_mixture():
         "z.logits": truth.weights.log(), "x.weight": truth.locs, "x.bias": torch.zeros(2, dtype=torch.float64),
         "x.scale_weight": truth.scales.log(), "x.scale_bias": torch.zeros(2, dtype=torch.float64),
     })
-    for latents in (z, 1 - z, torch.zeros_like(z)):
-        hand = _log_joint(gmm.model, x, truth, latents={"z": latents})
-        ours = _log_joint(partial_model(decl), x, p, latents={"z": latents})
-        torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
-    torch.testing.assert_close(exact.log_evidence(decl, p, x), gmm_exact.log_evidence(x, truth), atol=1e-10, rtol=0)
+    _assert_same_model(decl, p, gmm.model, truth, x, "z", (z, 1 - z, torch.zeros_like(z)), gmm_exact.log_evidence)
 
 
 def test_declared_noisy_or_matches_the_handwritten_network():
@@ -65,11 +61,7 @@ def test_declared_noisy_or_matches_the_handwritten_network():
     truth = noisy_or.random_network(3, 10, seed=5)
     s, d = noisy_or.simulate(truth, 300, seed=6)
     p = _params(decl, {"d.logits": truth.prior_logits, "s.weight": truth.weights, "s.leak": truth.leak})
-    for latents in (d, 1 - d, torch.ones_like(d)):
-        hand = _log_joint(noisy_or.model, s, truth, latents={"d": latents})
-        ours = _log_joint(partial_model(decl), s, p, latents={"d": latents})
-        torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
-    torch.testing.assert_close(exact.log_evidence(decl, p, s), noisy_or_exact.log_evidence(s, truth), atol=1e-10, rtol=0)
+    _assert_same_model(decl, p, noisy_or.model, truth, s, "d", (d, 1 - d, torch.ones_like(d)), noisy_or_exact.log_evidence)
 
 
 def test_declared_lfdm_matches_the_handwritten_document_model():
@@ -81,11 +73,17 @@ def test_declared_lfdm_matches_the_handwritten_document_model():
     p = _params(decl, {"z.logits": init.prior_logits, "x.layers.0.weight": w0.T, "x.layers.0.bias": b0,
                        "x.layers.1.weight": w1.T, "x.layers.1.bias": b1})
     z = torch.bernoulli(torch.full((40, 4), 0.5, dtype=torch.float64), generator=gen)
-    for latents in (z, 1 - z):
-        hand = _log_joint(lfdm.model, x, init, latents={"z": latents})
-        ours = _log_joint(partial_model(decl), x, p, latents={"z": latents})
+    _assert_same_model(decl, p, lfdm.model, init, x, "z", (z, 1 - z), lfdm_exact.log_evidence)
+
+
+def _assert_same_model(decl, params, hand_model, hand_params, x, site, latents, hand_evidence):
+    """The declared model and a hand-written one: the same log-joint for each given value of the latent site,
+    and the same exact log p(x), to 1e-10."""
+    for value in latents:
+        hand = _log_joint(hand_model, x, hand_params, latents={site: value})
+        ours = _log_joint(partial_model(decl), x, params, latents={site: value})
         torch.testing.assert_close(ours, hand, atol=1e-10, rtol=0)
-    torch.testing.assert_close(exact.log_evidence(decl, p, x), lfdm_exact.log_evidence(x, init), atol=1e-10, rtol=0)
+    torch.testing.assert_close(exact.log_evidence(decl, params, x), hand_evidence(x, hand_params), atol=1e-10, rtol=0)
 
 
 def partial_model(decl):
