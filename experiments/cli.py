@@ -1,6 +1,8 @@
 """The ``vizoo`` command line.
 
     vizoo run CONFIG.toml [--set key=value ...] [--out DIR] [--no-progress]
+    vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--set key=value ...] [--out DIR] [--no-progress]
+    vizoo report [--out DIR] [--seeds N] [--no-progress]
     vizoo list
     vizoo show MODEL          (a model's name, or the path of a model declaration, MODEL.toml)
     vizoo --help
@@ -16,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib.resources import files
 
+from experiments.config import bundled_configs
 from experiments.train import NonFiniteLoss
 from models.errors import VizooError
 
@@ -40,15 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key, e.g. --set svi.steps=200 --set guides='[\"mean_field\"]'")
     run.add_argument("--out", default=None, help="folder for run folders (default: the config's output_dir, 'runs')")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmp = sub.add_parser("compare", help="train every guide of a model and the exact reference; split the gaps; ArviZ")
+    cmp.add_argument("model", help="a model's name (see 'vizoo list') or the path of a model declaration (.toml)")
+    cmp.add_argument("--data", default=None, help="one of the model's data sets (default: its bundled config's)")
+    cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    cmp.add_argument("--guides", default="", help="comma-separated guides (default: every registered guide and the "
+                     "Pyro baselines AutoNormal, AutoDelta where they apply)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key of the base config, e.g. --set svi.steps=200")
+    cmp.add_argument("--draws", type=int, default=1000, help="posterior draws per method for the pictures and ArviZ")
+    cmp.add_argument("--out", default="runs", help="folder for the comparison's folder (default: runs)")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="compare guides for every registered model, run the seed experiments, "
+                         "write one report (Markdown and HTML)")
+    rep.add_argument("--out", default="runs", help="folder for the report's folder (default: runs)")
+    rep.add_argument("--seeds", type=int, default=2, help="seeds per model (default 2)")
+    rep.add_argument("--models", default="", help="comma-separated models (default: every registered model)")
+    rep.add_argument("--tiny", action="store_true", help="tiny sizes and budgets (a smoke test of the whole report)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("list", help="list models, their guides, valid ELBOs and data sets, and bundled configs")
     show = sub.add_parser("show", help="show a declared model: its generative process, parameters, plates and tensor shapes")
     show.add_argument("model", help="the path of a model declaration (.toml), or the name of a declared model (see 'vizoo list')")
     return parser
-
-
-def bundled_configs() -> dict[str, str]:
-    root = files("experiments") / "configs"
-    return {p.name.removesuffix(".toml"): str(p) for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
 
 
 def cmd_list() -> None:
@@ -96,11 +111,30 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from experiments.compare import CompareOptions, compare
+
+    guides = tuple(g.strip() for g in ns.guides.split(",") if g.strip())
+    result = compare(CompareOptions(ns.model, ns.data, ns.seeds, guides, tuple(ns.overrides), ns.out,
+                                    not ns.no_progress, ns.draws))
+    print(f"comparison: {result.out_dir / 'compare.md'}")
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from experiments.overview import ReportOptions, write_report
+
+    models = tuple(m.strip() for m in ns.models.split(",") if m.strip())
+    result = write_report(ReportOptions(ns.out, ns.seeds, models, ns.tiny, not ns.no_progress))
+    print(f"report: {result / 'report.md'} and {result / 'report.html'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
-        print("vizoo: error: a command is required: run, list or show (see vizoo --help)", file=sys.stderr)
+        print("vizoo: error: a command is required: run, compare, report, list or show (see vizoo --help)", file=sys.stderr)
         return 2
     try:
         if ns.command == "list":
@@ -109,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "show":
             cmd_show(ns)
             return 0
+        if ns.command == "compare":
+            return cmd_compare(ns)
+        if ns.command == "report":
+            return cmd_report(ns)
         return cmd_run(ns)
     except VizooError as err:
         print(f"vizoo: error: {err}", file=sys.stderr)

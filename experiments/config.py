@@ -25,6 +25,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,12 @@ def _drop_none(obj: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- parsing
+
+
+def bundled_configs() -> dict[str, str]:
+    """name -> path of every config bundled in experiments/configs/."""
+    root = files("experiments") / "configs"
+    return {p.name.removesuffix(".toml"): str(p) for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -37,25 +37,33 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 @dataclasses.dataclass
 class RunResult:
+    """run_dir and metrics (what was written); and, in memory for callers such as the guide comparison, the
+    training data x, the fitted parameters of every method (fits: "exact EM", "SVI <guide>", ...), and each
+    SVI method's trained guide and trained model module."""
+
     run_dir: Path
     metrics: dict[str, Any]
+    x: torch.Tensor | None = None
+    fits: dict[str, Any] = dataclasses.field(default_factory=dict)
+    trained: dict[str, Any] = dataclasses.field(default_factory=dict)
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def interrupted(self) -> bool:
         return self.metrics["status"] == "interrupted"
 
 
-def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print) -> RunResult:
-    """Run ``cfg`` and write its run folder. All input is checked before any training starts.
+def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print, spec=None) -> RunResult:
+    """Run ``cfg`` and write its run folder. All input is checked before any training starts. ``spec``: the
+    model's spec with more guides than the registry's (the comparison's outside baselines); default cfg.spec.
 
     Ctrl-C anywhere in the run stops training at the next step boundary (see ``interruptible``); what
     finished is evaluated and written, and ``metrics.json`` says "interrupted"."""
     with interruptible():
-        return _run(cfg, progress, log)
+        return _run(cfg, progress, log, spec or cfg.spec)
 
 
-def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
-    spec = cfg.spec
+def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
     args = cfg.model_args
     progress = cfg.progress if progress is None else progress
     dtype = DTYPES[cfg.dtype]
@@ -105,6 +113,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
         ref = None
     fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
     trained: dict[str, Any] = {}  # method -> its trained guide (SVI methods)
+    models: dict[str, Any] = {}  # method -> its trained model module (SVI methods)
     if data.truth is not None and enumerable and not cfg.data.heldout:  # x is all of data.x; validated data and truths are float64
         metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
     if ref is not None:
@@ -134,6 +143,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
         metrics["guides"][g] = _evaluate(spec, enumerable, fitted, guide, x, result, cfg)
         fits[f"SVI {g}"] = fitted
         trained[f"SVI {g}"] = guide
+        models[f"SVI {g}"] = model
         report.save_tensors(run_dir / "params" / f"{g}.pt", fits[f"SVI {g}"].state_dict())
         report.save_tensors(run_dir / "guides" / f"{g}.pt", guide.state_dict())
         m = metrics["guides"][g]
@@ -164,7 +174,7 @@ def _run(cfg: RunConfig, progress: bool | None, log) -> RunResult:
     report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
     report.write_json(run_dir / "metrics.json", metrics)
     log(table + fit_notes)
-    return RunResult(run_dir, metrics)
+    return RunResult(run_dir, metrics, x, fits, trained, models)
 
 
 def _per_point(value: torch.Tensor, n: int) -> float:
@@ -194,9 +204,13 @@ def _evaluate(spec, enumerable: bool, params, guide, x, result: SVIResult, cfg: 
         "wall_time_s": result.wall_time,
         "interrupted": result.interrupted,
         "elbo_curve": result.elbo_trace,
+        "elbo_times": result.times,
     }
     exact = spec.exact
-    if enumerable:
+    if enumerable and not hasattr(guide, "probs"):  # an outside guide (Pyro's autoguides): exact log p(x), Monte Carlo ELBO
+        out.update(_monte_carlo_elbo(spec, params, guide, x, cfg))
+        out["log_likelihood_per_point"] = _per_point(exact.log_evidence(x, params), n)
+    elif enumerable:
         q = guide.probs(x, params)
         out["final_elbo_per_point"] = _per_point(exact.elbo(x, params, q), n)
         out["log_likelihood_per_point"] = _per_point(exact.log_evidence(x, params), n)
@@ -212,6 +226,21 @@ def _evaluate(spec, enumerable: bool, params, guide, x, result: SVIResult, cfg: 
         out["final_elbo_per_point"] = sum(tail) / len(tail) if tail else float("nan")
         out["final_elbo_method"] = "Monte Carlo (mean of the last 10% of steps)"
     return out
+
+
+def _monte_carlo_elbo(spec, params, guide, x, cfg: RunConfig) -> dict[str, Any]:
+    """The ELBO of a guide that has no closed-form table, by the mean of log p(x_n, z_s) - log q(z_s | x_n) over
+    ``eval.importance_samples`` draws per point, with its standard error. For a point-mass guide (AutoDelta)
+    log q is dropped (0), so this is the MAP objective log p(x, z*), not a bound on log p(x)."""
+    from models.importance import ImportanceEstimate, log_weights
+
+    pyro.set_rng_seed(cfg.seed)
+    model = spec.learnable(params, cfg.model_args)
+    est = ImportanceEstimate.from_log_weights(log_weights(model, (x,), guide, (x,), cfg.eval.importance_samples))
+    s = est.summary()
+    kind = "MAP objective log p(x, z*) (point mass: not a bound)" if getattr(guide, "point_mass", False) else "Monte Carlo"
+    return {"final_elbo_per_point": s["elbo"], "final_elbo_se": s["elbo_se"],
+            "final_elbo_method": f"{kind}, {est.num_samples} draws per point"}
 
 
 def _notes(metrics: dict[str, Any]) -> str:

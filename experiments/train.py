@@ -56,12 +56,14 @@ OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, 
 
 class SVIResult(NamedTuple):
     """elbo_trace: the ELBO estimate per data point at each step (before that step's update).
-    steps: steps completed. wall_time: seconds in the loop. interrupted: stopped by Ctrl-C."""
+    steps: steps completed. wall_time: seconds in the loop. interrupted: stopped by Ctrl-C.
+    times: seconds since the loop started, at the end of each step (for ELBO against wall time)."""
 
     elbo_trace: list[float]
     steps: int
     wall_time: float
     interrupted: bool
+    times: list[float] = []
 
 
 class NonFiniteLoss(RuntimeError):
@@ -148,6 +150,7 @@ def train_svi(
     kwargs = {"subsample_size": cfg.batch_size} if cfg.batch_size and cfg.batch_size < num_points else {}
     after_step = getattr(guide, "after_step", None)  # a guide's own closed-form update (LDA's natural step)
     trace: list[float] = []
+    times: list[float] = []
     interrupted = False
     bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
@@ -170,6 +173,7 @@ def train_svi(
                     after_step()
             schedule.step()
             trace.append(-loss / num_points)
+            times.append(time.perf_counter() - start)
             if step % 10 == 0 or step == cfg.steps - 1:
                 bar.set_postfix_str(f"ELBO/point {trace[-1]:.4f}", refresh=False)
             bar.update()
@@ -177,4 +181,4 @@ def train_svi(
         interrupted = True
     finally:
         bar.close()
-    return SVIResult(trace, len(trace), time.perf_counter() - start, interrupted)
+    return SVIResult(trace, len(trace), time.perf_counter() - start, interrupted, times)

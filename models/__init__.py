@@ -29,7 +29,8 @@ from models.exact import fhmm as fhmm_exact
 from models.exact import gmm as gmm_exact
 from models.exact import lfdm as lfdm_exact
 from models.exact import noisy_or as noisy_or_exact
-from models.exact import ppca
+from models.exact import draws, ppca
+from models.exact.draws import from_table
 
 # Parameters of PyroModules live in their modules, not in Pyro's global param store: two runs in one
 # process never share state, and a module's state_dict is all there is to save.
@@ -71,12 +72,15 @@ class ExactReference:
         posterior is intractable)
     log_evidence(x, params) -> log p(x) (scalar, summed over points); None when intractable
     elbo(x, params, q) / kl(x, params, q): ELBO(q) and KL(q || p(z|x)) for a guide's table q (enumerable only)
+    draws(x, params, num_samples, generator) -> {site: (S, N, ...)}: exact posterior draws of the model's latent
+        sites for a few points, in the sites' own layout (the comparison's pictures and ArviZ export)
     """
 
     fit: Callable[..., Any]
     log_evidence: Callable[..., Tensor] | None = None
     elbo: Callable[..., Tensor] | None = None
     kl: Callable[..., Tensor] | None = None
+    draws: Callable[..., dict[str, Tensor]] | None = None
     method: str = "exact EM"
     objective: str = "log p(x)"
 
@@ -191,6 +195,7 @@ MODELS: dict[str, ModelSpec] = {
                 log_evidence=gmm_exact.log_evidence,
                 elbo=gmm_exact.elbo,
                 kl=gmm_exact.kl_to_posterior,
+                draws=lambda x, p, s, gen: {"z": from_table(gmm_exact.log_joint(x, p), s, gen)},
                 fit=lambda x, init, args, max_iter, tol: gmm_exact.fit_em(
                     x, init, args.covariance, args.reg_covar, max_iter, tol
                 ),
@@ -226,6 +231,7 @@ MODELS: dict[str, ModelSpec] = {
                 log_evidence=noisy_or_exact.log_evidence,
                 elbo=noisy_or_exact.elbo,
                 kl=noisy_or_exact.kl_to_posterior,
+                draws=lambda x, p, s, gen: {"d": noisy_or_exact.draws(x, p, s, gen)},
                 fit=lambda x, init, args, max_iter, tol: noisy_or_exact.fit_em(x, init, max_iter, tol),
                 method="generalised EM",
             ),
@@ -261,6 +267,7 @@ MODELS: dict[str, ModelSpec] = {
                 log_evidence=lfdm_exact.log_evidence,
                 elbo=lfdm_exact.elbo,
                 kl=lfdm_exact.kl_to_posterior,
+                draws=lambda x, p, s, gen: {"z": lfdm_exact.draws(x, p, s, gen)},
                 fit=lambda x, init, args, max_iter, tol: lfdm_exact.fit_em(x, init, max_iter, tol),
                 method="generalised EM",
             ),
@@ -380,6 +387,7 @@ MODELS: dict[str, ModelSpec] = {
                 log_evidence=lambda x, dec: ppca.log_evidence(x, dec.ppca()).sum(),
                 elbo=lambda x, dec, q: ppca.elbo(x, dec.ppca(), q).sum(),
                 kl=lambda x, dec, q: ppca.kl_to_posterior(x, dec.ppca(), q).sum(),
+                draws=lambda x, dec, s, gen: {"h1": draws.gaussian(*ppca.posterior(x, dec.ppca()), s, gen)},
                 fit=lambda x, init, args, max_iter, tol: vae.fit_ppca(x, init, args),
                 method="closed-form MLE (PPCA)",
             ),

@@ -523,6 +523,7 @@ def spec(decl: Declaration):
             log_evidence=lambda x, p: backend.log_evidence(decl, p, x),
             elbo=lambda x, p, q: backend.elbo(decl, p, x, q),
             kl=lambda x, p, q: backend.kl_to_posterior(decl, p, x, q),
+            draws=lambda x, p, s, gen: backend.draws(decl, p, x, s, gen),
             fit=lambda x, init, args, max_iter, tol: backend.fit_em(decl, x, init, max_iter, tol),
             method=method,
         )

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.exact.draws import from_table
+
 MAX_LATENTS = 20
 """Largest K for which exact enumeration is offered (2^20 configurations per point)."""
 
@@ -393,6 +395,14 @@ class Reference:
     def best_mean_field(self, x: Tensor, params: Any, **kwargs) -> MeanFieldOptimum:
         """The best mean-field q per point (CAVI by enumeration): the approximation gap's reference."""
         return best_mean_field(self._lik(x, params), params.prior_logits, x.shape[0], **kwargs)
+
+    def draws(self, x: Tensor, params: Any, num_samples: int, generator: torch.Generator) -> Tensor:
+        """(S, N, K) exact posterior draws of z_n, by enumerating all 2^K configurations (for a few points)."""
+        k = params.prior_logits.shape[-1]
+        check_enumerable(k)
+        configs = next(chunks(k, 2**k, params.prior_logits.dtype))
+        table = self.log_likelihood(x, configs, params) + log_prior(configs, params.prior_logits)
+        return configs[from_table(table, num_samples, generator)]
 
     def fit_em(self, x: Tensor, init: Any, max_iter: int = 200, tol: float = 1e-6, **kwargs) -> GEMResult:
         """Generalised EM: exact E-step, closed-form prior, gradient (L-BFGS) M-step for the rest."""

@@ -45,6 +45,7 @@ from torch.distributions import biject_to, constraints
 
 from models.declaration import Declaration, Group, Link
 from models.exact import binary
+from models.exact.draws import from_table
 
 MAX_CONFIGURATIONS = 2**binary.MAX_LATENTS
 """Largest number of joint latent configurations per point that exact enumeration takes."""
@@ -306,6 +307,15 @@ def posterior(decl: Declaration, params: DeclaredParams, x: Tensor) -> Posterior
             first[g.name] = first[g.name] * rescale[:, None] + w @ encode(g, values[g.name], params.dtype)
         run_max = new_max
     return Posterior(run_max + total.log(), {k: v / total[:, None] for k, v in first.items()})
+
+
+def draws(decl: Declaration, params: DeclaredParams, x: Tensor, num_samples: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Exact posterior draws of every latent group for a few points: group -> (S, N, size) bits or (S, N) categories."""
+    check_enumerable(decl)
+    values = configurations(decl, 0, decl.num_configurations, params.dtype)
+    table = log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
+    index = from_table(table, num_samples, generator)
+    return {name: v[index] for name, v in values.items()}
 
 
 def log_evidence(decl: Declaration, params: DeclaredParams, x: Tensor) -> Tensor:

@@ -71,4 +71,5 @@ log_evidence = _REFERENCE.log_evidence
 elbo = _REFERENCE.elbo
 kl_to_posterior = _REFERENCE.kl_to_posterior
 best_mean_field = _REFERENCE.best_mean_field
+draws = _REFERENCE.draws
 fit_em = _REFERENCE.fit_em

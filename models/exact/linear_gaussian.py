@@ -30,6 +30,7 @@ from torch import Tensor
 from models.declaration import Declaration
 from models.exact.binary import GEMResult
 from models.exact.declared import DeclaredParams
+from models.exact.draws import gaussian
 from models.exact.ppca import GaussianQ, kl_gaussian
 
 
@@ -86,6 +87,14 @@ def posterior_u(decl: Declaration, params: DeclaredParams, x: Tensor) -> Gaussia
     cov = torch.linalg.inv(torch.eye(k, dtype=w.dtype) + (w / var) @ w.T)
     mean = ((x - b) / var) @ w.T @ cov
     return GaussianQ(mean, cov.expand(x.shape[0], k, k))
+
+
+def draws(decl: Declaration, params: DeclaredParams, x: Tensor, num_samples: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Exact posterior draws of every latent group, z = m + s u with u ~ p(u | x_n): group -> (S, N, size)."""
+    post = posterior_u(decl, params, x)
+    u = gaussian(post.mean, post.cov, num_samples, generator)
+    return {g.name: params[f"{g.name}.loc"] + params[f"{g.name}.scale"] * u[..., sl] for g, sl in
+            zip(decl.latents, _offsets(decl.latents).values())}
 
 
 def _q_in_u(decl: Declaration, params: DeclaredParams, q: dict) -> GaussianQ:
