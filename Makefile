@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test bench install clean
 
 run: $(STAMP)
-	$(BIN)/vizoo run experiments/configs/gmm_faithful.toml
+	$(BIN)/vizoo report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

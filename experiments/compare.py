@@ -79,6 +79,7 @@ class CompareOptions:
     progress: bool = True
     draws: int = 1000
     points: int = 3
+    config: str | None = None  # a bundled config of the model to start from, instead of the default choice
 
 
 @dataclass
@@ -95,11 +96,44 @@ class CompareResult:
 # --------------------------------------------------------------------------- set-up (everything checked first)
 
 
-def base_config(spec: ModelSpec, data: str | None) -> tuple[dict[str, Any], str]:
-    """The raw config the comparison starts from, and where it came from: the bundled config named
-    ``<model>_<data set>`` (the model's real data sets first, synthetic last), else the defaults on that data."""
+def tiny_overrides() -> tuple[str, ...]:
+    """Smoke-test sizes, valid for every model's config: a few dozen points, a few steps."""
+    return ("svi.steps=15", "svi.batch_size=0", "em.max_iter=3", "data.subset=40", "data.num_points=40",
+            "eval.importance_samples=8", "eval.refit_steps=3", "eval.train_points=0")
+
+
+def modest_overrides(raw: dict[str, Any], steps: int = 400, points: int = 500, em_iters: int = 150,
+                     samples: int = 200, refit: int = 50) -> tuple[str, ...]:
+    """The report's sizes: each budget of the model's config, capped (steps, data points, EM iterations,
+    importance samples, held-out refit steps). Batches larger than the capped data are switched off."""
+    from experiments.config import DataOptions, EMConfig, EvalConfig, SVIConfig
+
+    def get(table: str, key: str, default):
+        return raw.get(table, {}).get(key, default)
+
+    subset = get("data", "subset", DataOptions.subset) or points
+    out = [f"svi.steps={min(get('svi', 'steps', SVIConfig.steps), steps)}",
+           f"data.subset={min(subset, points)}",
+           f"data.num_points={min(get('data', 'num_points', DataOptions.num_points), points)}",
+           f"em.max_iter={min(get('em', 'max_iter', EMConfig.max_iter), em_iters)}",
+           f"eval.importance_samples={min(get('eval', 'importance_samples', EvalConfig.importance_samples), samples)}",
+           f"eval.refit_steps={min(get('eval', 'refit_steps', EvalConfig.refit_steps), refit)}"]
+    if get("svi", "batch_size", 0) >= min(subset, points) // 2:
+        out.append("svi.batch_size=0")
+    return tuple(out)
+
+
+def base_config(spec: ModelSpec, data: str | None, config: str | None = None) -> tuple[dict[str, Any], str]:
+    """The raw config the comparison starts from, and where it came from: ``config`` if given, else the bundled
+    config named ``<model>_<data set>`` (the model's real data sets first, synthetic last), else the defaults."""
     import tomllib
 
+    if config is not None:
+        path = bundled_configs().get(config)
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+        if raw.get("model") != spec.name:
+            raise ConfigError(f"config {config!r} is not a bundled config of model {spec.name!r}")
+        return raw, f"bundled config {config}"
     if data is not None and data not in spec.datasets:
         raise ConfigError(f"--data: unknown data set {data!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}")
     names = [data] if data else sorted(spec.datasets, key=lambda d: d == "synthetic")
@@ -151,7 +185,7 @@ def plan(opts: CompareOptions) -> tuple[ModelSpec, dict[str, Any], str, dict[str
     if opts.points < 1 or opts.draws < 2:
         raise ConfigError(f"points must be >= 1 and draws >= 2, got points={opts.points}, draws={opts.draws}")
     spec = resolve(opts.model)
-    raw, source = base_config(spec, opts.data)
+    raw, source = base_config(spec, opts.data, opts.config)
     raw = copy.deepcopy(raw)
     raw["name"] = "compare"
     raw["model"] = opts.model

@@ -32,7 +32,7 @@ def why_not(model: nn.Module, x: Tensor) -> str:
         trace = poutine.trace(model).get_trace(x[:2])
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            if site["fn"].has_enumerate_support:
+            if site["fn"].support.is_discrete:
                 return f"its latent site {name!r} is discrete (autoguides need continuous latents; Pyro enumerates discrete ones)"
     return ""
 

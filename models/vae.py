@@ -429,9 +429,10 @@ def heldout_metrics(x_train: Tensor, x_test: Tensor, decoder: Decoder, seed: int
 
 
 def _posterior_layers(decoder: Decoder, x: Tensor, guide) -> list[Tensor] | None:
-    """Each layer's mean under q(h | x): the guide's, or the exact posterior's (PPCA, no guide)."""
+    """Each layer's mean under q(h | x): the guide's, or the exact posterior's (PPCA, no guide); None for a guide
+    that does not expose its layers (Pyro's autoguides in the comparison)."""
     if guide is not None:
-        return [loc for loc, _ in guide.layers(x)]
+        return [loc for loc, _ in guide.layers(x)] if hasattr(guide, "layers") else None
     if decoder.args.linear:
         return [ppca.posterior(x, decoder.ppca()).mean]
     return None
