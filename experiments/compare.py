@@ -91,6 +91,7 @@ class CompareResult:
     markdown: str
     figures: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
+    runs: list[list[RunResult]] = field(default_factory=list)  # per seed, the runs (in memory: data, fits, guides)
 
 
 # --------------------------------------------------------------------------- set-up (everything checked first)
@@ -239,6 +240,7 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
     log(f"compare {spec.name} ({source}): {len(guides)} guides x {opts.seeds} seeds -> {out_dir}")
     rows: list[dict[str, Any]] = []
     first: list[RunResult] = []
+    runs: list[list[RunResult]] = []
     title = spec.name
     for k in range(opts.seeds):
         seed = seed0 + k
@@ -251,6 +253,7 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
                 results.append(run_experiment(cfg, progress=opts.progress, log=lambda *a: None, spec=spec))
         title = results[0].metrics["title"]
         rows += seed_rows(spec, results, seed)
+        runs.append(results)
         if k == 0:
             first = results
         for row in rows[-len(guides) - 1 :]:
@@ -260,7 +263,7 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
     figures = pictures(spec, first, out_dir, opts, log)
     markdown = compare_markdown(title, source, opts, summary, rows, figures, out_dir)
     write_tables(out_dir, rows, summary, markdown)
-    result = CompareResult(out_dir, title, rows, summary, markdown, figures, time.perf_counter() - start)
+    result = CompareResult(out_dir, title, rows, summary, markdown, figures, time.perf_counter() - start, runs)
     report.write_json(out_dir / "compare.json", {"title": title, "source": source, "seeds": opts.seeds,
                                                  "rows": rows, "summary": summary, "wall_time_s": result.wall_time_s})
     log(markdown_table(summary))
@@ -691,8 +694,7 @@ def export_arviz(out_dir: Path, draws: dict[str, dict[str, torch.Tensor]], point
 
 
 def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """pandas writes Markdown tables only with the optional ``tabulate`` package installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None

@@ -349,6 +349,7 @@ MODELS: dict[str, ModelSpec] = {
                 log_evidence=lambda y, params: fhmm_exact.log_evidence(y, params),
                 elbo=lambda y, params, q: fhmm_exact.elbo(y, params, q).sum(),
                 kl=lambda y, params, q: fhmm_exact.kl(y, params, q).sum(),
+                draws=lambda y, params, s, gen: {"s": fhmm_exact.draws(y, params, s, gen)},
                 fit=lambda y, init, args, max_iter, tol: fhmm_exact.fit_em(y, init, max_iter, tol),
                 method="exact EM (Baum-Welch)",
             ),

@@ -166,15 +166,21 @@ def step_mask(lengths: Tensor, num_steps: int) -> Tensor:
     return torch.arange(num_steps)[None, :] < lengths[:, None]
 
 
-def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Posterior:
-    """Exact posterior of the factorial HMM for y: (N, T, D), padded with NaN rows past each end (or
-    anything, with ``lengths``: (N,) given).
+class _Forward(NamedTuple):
+    alpha: Tensor  # (N, T, S): p(s_t | y_1..t), frozen past each sequence's end
+    norm: Tensor  # (N, T): p(y_t | y_1..t-1) / exp(log_shift_t), 1 past the end
+    log_shift: Tensor  # (N, T, 1)
+    e: Tensor  # (N, T, S): emissions relative to each step's largest
+    trans: Tensor  # (M, L, L) transition probabilities
+    mask: Tensor  # (N, T) inside the sequence
+    lengths: Tensor  # (N,)
 
-    The scaled recursions (Rabiner 1989): emissions are exponentiated relative to each step's largest log
-    term (their log kept aside), alpha is renormalised every step and log p(y) accumulates the logs of the
-    normalisers, so every table stays in [0, 1] and the factored transitions are matrix products."""
+
+def _forward(y: Tensor, params: FHMMParams, lengths: Tensor | None) -> _Forward:
+    """The scaled forward recursion (Rabiner 1989): emissions are exponentiated relative to each step's largest
+    log term (their log kept aside) and alpha is renormalised every step, so every table stays in [0, 1]."""
     y, lengths = _lengths(y, lengths)
-    n, t_max, _ = y.shape
+    t_max = y.shape[1]
     m, l = params.num_chains, params.num_states
     log_e = emission_log_prob(y, params)  # (N, T, S)
     log_shift = log_e.max(-1, keepdim=True).values
@@ -192,10 +198,21 @@ def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = Non
         keep = mask[:, t]
         alphas.append(torch.where(keep[:, None], a / torch.where(keep, c, 1.0)[:, None], alphas[-1]))
         norms.append(torch.where(keep, c, 1.0))
-    alpha = torch.stack(alphas, 1)  # (N, T, S): p(s_t | y_1..t)
-    norm = torch.stack(norms, 1)  # (N, T): p(y_t | y_1..t-1) / exp(log_shift_t)
-    log_evidence = ((torch.log(norm) + log_shift[..., 0]) * mask).sum(1)
-    b = torch.ones(n, l**m, dtype=y.dtype)
+    return _Forward(torch.stack(alphas, 1), torch.stack(norms, 1), log_shift, e, trans, mask, lengths)
+
+
+def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = None) -> Posterior:
+    """Exact posterior of the factorial HMM for y: (N, T, D), padded with NaN rows past each end (or
+    anything, with ``lengths``: (N,) given).
+
+    The scaled recursions (:func:`_forward`): log p(y) accumulates the logs of the normalisers, and the
+    factored transitions are matrix products."""
+    f = _forward(y, params, lengths)
+    alpha, norm, e, trans, mask = f.alpha, f.norm, f.e, f.trans, f.mask
+    n, t_max, _ = alpha.shape
+    m, l = params.num_chains, params.num_states
+    log_evidence = ((torch.log(norm) + f.log_shift[..., 0]) * mask).sum(1)
+    b = torch.ones(n, l**m, dtype=alpha.dtype)
     betas = [b]
     for t in range(t_max - 2, -1, -1):
         new = _pull(b * e[:, t + 1], trans) / norm[:, t + 1, None]
@@ -203,10 +220,37 @@ def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = Non
         betas.append(b)
     beta = torch.stack(betas[::-1], 1)
     joint = alpha * beta * mask[..., None]
-    onehot = torch.nn.functional.one_hot(states, l).to(y.dtype)  # (S, M, L)
+    onehot = torch.nn.functional.one_hot(joint_states(m, l), l).to(alpha.dtype)  # (S, M, L)
     marginals = torch.einsum("nts,sml->ntml", joint, onehot)
     pairwise = _pairwise(alpha, beta * e / norm[..., None], trans) * mask[:, 1:, None, None, None]
     return Posterior(log_evidence, marginals, pairwise, joint)
+
+
+def draws(y: Tensor, params: FHMMParams, num_samples: int, generator: torch.Generator, lengths: Tensor | None = None) -> Tensor:
+    """(S, M, N, T) exact posterior draws of every chain's state path (forward filtering, backward sampling on
+    the joint chain), in the layout of the model's site ``s``; steps past a sequence's end are 0."""
+    f = _forward(y, params, lengths)
+    n, t_max, _ = f.alpha.shape
+    m, l = params.num_chains, params.num_states
+    states = joint_states(m, l)  # (S_joint, M)
+    last = (f.lengths - 1).clamp_min(0)
+    rows = torch.arange(n)
+    probs = f.alpha[rows, last]  # (N, S_joint): p(s_T | y)
+    c = torch.multinomial(probs, num_samples, replacement=True, generator=generator).T  # (draws, N)
+    path = torch.zeros(num_samples, n, t_max, dtype=torch.long)
+    path[:, rows, last] = c
+    for t in range(t_max - 2, -1, -1):
+        inside = t < last  # (N,): step t + 1 is inside, so s_t is drawn given s_{t+1}
+        nxt = path[:, :, t + 1]  # (draws, N) joint indices
+        # A(c -> c') for every c and the drawn c': prod over chains of trans[k, c_k, c'_k]: (draws, N, S_joint)
+        a = torch.ones(num_samples, n, states.shape[0], dtype=f.alpha.dtype)
+        for k in range(m):
+            a = a * f.trans[k][states[:, k]][:, states[nxt, k]].permute(1, 2, 0)
+        w = f.alpha[:, t] * a
+        drawn = torch.multinomial(w.reshape(-1, w.shape[-1]), 1, generator=generator).reshape(num_samples, n)
+        path[:, :, t] = torch.where(inside, drawn, path[:, :, t])
+    out = states[path].movedim(-1, 1)  # (draws, M, N, T)
+    return out * f.mask[None, None]
 
 
 def _pairwise(alpha: Tensor, g: Tensor, trans: Tensor) -> Tensor:
