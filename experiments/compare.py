@@ -218,7 +218,7 @@ def _group_config(raw: dict[str, Any], spec: ModelSpec, guides: list[str], elbo:
     registered = [g for g in guides if g in resolve(r["model"]).guides]
     r.update(name=name, seed=seed, output_dir=str(out), progress=progress, guides=registered or ["mean_field"])
     r.setdefault("svi", {})["elbo"] = elbo
-    r.setdefault("em", {})["enabled"] = with_reference
+    r.setdefault("em", {})["enabled"] = with_reference and r["em"].get("enabled", True)  # once per seed, if at all
     taken = {k for g in guides for k in inspect.signature(spec.guides[g].build).parameters}
     r["guide_args"] = {k: v for k, v in r.get("guide_args", {}).items() if k in taken}
     cfg = parse_config(r)
@@ -422,6 +422,22 @@ def compare_markdown(title: str, source: str, opts: CompareOptions, summary, row
 # --------------------------------------------------------------------------- pictures and ArviZ
 
 
+@torch.no_grad()
+def _guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of the guide's ``sites`` with ``pyro.infer.Predictive`` run on the guide itself (q is
+    all we need; replaying the model on every draw would score the whole data set each time): vectorised over
+    draws where the guide allows it, else one draw at a time."""
+    from pyro.infer import Predictive
+
+    pyro.set_rng_seed(0)
+    try:
+        with pyro.validation_enabled(False):
+            return Predictive(guide, num_samples=num_samples, return_sites=sites, parallel=True)(x)
+    except (RuntimeError, ValueError, NotImplementedError, IndexError):
+        pyro.set_rng_seed(0)
+        return Predictive(guide, num_samples=num_samples, return_sites=sites)(x)
+
+
 def _point_sites(model, guide, x: torch.Tensor) -> dict[str, tuple[int, int]]:
     """Latent sites of the guide that are local to the data plate: name -> (point axis, cardinality; 0 if not
     categorical with more than two values)."""
@@ -456,7 +472,7 @@ def _take(value: torch.Tensor, axis: int, points: torch.Tensor | None, cardinali
     v = v if points is None else v[:, points]
     if cardinality:
         v = torch.nn.functional.one_hot(v.long(), cardinality)
-    return v.reshape(v.shape[0], v.shape[1], -1).double()
+    return v.reshape(v.shape[0], v.shape[1], -1).double().detach()
 
 
 def select_points(spec: ModelSpec, results: list[RunResult], opts: CompareOptions, candidates: int = 400) -> torch.Tensor:
@@ -486,8 +502,6 @@ def select_points(spec: ModelSpec, results: list[RunResult], opts: CompareOption
 def posterior_draws(spec: ModelSpec, results: list[RunResult], opts: CompareOptions, points: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """Seed 0's draws for the data points ``points``: "<method>" -> {site: (S, P, coords)} from the guide
     (pyro.infer.Predictive), and "exact | <method>" from the exact posterior at that method's parameters."""
-    from pyro.infer import Predictive
-
     out: dict[str, dict[str, torch.Tensor]] = {}
     gen = torch.Generator().manual_seed(0)
     for res in results:
@@ -496,9 +510,7 @@ def posterior_draws(spec: ModelSpec, results: list[RunResult], opts: CompareOpti
             sites = _point_sites(model, guide, res.x)
             if not sites:
                 continue
-            pyro.set_rng_seed(0)
-            with torch.no_grad():
-                pred = Predictive(model, guide=guide, num_samples=opts.draws, return_sites=list(sites))(res.x)
+            pred = _guide_draws(guide, res.x, opts.draws, list(sites))
             out[method] = {s: _take(pred[s], sites[s][0], points, sites[s][1]) for s in sites if s in pred}
             if res.metrics["enumerable"] and spec.exact.draws is not None and not getattr(guide, "point_mass", False):
                 with torch.no_grad():

@@ -51,6 +51,7 @@ def write_report(opts: ReportOptions, log=print) -> Path:
         if e not in bundled:
             raise ConfigError(f"unknown seed experiment {e!r}; known: {', '.join(bundled)}")
         experiments.append(seeds.load(bundled[e]))
+    sizes = ReportSizes.load()
     out = report.make_run_dir(Path(opts.output_dir), "report")
     log(f"report: {len(names)} models, {len(experiments)} seed experiments -> {out}")
     sections, numbers = [], {"models": {}, "seeds": {}}
@@ -61,9 +62,9 @@ def write_report(opts: ReportOptions, log=print) -> Path:
         t0 = time.perf_counter()
         log(f"[{i}/{len(names)}] {name} ({time.perf_counter() - start:.0f} s so far)")
         raw, _ = base_config(spec, None)
-        overrides = tiny_overrides() if opts.tiny else modest_overrides(raw)
+        overrides = tiny_overrides() if opts.tiny else sizes.overrides(name, raw)
         result = compare(CompareOptions(name, seeds=opts.seeds, overrides=overrides, output_dir=str(out / "models"),
-                                        progress=opts.progress, draws=200 if opts.tiny else 1000), log=_indent(log))
+                                        progress=opts.progress, draws=40 if opts.tiny else sizes.draws), log=_indent(log))
         folder = result.out_dir.relative_to(out)
         text = result.markdown.replace("# Guides compared: ", f"## {name}: ", 1)
         text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"![{m.group(1)}]({folder}/{m.group(2)})", text)
@@ -108,6 +109,32 @@ def write_report(opts: ReportOptions, log=print) -> Path:
     report.write_json(out / "report.json", numbers)
     log(f"report written in {total:.0f} s: {out / 'report.md'}, {out / 'report.html'}")
     return out
+
+
+@dataclass(frozen=True)
+class ReportSizes:
+    """experiments/report.toml: the caps on every comparison's budgets, and per-model overrides."""
+
+    steps: int
+    points: int
+    em_iters: int
+    importance_samples: int
+    refit_steps: int
+    draws: int
+    models: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def load(cls) -> "ReportSizes":
+        import tomllib
+        from importlib.resources import files
+
+        raw = tomllib.loads((files("experiments") / "report.toml").read_text(encoding="utf-8"))
+        models = {name: tuple(entry.get("overrides", ())) for name, entry in raw.get("models", {}).items()}
+        return cls(**raw["caps"], models=models)
+
+    def overrides(self, name: str, raw: dict) -> tuple[str, ...]:
+        caps = modest_overrides(raw, self.steps, self.points, self.em_iters, self.importance_samples, self.refit_steps)
+        return caps + self.models.get(name, ())
 
 
 def _indent(log, quiet: bool = False):

@@ -219,6 +219,8 @@ def _evaluate(spec, enumerable: bool, params, guide, x, result: SVIResult, cfg: 
     elif spec.bound is not None:
         out["final_elbo_per_point"] = _per_point(spec.bound(x, params, guide), n)
         out["final_elbo_method"] = "closed form (analytic expectations under q)"
+    elif spec.importance is not None and getattr(guide, "point_mass", False):  # a point mass is no proposal: no IWAE
+        out.update(_monte_carlo_elbo(spec, params, guide, x, cfg))
     elif spec.importance is not None:
         out.update(spec.importance(x, params, guide, cfg.seed, samples=cfg.eval.importance_samples, points=cfg.eval.train_points))
     else:
@@ -239,7 +241,8 @@ def _monte_carlo_elbo(spec, params, guide, x, cfg: RunConfig) -> dict[str, Any]:
     est = ImportanceEstimate.from_log_weights(log_weights(model, (x,), guide, (x,), cfg.eval.importance_samples))
     s = est.summary()
     kind = "MAP objective log p(x, z*) (point mass: not a bound)" if getattr(guide, "point_mass", False) else "Monte Carlo"
-    return {"final_elbo_per_point": s["elbo"], "final_elbo_se": s["elbo_se"],
+    point_mass = getattr(guide, "point_mass", False)
+    return {"final_elbo_per_point": s["elbo"], "final_elbo_se": None if point_mass else s["elbo_se"],
             "final_elbo_method": f"{kind}, {est.num_samples} draws per point"}
 
 
