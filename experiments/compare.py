@@ -218,7 +218,8 @@ def _group_config(raw: dict[str, Any], spec: ModelSpec, guides: list[str], elbo:
     registered = [g for g in guides if g in resolve(r["model"]).guides]
     r.update(name=name, seed=seed, output_dir=str(out), progress=progress, guides=registered or ["mean_field"])
     r.setdefault("svi", {})["elbo"] = elbo
-    r.setdefault("em", {})["enabled"] = with_reference and r["em"].get("enabled", True)  # once per seed, if at all
+    em = r.setdefault("em", {})
+    em["enabled"] = with_reference and em.get("enabled", True)  # once per seed, if at all
     taken = {k for g in guides for k in inspect.signature(spec.guides[g].build).parameters}
     r["guide_args"] = {k: v for k, v in r.get("guide_args", {}).items() if k in taken}
     cfg = parse_config(r)
