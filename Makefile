@@ -19,6 +19,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fhmm.py
 	$(BIN)/python benchmarks/bench_vae.py
 	$(BIN)/python benchmarks/bench_declared.py
+	$(BIN)/python benchmarks/bench_report.py
 
 install: $(STAMP)
 

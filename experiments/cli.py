@@ -118,7 +118,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     result = compare(CompareOptions(ns.model, ns.data, ns.seeds, guides, tuple(ns.overrides), ns.out,
                                     not ns.no_progress, ns.draws))
     print(f"comparison: {result.out_dir / 'compare.md'}")
-    return 0
+    return 130 if result.interrupted else 0
 
 
 def cmd_report(ns: argparse.Namespace) -> int:

@@ -80,7 +80,8 @@ def write_report(opts: ReportOptions, log=print) -> Path:
         log(f"[seed experiment] {exp.name} ({time.perf_counter() - start:.0f} s so far)")
         res = seeds.run(exp, out / "seeds", tiny=opts.tiny, progress=opts.progress, log=_indent(log, quiet=True))
         seed_parts.append(f"### {exp.title}\n\n![{exp.name}](seeds/{res['figure']})\n\n{res['caption']}\n\n{res['table']}\n")
-        numbers["seeds"][exp.name] = {k: v for k, v in res.items() if k in ("rows", "caption")}
+        numbers["seeds"][exp.name] = {**{k: v for k, v in res.items() if k in ("rows", "caption")},
+                                      "wall_time_s": time.perf_counter() - t0}
         log(f"  {exp.name} done in {time.perf_counter() - t0:.0f} s")
     total = time.perf_counter() - start
     size = "tiny (smoke test)" if opts.tiny else "modest (each bundled config's budgets capped: see compare.modest_overrides)"

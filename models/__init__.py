@@ -48,9 +48,11 @@ class GuideSpec:
     valid_elbos: the estimators this guide is correct with; why_not: why the others are not.
     learnable: the model module to train with this guide, when it is not the spec's own (e.g. a
     collapsed model with z summed out, for a guide with no local latents).
-    optimum(x, params) -> the best member of this guide's family for every point at ``params``, in the form
-    ``probs`` gives (coordinate ascent, fixed points or closed form): the reference of the approximation gap,
-    ELBO(optimum) <= log p(x), and of the amortisation gap, ELBO(optimum) - ELBO(amortised q). Exact models only.
+    optimum(x, params, start=None) -> the best member of this guide's family for every point at ``params``, in
+    the form ``probs`` gives (coordinate ascent, fixed points or closed form): the reference of the approximation
+    gap, ELBO(optimum) <= log p(x), and of the amortisation gap, ELBO(optimum) - ELBO(amortised q). Exact models
+    only. Coordinate ascent finds a local optimum: ``start`` (a q in ``probs`` form, e.g. the trained guide's)
+    starts it there instead of at the prior, so it ends at least as high as ``start``; closed forms ignore it.
     """
 
     name: str
@@ -161,8 +163,16 @@ class ModelSpec:
 
 
 _GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
-_NOISY_OR_OPTIMUM = lambda s, p: noisy_or_exact.best_mean_field(s, p).probs  # noqa: E731
-_LFDM_OPTIMUM = lambda x, p: lfdm_exact.best_mean_field(x, p).probs  # noqa: E731
+_NOISY_OR_OPTIMUM = lambda s, p, start=None: noisy_or_exact.best_mean_field(s, p, init=start).probs  # noqa: E731
+_LFDM_OPTIMUM = lambda x, p, start=None: lfdm_exact.best_mean_field(x, p, init=start).probs  # noqa: E731
+_GMM_OPTIMUM = lambda x, p, start=None: gmm_exact.posterior(x, p)  # noqa: E731  mean field is exact: one optimum
+_PPCA_OPTIMUM = lambda x, dec, start=None: ppca.best_diagonal(x, dec.ppca())  # noqa: E731  closed form
+
+
+def _fhmm_optimum(family: str):
+    def optimum(y, p, start=None):
+        return fhmm_exact.fit_mean_field(y, p, family, init=None if start is None else start.marginals.clone()).q
+    return optimum
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -179,11 +189,11 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(z_n) = Cat(phi_n), free phi_n per point", gmm_guides.mean_field,
-                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=gmm_exact.posterior,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=_GMM_OPTIMUM,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(z_n | x_n) = Cat(softmax(MLP(x_n)))", gmm_guides.amortised,
-                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=gmm_exact.posterior,
+                    gmm_guides.VALID_ELBOS, _GMM_WHY_NOT, optimum=_GMM_OPTIMUM,
                 ),
                 "marginal": GuideSpec(
                     "marginal", "no local guide: z summed out in the model, ELBO = log p(x) (the fast path)",
@@ -331,18 +341,18 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "completely factorised: q(s) = prod_t prod_m Cat(s_t^m), free per sequence and step",
                     fhmm_guides.mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "factorised").q,
+                    optimum=_fhmm_optimum("factorised"),
                 ),
                 "structured_mean_field": GuideSpec(
                     "structured_mean_field", "independent Markov chains q(s) = prod_m q(s^m_{1:T}), free pseudo-emissions "
                     "per sequence, step and chain (forward-backward per chain)",
                     fhmm_guides.structured_mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "structured").q,
+                    optimum=_fhmm_optimum("structured"),
                 ),
                 "amortised": GuideSpec(
                     "amortised", "the structured family, pseudo-emissions from a bidirectional GRU over y",
                     fhmm_guides.amortised, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=lambda y, p: fhmm_exact.fit_mean_field(y, p, "structured").q,
+                    optimum=_fhmm_optimum("structured"),
                 ),
             },
             exact=ExactReference(
@@ -376,12 +386,12 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "q(h_n) = prod_l N(m^l_n, diag s^l_n^2), free per point (no network)",
                     vae_guides.mean_field, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
-                    optimum=lambda x, dec: ppca.best_diagonal(x, dec.ppca()),
+                    optimum=_PPCA_OPTIMUM,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(h^1 | x) q(h^2 | h^1) ..., each N(MLP(.)): the hierarchical inference network",
                     vae_guides.amortised, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
-                    optimum=lambda x, dec: ppca.best_diagonal(x, dec.ppca()),
+                    optimum=_PPCA_OPTIMUM,
                 ),
             },
             exact=ExactReference(

@@ -529,9 +529,9 @@ def spec(decl: Declaration):
         )
     optimum = None
     if decl.discrete:
-        optimum = lambda x, p: exact.best_mean_field(decl, p, x).probs  # noqa: E731
+        optimum = lambda x, p, start=None: exact.best_mean_field(decl, p, x, init=start).probs  # noqa: E731
     elif linear_gaussian.applies(decl):
-        optimum = lambda x, p: linear_gaussian.best_mean_field(decl, p, x)  # noqa: E731
+        optimum = lambda x, p, start=None: linear_gaussian.best_mean_field(decl, p, x)  # noqa: E731  closed form
     sets = {"synthetic": partial(synthetic, decl)}
     if decl.data:
         sets[data_name(decl)] = partial(mapped, decl)

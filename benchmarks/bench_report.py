@@ -1,0 +1,48 @@
+r"""Benchmark: ``make run`` (``vizoo report``): wall time, peak memory, and each model's comparison time.
+
+Runs the report exactly as ``make run`` does, in a subprocess (``vizoo report --no-progress``), and records:
+
+* the wall time of the whole report, and its peak resident memory (``ru_maxrss`` of the child);
+* from the report's ``report.json``: each model's ``vizoo compare`` time at the report's sizes
+  (``experiments/report.toml``; 2 seeds, every guide, pictures and ArviZ) and each seed experiment's time.
+
+The contract: ``make run`` (install included) within 15 minutes on 2 CPU cores. The install is not timed here
+(a fresh clone's ``make run`` adds about two minutes for it). Numbers are reported, never asserted.
+
+Run:  .venv/bin/python benchmarks/bench_report.py; results in benchmarks/results/report.json
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "vizoo"), "report", "--out", out, "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: kilobytes
+        numbers = json.loads(next(Path(out).glob("report-*/report.json")).read_text())
+    result = {
+        "wall_time_s": round(wall, 1),
+        "peak_memory_mib": round(peak_mib),
+        "compare_s": {name: round(m["wall_time_s"], 1) for name, m in numbers["models"].items()},
+        "seed_experiments_s": {name: round(m.get("wall_time_s", float("nan")), 1) for name, m in numbers["seeds"].items()},
+    }
+    path = ROOT / "benchmarks" / "results" / "report.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
