@@ -53,6 +53,7 @@ from models.errors import ConfigError
 
 BASELINES = ("AutoNormal", "AutoDelta")
 SEQUENTIAL_DRAWS = 200  # posterior draws of a guide that cannot be vectorised over draws (one call per draw)
+DRAW_CHUNK = 100  # draws per vectorised call
 
 # the table's numeric columns: key -> header
 COLUMNS = {
@@ -444,9 +445,13 @@ def _guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> 
     from pyro.infer import Predictive
 
     pyro.set_rng_seed(0)
-    try:
+    try:  # vectorised, DRAW_CHUNK draws per call: a guide's intermediates (LDA's per-token tables) scale with them
+        parts = []
         with pyro.validation_enabled(False):
-            return Predictive(guide, num_samples=num_samples, return_sites=sites, parallel=True)(x)
+            for start in range(0, num_samples, DRAW_CHUNK):
+                size = min(DRAW_CHUNK, num_samples - start)
+                parts.append(Predictive(guide, num_samples=size, return_sites=sites, parallel=True)(x))
+        return {s: torch.cat([p[s] for p in parts]) for s in parts[0]}
     except (RuntimeError, ValueError, NotImplementedError, IndexError):
         pyro.set_rng_seed(0)  # one guide call per draw: at most SEQUENTIAL_DRAWS of them
         return Predictive(guide, num_samples=min(num_samples, SEQUENTIAL_DRAWS), return_sites=sites)(x)
@@ -557,18 +562,17 @@ def plot_elbo_time(path: Path, results: list[RunResult]) -> None:
     """Every guide's ELBO per point against seconds of training, with the reference fit's objective line."""
     import numpy as np
 
-    fig, ax = report._axes(figsize=(7, 4.2))
+    fig, ax = report.axes(figsize=(7, 4.2))
     values = []
     for res in results:
         for name, g in res.metrics["guides"].items():
             curve, times = np.asarray(g["elbo_curve"], float), np.asarray(g.get("elbo_times") or [], float)
             if curve.size == 0 or times.size != curve.size:
                 continue
-            window = max(1, curve.size // 50)
-            smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+            smooth = report.smooth(curve)
             point_mass = getattr(res.trained.get(f"SVI {name}"), "point_mass", False)
             label = f"SVI {name} ({g['elbo']})" + (": log p(x, z*), not a bound" if point_mass else "")
-            ax.plot(times[window - 1 :], smooth, lw=1.5, ls=":" if point_mass else "-", label=label)
+            ax.plot(times[-len(smooth):], smooth, lw=1.5, ls=":" if point_mass else "-", label=label)
             if not point_mass:  # a MAP objective may climb far above every bound: leave it off the scale
                 values += [float(np.percentile(curve, 20)), float(curve[-1])]
     em = results[0].metrics.get("exact")
@@ -576,14 +580,11 @@ def plot_elbo_time(path: Path, results: list[RunResult]) -> None:
         level = em.get("log_likelihood_per_point", em.get("elbo_per_point"))
         ax.axhline(level, color="k", ls="--", lw=1.2, label=f"{em['method']} ({em['wall_time_s']:.2f} s): {em['objective']} / point = {level:.4f}")
         values.append(level)
-    if values:
-        top, bottom = max(values), min(values)
-        span = max(top - bottom, 0.02)
-        ax.set_ylim(bottom - 0.1 * span, top + 0.15 * span)
+    report.fit_ylim(ax, values)
     ax.set_xscale("log")
     ax.set_xlabel("wall time (s, log scale)")
     ax.set_ylabel("nats per data point")
-    report._finish(fig, ax, path, f"ELBO against wall time: {results[0].metrics['title']}", legend_loc="lower right")
+    report.finish(fig, ax, path, f"ELBO against wall time: {results[0].metrics['title']}", legend_loc="lower right")
 
 
 def _pairs(draws: dict[str, dict[str, torch.Tensor]]) -> list[str]:

@@ -149,7 +149,7 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
     """ELBO per point against step for each guide, with the exact log-likelihood lines."""
     import numpy as np
 
-    fig, ax = _axes(figsize=(7, 4.2))
+    fig, ax = axes(figsize=(7, 4.2))
     finals = []
     for name, g in metrics["guides"].items():
         curve = np.asarray(g["elbo_curve"], dtype=float)
@@ -157,9 +157,7 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
             continue
         steps = np.arange(1, curve.size + 1)
         (line,) = ax.plot(steps, curve, alpha=0.25, lw=0.8)
-        window = max(1, curve.size // 50)
-        smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, color=line.get_color(), lw=1.6, label=f"SVI {name} ({g['elbo']})")
+        ax.plot(steps[-len(smooth(curve)):], smooth(curve), color=line.get_color(), lw=1.6, label=f"SVI {name} ({g['elbo']})")
         finals.append(g["final_elbo_per_point"])
         finals.append(float(np.percentile(curve, 20)))
     refs = []
@@ -172,24 +170,37 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
         ll = metrics["truth_log_likelihood_per_point"]
         ax.axhline(ll, color="grey", ls=":", lw=1.2, label=f"true parameters: log p(x) / point = {ll:.4f}")
         refs.append(ll)
-    values = [v for v in finals + refs if v is not None and math.isfinite(v)]
+    fit_ylim(ax, finals + refs)
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("nats per data point")
+    finish(fig, ax, path, metrics["title"], legend_loc="lower right")
+
+
+def smooth(curve):
+    """A running mean over 2% of a training curve (numpy array), the first points dropped: len - window + 1."""
+    import numpy as np
+
+    window = max(1, curve.size // 50)
+    return np.convolve(curve, np.ones(window) / window, mode="valid")
+
+
+def fit_ylim(ax, values: list[float | None]) -> None:
+    """Scale the y axis to the finite ``values`` (the lines that matter), with a margin; early transients go off it."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
     if values:
         top, bottom = max(values), min(values)
         span = max(top - bottom, 0.02)
         ax.set_ylim(bottom - 0.1 * span, top + 0.15 * span)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("nats per data point")
-    _finish(fig, ax, path, metrics["title"], legend_loc="lower right")
 
 
 def plot_fit(path: Path, draw, x: torch.Tensor, fits: dict[str, Any], features, title: str) -> None:
     """The data with each method's fitted parameters, drawn by the model's own ``plot_fit``."""
-    fig, ax = _axes(figsize=(6, 5))
+    fig, ax = axes(figsize=(6, 5))
     draw(ax, x.detach().cpu().double(), fits, features=features)
-    _finish(fig, ax, path, title, legend_loc="best")
+    finish(fig, ax, path, title, legend_loc="best")
 
 
-def _axes(figsize: tuple[float, float]):
+def axes(figsize: tuple[float, float]):
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -198,7 +209,7 @@ def _axes(figsize: tuple[float, float]):
     return plt.subplots(figsize=figsize, dpi=120)
 
 
-def _finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
+def finish(fig, ax, path: Path, title: str, legend_loc: str) -> None:
     """Title, legend and grid; then write the PNG atomically and free the figure."""
     ax.set_title(textwrap.fill(title, int(13 * fig.get_figwidth())), fontsize=9)  # wrap to the figure, never clip
     ax.legend(fontsize=8, loc=legend_loc)

@@ -152,7 +152,7 @@ def kl_directions(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -
     for label, (m, s) in [(f"KL(q‖p) from m₀ = {m0:+.1f}", (mm, ss)) for m0, mm, ss in fits] + [("KL(p‖q): moment matching", (mean, sd))]:
         rev, fwd = kl_both_ways(log_p, torch.distributions.Normal(m, s).log_prob(grid), dx)
         rows.append({"fit": label, "mean": m, "sd": s, "KL(q‖p)": rev, "KL(p‖q)": fwd})
-    fig, ax = report._axes(figsize=(7, 3.8))
+    fig, ax = report.axes(figsize=(7, 3.8))
     ax.fill_between(grid.numpy(), log_p.exp().numpy(), color="0.85", label="target p (bimodal)")
     for i, r in enumerate(rows):
         q = torch.distributions.Normal(r["mean"], r["sd"]).log_prob(grid).exp()
@@ -160,7 +160,7 @@ def kl_directions(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -
                 label=f"{r['fit']}: N({r['mean']:.2f}, {r['sd']:.2f}²)")
     ax.set_xlim(-p.separation - 4 * p.scale - 2, p.separation + 4 * p.scale + 2)
     ax.set_xlabel("z")
-    report._finish(fig, ax, out_dir / f"{exp.name}.png", exp.title, legend_loc="upper right")
+    report.finish(fig, ax, out_dir / f"{exp.name}.png", exp.title, legend_loc="upper right")
     table = _table(rows, ["fit", "mean", "sd", "KL(q‖p)", "KL(p‖q)"])
     half = p.separation / 2
     on_mode = [r for r in rows[: len(fits)] if abs(abs(r["mean"]) - half) < 0.1 * half]
@@ -199,13 +199,13 @@ def gradient_variance(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **
     model = spec.learnable(init, cfg.model_args)
     samples = p.samples[:3] if tiny else p.samples
     rows = variance_curve(model, guide, x, samples, 10 if tiny else p.repeats, seed=cfg.seed)
-    fig, ax = report._axes(figsize=(6.5, 4))
+    fig, ax = report.axes(figsize=(6.5, 4))
     for est in ("reparameterised", "score function"):
         mine = [r for r in rows if r["estimator"] == est]
         ax.loglog([r["samples"] for r in mine], [r["total_variance"] for r in mine], "o-", label=est)
     ax.set_xlabel("samples S per gradient estimate")
     ax.set_ylabel("total variance tr Cov(ĝ_S)")
-    report._finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title} ({spec.name}, {p.guide} guide, {x.shape[0]} points)",
+    report.finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title} ({spec.name}, {p.guide} guide, {x.shape[0]} points)",
                    legend_loc="upper right")
     ratio = {r["samples"]: r["total_variance"] for r in rows if r["estimator"] == "score function"}
     ratio = {s: ratio[s] / r["total_variance"] for r in rows if r["estimator"] == "reparameterised" for s in [r["samples"]]}
@@ -243,7 +243,7 @@ def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dic
         after_m = float(gmm_exact.elbo(x, params, q)) / n
         rows.append({"iteration": t, "log p(x; θ_t)": log_p, "ELBO after E-step": after_e, "ELBO after M-step": after_m,
                      "log p(x; θ_t+1)": float(gmm_exact.log_evidence(x, params)) / n})
-    fig, ax = report._axes(figsize=(7, 4))
+    fig, ax = report.axes(figsize=(7, 4))
     ts = [r["iteration"] for r in rows]
     ax.plot(ts + [ts[-1] + 1], [r["log p(x; θ_t)"] for r in rows] + [rows[-1]["log p(x; θ_t+1)"]], "k-", lw=1.4,
             label="log p(x; θ_t) / point")
@@ -258,7 +258,7 @@ def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dic
             label="ELBO after M-step (same q, new θ): below log p(x)")
     ax.set_xlabel("EM iteration t")
     ax.set_ylabel("nats per data point")
-    report._finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title} (GMM, K = {p.num_components}, {p.data})",
+    report.finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title} (GMM, K = {p.num_components}, {p.data})",
                    legend_loc="lower right")
     touch = max(abs(r["ELBO after E-step"] - r["log p(x; θ_t)"]) for r in rows)
     below = min(r["log p(x; θ_t+1)"] - r["ELBO after M-step"] for r in rows)
@@ -280,7 +280,7 @@ def gap_split(exp: SeedExperiment, out_dir: Path, tiny: bool = False, progress: 
     result = compare(CompareOptions(p.model, p.data or None, 1 if tiny else p.seeds, (), overrides, str(out_dir / "compare"),
                                     progress, draws=200, points=2, config=p.config or None), log=log)
     rows = [e for e in result.summary if e.get("approximation_gap") is not None and e["kind"] != "reference"]
-    fig, ax = report._axes(figsize=(6.5, 3.8))
+    fig, ax = report.axes(figsize=(6.5, 3.8))
     names = [e["method"] for e in rows]
     approx = [e["approximation_gap"] for e in rows]
     amort = [e["amortisation_gap"] for e in rows]
@@ -289,7 +289,7 @@ def gap_split(exp: SeedExperiment, out_dir: Path, tiny: bool = False, progress: 
     ax.errorbar(names, [e["total_gap"] for e in rows], yerr=[e.get("total_gap_sd") or 0 for e in rows], fmt="k_", ms=18,
                 label="total gap KL(q ‖ p), mean ± sd over seeds")
     ax.set_ylabel("nats per data point")
-    report._finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title}: {result.title}", legend_loc="upper right")
+    report.finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title}: {result.title}", legend_loc="upper right")
     caption = "; ".join(f"{e['method']}: total {e['total_gap']:.4f} = approximation {e['approximation_gap']:.4f} + "
                         f"amortisation {e['amortisation_gap']:.4f}" for e in rows)
     return {"figure": f"{exp.name}.png", "table": _table(rows, ["method", "total_gap", "approximation_gap", "amortisation_gap"]),
