@@ -108,27 +108,6 @@ def tiny_overrides() -> tuple[str, ...]:
             "eval.importance_samples=8", "eval.refit_steps=3", "eval.train_points=0")
 
 
-def modest_overrides(raw: dict[str, Any], steps: int = 400, points: int = 500, em_iters: int = 150,
-                     samples: int = 200, refit: int = 50) -> tuple[str, ...]:
-    """The report's sizes: each budget of the model's config, capped (steps, data points, EM iterations,
-    importance samples, held-out refit steps). Batches larger than the capped data are switched off."""
-    from experiments.config import DataOptions, EMConfig, EvalConfig, SVIConfig
-
-    def get(table: str, key: str, default):
-        return raw.get(table, {}).get(key, default)
-
-    subset = get("data", "subset", DataOptions.subset) or points
-    out = [f"svi.steps={min(get('svi', 'steps', SVIConfig.steps), steps)}",
-           f"data.subset={min(subset, points)}",
-           f"data.num_points={min(get('data', 'num_points', DataOptions.num_points), points)}",
-           f"em.max_iter={min(get('em', 'max_iter', EMConfig.max_iter), em_iters)}",
-           f"eval.importance_samples={min(get('eval', 'importance_samples', EvalConfig.importance_samples), samples)}",
-           f"eval.refit_steps={min(get('eval', 'refit_steps', EvalConfig.refit_steps), refit)}"]
-    if get("svi", "batch_size", 0) >= min(subset, points) // 2:
-        out.append("svi.batch_size=0")
-    return tuple(out)
-
-
 def base_config(spec: ModelSpec, data: str | None, config: str | None = None) -> tuple[dict[str, Any], str]:
     """The raw config the comparison starts from, and where it came from: ``config`` if given, else the bundled
     config named ``<model>_<data set>`` (the model's real data sets first, synthetic last), else the defaults."""

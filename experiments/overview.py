@@ -7,7 +7,7 @@
         seeds/...           the seed experiments' figures and their comparisons
         report.json         every number in the report
 
-Each model runs at a modest size (``compare.modest_overrides``: its bundled config's budgets, capped) on its
+Each model runs at a modest size (``experiments/report.toml``: its bundled config's budgets, capped) on its
 real data where it has one, so the whole report fits in ``make run``'s 15 minutes on 2 CPU cores.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments import report, seeds
-from experiments.compare import CompareOptions, base_config, compare, modest_overrides, tiny_overrides
+from experiments.compare import CompareOptions, base_config, compare, tiny_overrides
 from models import MODELS, resolve
 from models.errors import ConfigError
 
@@ -84,7 +84,7 @@ def write_report(opts: ReportOptions, log=print) -> Path:
                                       "wall_time_s": time.perf_counter() - t0}
         log(f"  {exp.name} done in {time.perf_counter() - t0:.0f} s")
     total = time.perf_counter() - start
-    size = "tiny (smoke test)" if opts.tiny else "modest (each bundled config's budgets capped: see compare.modest_overrides)"
+    size = "tiny (smoke test)" if opts.tiny else "modest (each bundled config's budgets capped: see experiments/report.toml)"
     md = "\n".join([
         "# vizoo: guides compared on every model",
         "",
@@ -134,8 +134,24 @@ class ReportSizes:
         return cls(**raw["caps"], models=models)
 
     def overrides(self, name: str, raw: dict) -> tuple[str, ...]:
-        caps = modest_overrides(raw, self.steps, self.points, self.em_iters, self.importance_samples, self.refit_steps)
-        return caps + self.models.get(name, ())
+        """``--set`` items for model ``name`` from its raw base config: each budget capped (steps, data points,
+        reference iterations, importance samples, held-out refit steps), batches larger than the capped data
+        switched off, then the model's own overrides."""
+        from experiments.config import DataOptions, EMConfig, EvalConfig, SVIConfig
+
+        def get(table: str, key: str, default):
+            return raw.get(table, {}).get(key, default)
+
+        subset = get("data", "subset", DataOptions.subset) or self.points
+        out = [f"svi.steps={min(get('svi', 'steps', SVIConfig.steps), self.steps)}",
+               f"data.subset={min(subset, self.points)}",
+               f"data.num_points={min(get('data', 'num_points', DataOptions.num_points), self.points)}",
+               f"em.max_iter={min(get('em', 'max_iter', EMConfig.max_iter), self.em_iters)}",
+               f"eval.importance_samples={min(get('eval', 'importance_samples', EvalConfig.importance_samples), self.importance_samples)}",
+               f"eval.refit_steps={min(get('eval', 'refit_steps', EvalConfig.refit_steps), self.refit_steps)}"]
+        if get("svi", "batch_size", 0) >= min(subset, self.points) // 2:
+            out.append("svi.batch_size=0")
+        return tuple(out) + self.models.get(name, ())
 
 
 def _indent(log, quiet: bool = False):

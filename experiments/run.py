@@ -240,8 +240,8 @@ def _monte_carlo_elbo(spec, params, guide, x, cfg: RunConfig) -> dict[str, Any]:
     model = spec.learnable(params, cfg.model_args)
     est = ImportanceEstimate.from_log_weights(log_weights(model, (x,), guide, (x,), cfg.eval.importance_samples))
     s = est.summary()
-    kind = "MAP objective log p(x, z*) (point mass: not a bound)" if getattr(guide, "point_mass", False) else "Monte Carlo"
     point_mass = getattr(guide, "point_mass", False)
+    kind = "MAP objective log p(x, z*) (point mass: not a bound)" if point_mass else "Monte Carlo"
     return {"final_elbo_per_point": s["elbo"], "final_elbo_se": None if point_mass else s["elbo_se"],
             "final_elbo_method": f"{kind}, {est.num_samples} draws per point"}
 
