@@ -10,7 +10,7 @@ run: $(STAMP)
 	$(BIN)/vizoo report
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gmm.py

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -27,3 +29,7 @@ def random_q(num_points: int, num_components: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     logits = 4.0 * torch.randn(num_points, num_components, generator=gen, dtype=torch.float64)
     return torch.softmax(logits, -1)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    torch.set_num_threads(1)
