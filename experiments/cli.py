@@ -1,6 +1,7 @@
 """The ``vizoo`` command line.
 
     vizoo run CONFIG.toml [--set key=value ...] [--out DIR] [--no-progress]
+    vizoo run --resume RUN_DIR [--no-progress]
     vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--set key=value ...] [--out DIR] [--no-progress]
     vizoo report [--out DIR] [--seeds N] [--no-progress]
     vizoo list
@@ -8,9 +9,10 @@
     vizoo --help
 
 Errors in the input (config, overrides, data) print one line to stderr and exit with status 2;
-a non-finite ELBO during training prints one line and exits with status 1 (no metrics.json is written).
-Ctrl-C during training stops cleanly: what finished is written, metrics.json says "interrupted",
-and the exit status is 130.
+a non-finite ELBO or gradient during training prints one line naming the step, the parameter and the site,
+and exits with status 1 (metrics.json says "failed"; the last good checkpoint is kept). Ctrl-C during
+training stops cleanly: what finished is written, metrics.json says "interrupted", and the exit status is
+130; ``vizoo run --resume RUN_DIR`` continues it (or a killed run) from its checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 
 from experiments.config import bundled_configs
 from experiments.train import NonFiniteLoss
-from models.errors import VizooError
+from models.errors import ConfigError, VizooError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser("run", help="run an experiment from a TOML config")
-    run.add_argument("config", help="path to a TOML config, or the name of a bundled one (see 'vizoo list')")
+    run.add_argument("config", nargs="?", default=None,
+                     help="path to a TOML config, or the name of a bundled one (see 'vizoo list')")
+    run.add_argument("--resume", default=None, metavar="RUN_DIR",
+                     help="continue a killed or interrupted run from its last checkpoints, with its own config")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set svi.steps=200 --set guides='[\"mean_field\"]'")
     run.add_argument("--out", default=None, help="folder for run folders (default: the config's output_dir, 'runs')")
@@ -99,6 +104,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from experiments.config import load_config
     from experiments.run import run_experiment
 
+    if ns.resume is not None:
+        from experiments.run import resume_experiment
+
+        if ns.config is not None or ns.overrides or ns.out is not None:
+            raise ConfigError("--resume continues a run with the config in its folder: give no CONFIG, --set or --out")
+        result = resume_experiment(ns.resume, progress=False if ns.no_progress else None)
+        print(f"report: {result.run_dir / 'report.md'}")
+        return 130 if result.interrupted else 0
+    if ns.config is None:
+        raise ConfigError("run needs a CONFIG (a TOML file or a bundled config's name) or --resume RUN_DIR")
     path = ns.config
     if not Path(path).exists() and path in bundled_configs():
         path = bundled_configs()[path]

@@ -204,6 +204,7 @@ def _group_config(raw: dict[str, Any], spec: ModelSpec, guides: list[str], elbo:
     r.setdefault("svi", {})["elbo"] = elbo
     em = r.setdefault("em", {})
     em["enabled"] = with_reference and em.get("enabled", True)  # once per seed, if at all
+    r.setdefault("checkpoint", {})["enabled"] = False  # a comparison's runs are repeated, never resumed
     taken = {k for g in guides for k in inspect.signature(spec.guides[g].build).parameters}
     r["guide_args"] = {k: v for k, v in r.get("guide_args", {}).items() if k in taken}
     cfg = parse_config(r)

@@ -15,12 +15,15 @@ exactly like the file.
     [svi]         -> SVIConfig
     [em]          -> EMConfig
     [eval]        -> EvalConfig
+    [checkpoint]  -> CheckpointConfig
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 import sys
 import types
 import typing
@@ -41,6 +44,7 @@ from models.errors import ConfigError
 from models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
 
 OPTIMISERS = ("adam", "sgd")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")  # a run folder's prefix: never a path
 DTYPES = ("float64", "float32")
 
 
@@ -175,6 +179,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """When training saves a checkpoint (``checkpoints/<guide>.pt`` in the run folder), from which
+    ``vizoo run --resume RUN_DIR`` continues bit for bit. A checkpoint is also written when each guide
+    finishes and when Ctrl-C stops it; saving never changes the result.
+
+    enabled: false writes no checkpoints (the guide comparison's runs, which are never resumed).
+    every_steps: save every this many SVI steps (0: not by count).
+    every_seconds: save when this many seconds have passed since the last save (0: not by time).
+    """
+
+    enabled: bool = True
+    every_steps: int = 0
+    every_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"checkpoint.every_steps must be >= 0 (0: not by count), got {self.every_steps}")
+        if self.every_seconds < 0:
+            raise ValueError(f"checkpoint.every_seconds must be >= 0 (0: not by time), got {self.every_seconds}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     model: str = "gmm"
@@ -189,6 +215,7 @@ class RunConfig:
     svi: SVIConfig = field(default_factory=SVIConfig)
     em: EMConfig = field(default_factory=EMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @property
     def spec(self) -> ModelSpec:
@@ -298,8 +325,9 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
         raise ConfigError(f"data.heldout={cfg.data.heldout}: model {spec.name!r} has no held-out evaluation; use 0")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name.startswith("."):
-        raise ConfigError(f"name must be a plain folder name (no '/', no leading '.'), got {cfg.name!r}")
+    if not _NAME.fullmatch(cfg.name):
+        raise ConfigError(f"name must be a plain folder name of letters, digits and _ . + = - (at most 100, not starting "
+                          f"with '.' or '-'), got {cfg.name!r}")
 
 
 def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:
@@ -386,6 +414,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {_show(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

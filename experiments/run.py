@@ -9,16 +9,23 @@ The run folder ``<output_dir>/<name>-<timestamp>/`` holds::
     params/em.pt       parameters fitted by exact EM           (torch.load(..., weights_only=True))
     params/<guide>.pt  model parameters learned with that guide
     guides/<guide>.pt  the guide's own parameters (state_dict)
+    checkpoints/<guide>.pt  the guide's training state, saved periodically (``[checkpoint]``): what
+                       ``vizoo run --resume RUN_DIR`` continues from (experiments/checkpoint.py)
     elbo.png           ELBO per point against step, with the exact log-likelihood line
     fit.png            the data and every method's fit (models that provide ``plot_fit``)
     *.png              the model's own pictures (``pictures``: the VAE's reconstructions, samples, latent map)
     report.md          the comparison table
-    metrics.json       written last; "status" is "complete" or "interrupted"
+    metrics.json       written last; "status" is "complete" or "interrupted" (Ctrl-C; resumable), or
+                       "failed" (a non-finite step: the error, and the last good checkpoint kept)
+
+Every path the run writes is inside the run folder: the folder's name is checked by the config (a plain
+name, never a path), and a resumed folder must hold real sub-folders (no symbolic links out of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +34,9 @@ import pyro
 import torch
 
 from experiments import report
-from experiments.config import RunConfig
-from experiments.train import SVIResult, interruptible, stop_requested, train_svi
+from experiments.checkpoint import Checkpointer, check_modules, fingerprint
+from experiments.config import RunConfig, load_config
+from experiments.train import NonFiniteLoss, SVIResult, interruptible, stop_requested, train_svi
 from models.errors import ConfigError
 from models.exact.binary import MAX_LATENTS
 
@@ -60,10 +68,58 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print, spec
     Ctrl-C anywhere in the run stops training at the next step boundary (see ``interruptible``); what
     finished is evaluated and written, and ``metrics.json`` says "interrupted"."""
     with interruptible():
-        return _run(cfg, progress, log, spec or cfg.spec)
+        return _run(cfg, progress, log, spec or cfg.spec, None)
 
 
-def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
+def resume_experiment(run_dir: str | Path, progress: bool | None = None, log=print) -> RunResult:
+    """Continue the run in ``run_dir`` (killed, or stopped by Ctrl-C) from each guide's last checkpoint, with
+    the config it was started with (its ``config.toml``). The run folder ends as an uninterrupted run's would,
+    bit for bit on the same machine and thread count (wall times aside). Guides that finished are restored,
+    not retrained; the exact reference is refitted (it is deterministic). Every checkpoint is loaded and
+    checked before any work starts."""
+    run_dir = check_run_dir(run_dir)
+    cfg = load_config(run_dir / "config.toml")
+    with interruptible():
+        return _run(cfg, progress, log, cfg.spec, run_dir)
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """A run folder that can be resumed: it exists, holds its config, did not finish or fail, and its
+    sub-folders are real folders inside it (a symbolic link could send writes elsewhere)."""
+    given = str(run_dir)
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume: no such run folder: {given!r}")
+    run_dir = run_dir.resolve()
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume: {given!r} is not a run folder (it has no config.toml)")
+    for sub in ("params", "guides", "checkpoints"):
+        path = run_dir / sub
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ConfigError(f"--resume: {str(path)!r} must be a folder inside the run folder, not a link or a file")
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            status = json.loads(metrics.read_text(encoding="utf-8")).get("status")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            status = None
+        if status == "complete":
+            raise ConfigError(f"--resume: the run in {given!r} is complete; there is nothing to resume")
+        if status == "failed":
+            raise ConfigError(f"--resume: the run in {given!r} failed (see its metrics.json): resuming would repeat "
+                              "the same steps; change the config and start a new run")
+    return run_dir
+
+
+def _identity(cfg: RunConfig, x: torch.Tensor, x_test: torch.Tensor | None) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the config (where the run writes and whether it shows
+    progress aside) and the data."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
+    data = fingerprint(x) + ("" if x_test is None else fingerprint(x_test))
+    return {"config_sha256": fingerprint(config), "data_sha256": fingerprint(data)}
+
+
+def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) -> RunResult:
     args = cfg.model_args
     progress = cfg.progress if progress is None else progress
     dtype = DTYPES[cfg.dtype]
@@ -85,10 +141,29 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
         except ValueError as err:
             raise ConfigError(f"guide {g!r}: {err}") from None
 
-    run_dir = report.make_run_dir(Path(cfg.output_dir), cfg.name)
-    (run_dir / "params").mkdir()
-    (run_dir / "guides").mkdir()
-    report.write_atomic(run_dir / "config.toml", report.to_toml(cfg.to_dict()))
+    identity = _identity(cfg, x, x_test)
+    checkpointers = {}
+    states: dict[str, dict] = {}  # guide -> the checkpoint it resumes from
+    if resume is not None:  # every checkpoint is loaded and checked before any work
+        for i, g in enumerate(guides):
+            ck = Checkpointer(resume / "checkpoints" / f"{g}.pt", {**identity, "guide": g})
+            state = ck.load(cfg.svi.steps)
+            if state is not None:
+                check_modules(state, (spec.guides[g].learnable or spec.learnable)(init, args), guides[g], str(ck.path))
+                states[g] = state
+        run_dir = resume
+    else:
+        run_dir = report.make_run_dir(_output_dir(cfg.output_dir), cfg.name)
+    for sub in ("params", "guides", "checkpoints"):
+        (run_dir / sub).mkdir(exist_ok=True)
+        for stale in (run_dir / sub).glob(".*.tmp"):  # a temporary file left by a killed write
+            stale.unlink()
+    for g in guides:
+        if cfg.checkpoint.enabled:
+            checkpointers[g] = Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**identity, "guide": g},
+                                            cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
+    if resume is None:
+        report.write_atomic(run_dir / "config.toml", report.to_toml(cfg.to_dict()))
     title = f"{spec.name} on {data.description}; {spec.describe(args)}".rstrip("; ")
     metrics: dict[str, Any] = {
         "status": "running",
@@ -103,6 +178,8 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
         "guides": {},
     }
     log(f"{title}\nrun folder: {run_dir}")
+    for g, state in states.items():
+        log(f"resuming {g} from its checkpoint: " + ("finished" if state.get("finished") else f"step {state['step']} of {cfg.svi.steps}"))
 
     ref = spec.exact
     enumerable = ref is not None and ref.enumerable and not spec.exact_size_error(args) and (
@@ -138,7 +215,13 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
     interrupted = False
     for i, (g, guide) in enumerate(guides.items()):
         model = (spec.guides[g].learnable or spec.learnable)(init, args)
-        result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g)
+        try:
+            result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g,
+                               checkpoint=checkpointers.get(g), resume=states.get(g))
+        except NonFiniteLoss as err:  # nothing more is saved: the guide's last checkpoint is its last good state
+            metrics.update(status="failed", error=str(err), failed_guide=g)
+            report.write_json(run_dir / "metrics.json", metrics)
+            raise
         fitted = spec.fitted(model, guide)
         metrics["guides"][g] = _evaluate(spec, enumerable, fitted, guide, x, result, cfg)
         fits[f"SVI {g}"] = fitted
@@ -175,6 +258,14 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec) -> RunResult:
     report.write_json(run_dir / "metrics.json", metrics)
     log(table + fit_notes)
     return RunResult(run_dir, metrics, x, fits, trained, models)
+
+
+def _output_dir(path: str) -> Path:
+    """``output_dir`` resolved; it must be a folder or not exist yet."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={path!r} is a file, not a folder")
+    return out
 
 
 def _per_point(value: torch.Tensor, n: int) -> float:

@@ -19,10 +19,12 @@ from typing import NamedTuple
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO, config_enumerate
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from experiments.checkpoint import param_store_state, rng_state, set_param_store_state, set_rng_state
 from experiments.config import SVIConfig
 
 class Analytic_ELBO:
@@ -67,14 +69,57 @@ class SVIResult(NamedTuple):
 
 
 class NonFiniteLoss(RuntimeError):
-    """The ELBO estimate or a parameter became NaN or infinite."""
+    """The ELBO estimate, a gradient or a parameter became NaN or infinite. The message names the step, the
+    guide, and the parameter and Pyro site where it showed first."""
 
 
-def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str) -> None:
-    """Stop before a step whose parameters are not finite, naming the first such parameter."""
+def _first_non_finite(named: list[tuple[str, Tensor]], attr: str = "") -> str:
+    """The name of the first parameter (or its gradient, attr="grad") with a NaN or infinite entry, or ""."""
     for name, p in named:
-        if not torch.isfinite(p).all():
-            raise NonFiniteLoss(f"parameter {name} is not finite at step {step} ({desc})")
+        t = getattr(p, attr) if attr else p
+        if t is not None and not torch.isfinite(t).all():
+            return name
+    return ""
+
+
+def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str, when: str) -> None:
+    bad = _first_non_finite(named)
+    if bad:
+        raise NonFiniteLoss(f"parameter {bad} is not finite {when} step {step} ({desc})")
+
+
+def _site_report(model, guide, x: Tensor, kwargs: dict, rng: dict, named: list[tuple[str, Tensor]]) -> str:
+    """Which Pyro site made a step non-finite: the step is replayed from its random state (so the guide draws
+    the same z), model and guide are traced, and each sample site's value, log-density and the gradient of
+    its log-density are checked in execution order (guide first). A diagnosis only; it changes nothing that
+    is saved."""
+    set_rng_state(rng)
+    try:
+        guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
+    except Exception as err:  # the replay itself fails (a distribution given NaN): that is the diagnosis
+        return f"; replaying the step fails: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    params = [p for _, p in named]
+    for part, tr in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample":
+                continue
+            value = site["value"]
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                return f"; first at {part} site {name!r}: its draw is not finite"
+            try:
+                lp = site["fn"].log_prob(value)
+            except Exception as err:
+                return f"; first at {part} site {name!r}: log_prob fails ({str(err).splitlines()[0]})"
+            total = lp.sum() if torch.is_tensor(lp) else torch.as_tensor(lp)
+            if not torch.isfinite(total):
+                return f"; first at {part} site {name!r}: log {'q' if part == 'guide' else 'p'} = {float(total)}"
+            if total.requires_grad:
+                grads = torch.autograd.grad(total, params, allow_unused=True, retain_graph=True)
+                for (pname, _), g in zip(named, grads):
+                    if g is not None and not torch.isfinite(g).all():
+                        return f"; first at {part} site {name!r}: the gradient of its log density in {pname} is not finite"
+    return ""
 
 
 _STOP = threading.Event()
@@ -125,11 +170,20 @@ def train_svi(
     seed: int,
     progress: bool = True,
     desc: str = "svi",
+    checkpoint=None,
+    resume: dict | None = None,
 ) -> SVIResult:
     """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...).
 
-    Pyro's validation is on for the first step and off after it (it costs a quarter of a small VAE step);
-    a non-finite loss or parameter stops the run at any step (:class:`NonFiniteLoss`).
+    Pyro's validation is on for the first step and off after it (it costs a quarter of a small VAE step).
+    A non-finite ELBO estimate or gradient stops the run before the update (:class:`NonFiniteLoss`, naming
+    the step, the parameter and the Pyro site); an update that makes a parameter non-finite stops it too.
+    Either way no checkpoint is written after the last good one.
+
+    ``checkpoint`` (an :class:`experiments.checkpoint.Checkpointer`): saves the whole training state when its
+    schedule says so, when training ends (``finished``) and when Ctrl-C stops it. ``resume``: such a state;
+    training continues from it, and ends bit for bit where an uninterrupted run would (same machine and
+    thread count). A finished state is restored and returned without a step.
 
     With ``cfg.batch_size`` (< N), model and guide are called with ``subsample_size`` and each step sees
     that many points; the estimate is rescaled to all N, so the trace stays an ELBO per point."""
@@ -151,34 +205,68 @@ def train_svi(
     after_step = getattr(guide, "after_step", None)  # a guide's own closed-form update (LDA's natural step)
     trace: list[float] = []
     times: list[float] = []
+    offset = 0.0  # seconds spent before a resume
+    if resume is not None:
+        with torch.no_grad():
+            model.load_state_dict(resume["model"])
+            guide.load_state_dict(resume["guide_state"])
+        optim.load_state_dict(resume["optimiser"])
+        schedule.load_state_dict(resume["schedule"])
+        set_param_store_state(resume["param_store"])
+        set_rng_state(resume["rng"])
+        trace, times = list(resume["elbo_trace"]), list(resume["times"])
+        offset = times[-1] if times else 0.0
+        if resume.get("finished"):
+            return SVIResult(trace, len(trace), float(resume.get("wall_time", offset)), False, times)
+    _check_finite(named, len(trace), desc, "before")
+    optim.zero_grad(set_to_none=True)  # a guide's builder may leave gradients behind (a network pre-fitted to a start)
+
+    def state(finished: bool) -> dict:
+        return {
+            "step": len(trace), "steps": cfg.steps, "finished": finished,
+            "model": model.state_dict(), "guide_state": guide.state_dict(),
+            "optimiser": optim.state_dict(), "schedule": schedule.state_dict(),
+            "param_store": param_store_state(), "rng": rng_state(),
+            "elbo_trace": list(trace), "times": list(times), "wall_time": offset + time.perf_counter() - start,
+        }
+
     interrupted = False
-    bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    clean = True  # no step was cut in half (a second Ctrl-C raises mid-step): the state is one to save
+    bar = tqdm(total=cfg.steps, initial=len(trace), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for step in range(cfg.steps):
+        for step in range(len(trace), cfg.steps):
             if _STOP.is_set():  # Ctrl-C under interruptible(): stop between steps
                 interrupted = True
                 break
-            _check_finite(named, step, desc)
+            before = rng_state()  # for the diagnosis of a non-finite step
             # Pyro's validation (shapes, supports, distribution arguments) checks the first step; later steps
             # run the same code on the same kinds of values, and are guarded by the finite checks here
             with pyro.validation_enabled(step == 0):
                 loss = elbo.loss_and_grads(model, guide_fn, x, **kwargs)
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"ELBO estimate is {-loss} at step {step} ({desc})")
+            bad_grad = _first_non_finite(named, "grad")
+            if not math.isfinite(loss) or bad_grad:
+                what = f"the ELBO estimate is {-loss}" if not math.isfinite(loss) else f"the gradient of {bad_grad} is not finite"
+                site = _site_report(model, guide, x, kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
+                raise NonFiniteLoss(f"{what} at step {step} ({desc}){site}; stopped before the update")
             optim.step()
             optim.zero_grad(set_to_none=True)
             if after_step is not None:
                 with torch.no_grad():
                     after_step()
+            _check_finite(named, step, desc, "after the update of")
             schedule.step()
             trace.append(-loss / num_points)
-            times.append(time.perf_counter() - start)
+            times.append(offset + time.perf_counter() - start)
+            if checkpoint is not None and step + 1 < cfg.steps and checkpoint.due(step + 1, time.perf_counter()):
+                checkpoint.save(state(finished=False))
             if step % 10 == 0 or step == cfg.steps - 1:
                 bar.set_postfix_str(f"ELBO/point {trace[-1]:.4f}", refresh=False)
             bar.update()
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt:  # mid-step: the last checkpoint on disk stays the one to resume from
+        interrupted, clean = True, False
     finally:
         bar.close()
-    return SVIResult(trace, len(trace), time.perf_counter() - start, interrupted, times)
+    if checkpoint is not None and clean:  # the end of training, or the step boundary where Ctrl-C stopped it
+        checkpoint.save(state(finished=not interrupted and len(trace) == cfg.steps))
+    return SVIResult(trace, len(trace), offset + time.perf_counter() - start, interrupted, times)

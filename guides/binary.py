@@ -131,4 +131,5 @@ def fit_to_marginals(guide: Amortised, x: Tensor, target: Tensor, steps: int = 3
         optim.zero_grad()
         loss.backward()
         optim.step()
+    optim.zero_grad(set_to_none=True)  # leave no gradient behind for the SVI loop to add to
     return float(loss.detach())

@@ -227,4 +227,5 @@ def amortised(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start: 
             optim.zero_grad()
             loss.backward()
             optim.step()
+        optim.zero_grad(set_to_none=True)  # leave no gradient behind for the SVI loop to add to
     return guide
