@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vizoo: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:  # sizes within each limit whose combination does not fit
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        if not isinstance(err, MemoryError) and "allocate" not in message:
+            raise
+        print(f"vizoo: error: out of memory ({message}): reduce the sizes (model_args, data.num_points or data.dim, "
+              "svi.num_particles, svi.batch_size)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -313,6 +313,7 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
         raise ConfigError(
             f"data.name: unknown data set {cfg.data.name!r} for model {spec.name!r}; known: {', '.join(spec.datasets)}, file"
         )
+    _check_sizes(cfg)
     _check_enumeration(cfg, spec)
     taken = {k for g in cfg.guides for k in inspect.signature(spec.guides[g].build).parameters}
     for f in dataclasses.fields(GuideArgs):
@@ -330,6 +331,44 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
                           f"with '.' or '-'), got {cfg.name!r}")
 
 
+MAX_UNITS = 10_000
+"""The largest size of anything a model or guide allocates per point or per layer: components, causes, factors,
+topics, states, chains, latent and hidden sizes (every integer under ``[model_args]``, and guide_args.hidden)."""
+SIZE_LIMITS = {
+    "guide_args.refine": 1_000,
+    "svi.num_particles": 10_000,
+    "eval.importance_samples": 1_000_000,
+    "data.num_points": 1_000_000,
+    "data.dim": 100_000,
+    "data.doc_length": 1_000_000,
+    "data.num_steps": 100_000,
+    "data.vocab_size": 1_000_000,
+}
+"""Limits on the other sizes: each is far beyond what runs on one machine in reasonable time, and low enough
+that a typo (an extra three zeros) is refused with a message instead of an allocation failure deep in torch."""
+
+
+def _check_sizes(cfg: RunConfig) -> None:
+    """Refuse, before any work, a size beyond the limits above."""
+    def ints(value: Any) -> list[int]:
+        if isinstance(value, bool):
+            return []
+        if isinstance(value, int):
+            return [value]
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)] if isinstance(value, tuple) else []
+
+    checks = [(f"model_args.{f.name}", getattr(cfg.model_args, f.name), MAX_UNITS) for f in dataclasses.fields(cfg.model_args)]
+    checks.append(("guide_args.hidden", cfg.guide_args.hidden, MAX_UNITS))
+    for key, limit in SIZE_LIMITS.items():
+        table, name = key.split(".")
+        checks.append((key, getattr(getattr(cfg, table), name), limit))
+    for key, value, limit in checks:
+        too_big = [v for v in ints(value) if v > limit]
+        if too_big:
+            raise ConfigError(f"{key}={_toml(value)} is larger than the limit of {limit:,} (a size this large would not "
+                              "fit in memory; if you meant it, raise the limit in experiments/config.py)")
+
+
 def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:
     """Refuse, before any work, a run that would enumerate more latent configurations than the limits."""
     too_large = spec.exact_size_error(cfg.model_args)
@@ -341,7 +380,7 @@ def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:
     field = f"model_args.{spec.latent_field}={k}"
     if cfg.svi.elbo == "TraceEnum_ELBO" and k > MAX_PARALLEL_LATENTS:
         raise ConfigError(
-            f"{field} is too large for svi.elbo='TraceEnum_ELBO', which sums over all 2^{k} = {2**k:,} configurations "
+            f"{field} is too large for svi.elbo='TraceEnum_ELBO', which sums over all 2^{k} configurations "
             f"per point in memory; the limit is {MAX_PARALLEL_LATENTS}: use Trace_ELBO or TraceGraph_ELBO"
         )
     if spec.exact is not None and cfg.em.enabled and k > MAX_LATENTS:

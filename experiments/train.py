@@ -95,30 +95,32 @@ def _site_report(model, guide, x: Tensor, kwargs: dict, rng: dict, named: list[t
     is saved."""
     set_rng_state(rng)
     try:
-        guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
+        with pyro.validation_enabled(False):  # let NaN reach the log-densities, where the site is named
+            guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
     except Exception as err:  # the replay itself fails (a distribution given NaN): that is the diagnosis
         return f"; replaying the step fails: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     params = [p for _, p in named]
-    for part, tr in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample":
-                continue
-            value = site["value"]
-            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-                return f"; first at {part} site {name!r}: its draw is not finite"
-            try:
-                lp = site["fn"].log_prob(value)
-            except Exception as err:
-                return f"; first at {part} site {name!r}: log_prob fails ({str(err).splitlines()[0]})"
-            total = lp.sum() if torch.is_tensor(lp) else torch.as_tensor(lp)
-            if not torch.isfinite(total):
-                return f"; first at {part} site {name!r}: log {'q' if part == 'guide' else 'p'} = {float(total)}"
-            if total.requires_grad:
-                grads = torch.autograd.grad(total, params, allow_unused=True, retain_graph=True)
-                for (pname, _), g in zip(named, grads):
-                    if g is not None and not torch.isfinite(g).all():
-                        return f"; first at {part} site {name!r}: the gradient of its log density in {pname} is not finite"
+    with pyro.validation_enabled(False):
+        for part, tr in (("guide", guide_trace), ("model", model_trace)):
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                value = site["value"]
+                if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                    return f"; first at {part} site {name!r}: its draw is not finite"
+                try:
+                    lp = site["fn"].log_prob(value)
+                except Exception as err:
+                    return f"; first at {part} site {name!r}: log_prob fails ({str(err).splitlines()[0]})"
+                total = lp.sum() if torch.is_tensor(lp) else torch.as_tensor(lp)
+                if not torch.isfinite(total):
+                    return f"; first at {part} site {name!r}: log {'q' if part == 'guide' else 'p'} = {float(total)}"
+                if total.requires_grad:
+                    grads = torch.autograd.grad(total, params, allow_unused=True, retain_graph=True)
+                    for (pname, _), g in zip(named, grads):
+                        if g is not None and not torch.isfinite(g).all():
+                            return f"; first at {part} site {name!r}: the gradient of its log density in {pname} is not finite"
     return ""
 
 
