@@ -115,7 +115,7 @@ def _site_report(model, guide, x: Tensor, kwargs: dict, rng: dict, named: list[t
                     return f"; first at {part} site {name!r}: log_prob fails ({str(err).splitlines()[0]})"
                 total = lp.sum() if torch.is_tensor(lp) else torch.as_tensor(lp)
                 if not torch.isfinite(total):
-                    return f"; first at {part} site {name!r}: log {'q' if part == 'guide' else 'p'} = {float(total)}"
+                    return f"; first at {part} site {name!r}: log {'q' if part == 'guide' else 'p'} = {float(total.detach())}"
                 if total.requires_grad:
                     grads = torch.autograd.grad(total, params, allow_unused=True, retain_graph=True)
                     for (pname, _), g in zip(named, grads):

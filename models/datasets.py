@@ -180,8 +180,8 @@ def from_file(path: str, standardised: bool = True) -> Dataset:
             raise DataError(f"data.path must end in .npy or .csv, got {path!r}")
     except (ValueError, OSError) as err:
         raise DataError(f"data.path {path!r} could not be read as a number matrix: {err}") from None
-    if not np.issubdtype(values.dtype, np.number):
-        raise DataError(f"data.path {path!r} holds dtype {values.dtype}, not numbers")
+    if values.dtype.kind not in "iuf":  # complex would lose its imaginary part in float64 (with only a warning)
+        raise DataError(f"data.path {path!r} holds dtype {values.dtype}, not real numbers")
     x = torch.as_tensor(values)
     features = tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0))
     if x.dim() == 2 and x.numel() and torch.isfinite(x).all():  # anything else is refused by validation

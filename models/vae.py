@@ -180,6 +180,8 @@ def validate_data(x, args: VAEArgs) -> Tensor:
         raise DataError(f"images must be a (num_points, num_pixels) matrix (flatten each image), got {shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise DataError(f"images are empty: shape {tuple(x.shape)}")
+    if x.is_complex():  # to(float64) would drop the imaginary part with only a warning
+        raise DataError(f"images must be real numbers, got dtype {x.dtype}")
     x = x.to(torch.float64)
     if not torch.isfinite(x).all():
         n, d = map(int, torch.nonzero(~torch.isfinite(x))[0])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,3 +35,67 @@ def random_q(num_points: int, num_components: int, seed: int) -> torch.Tensor:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
     torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- whole runs at tiny sizes (reliability tests)
+
+TIMING = ("wall_time_s", "elbo_times")  # wall-clock measurements: the only fields two identical runs may differ in
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL in-process: raised right after a checkpoint is written, so nothing else runs."""
+
+
+def tiny_config(model: str, out: Path, *extra: str):
+    """The model's bundled config at smoke-test sizes: 12 SVI steps, a checkpoint every 4."""
+    from experiments.compare import base_config, tiny_overrides
+    from experiments.config import apply_override, parse_config
+    from models import MODELS
+
+    raw, _ = base_config(MODELS[model], None)
+    for item in (*tiny_overrides(), "svi.steps=12", "checkpoint.every_steps=4", "checkpoint.every_seconds=0",
+                 "progress=false", f"output_dir={json.dumps(str(out))}", *extra):
+        apply_override(raw, item)
+    raw["name"] = model
+    return parse_config(raw)
+
+
+def strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Identical metrics (wall times aside) and identical tensors in every saved file, bit for bit."""
+    ma, mb = (strip_timing(json.loads((d / "metrics.json").read_text())) for d in (a, b))
+    assert ma == mb
+    files = sorted(p.relative_to(a) for sub in ("params", "guides") for p in (a / sub).glob("*.pt"))
+    assert files and files == sorted(p.relative_to(b) for sub in ("params", "guides") for p in (b / sub).glob("*.pt"))
+    from experiments.checkpoint import load_tensors
+
+    for rel in files:
+        ta, tb = load_tensors(a / rel), load_tensors(b / rel)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{rel}: {k} differs"
+
+
+def kill_after(monkeypatch, saves: int, guide: str) -> None:
+    """Make the ``saves``-th checkpoint of ``guide`` the last thing the run does."""
+    from experiments import checkpoint as ck
+
+    save = ck.Checkpointer.save
+
+    def dying_save(self, state):
+        save(self, state)
+        if self.path.stem == guide and self.saves == saves:
+            raise Killed
+
+    monkeypatch.setattr(ck.Checkpointer, "save", dying_save)
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if p.is_dir())

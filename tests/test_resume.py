@@ -20,19 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import Killed, assert_same_run, kill_after, run_dirs, tiny_config
 from experiments import checkpoint as ck
 from experiments.cli import main
-from experiments.compare import base_config, tiny_overrides
-from experiments.config import apply_override, parse_config
 from experiments.run import resume_experiment, run_experiment
 from models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("wall_time_s", "elbo_times")  # wall-clock measurements: the only fields that may differ
-
-
-class Killed(BaseException):
-    """Stands in for SIGKILL in-process: raised right after a checkpoint is written, so nothing else runs."""
 
 
 @pytest.fixture(autouse=True)
@@ -42,52 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(model: str, out: Path, *extra: str):
-    raw, _ = base_config(MODELS[model], None)
-    for item in (*tiny_overrides(), "svi.steps=12", "checkpoint.every_steps=4", "checkpoint.every_seconds=0",
-                 "progress=false", f"output_dir={json.dumps(str(out))}", *extra):
-        apply_override(raw, item)
-    raw["name"] = model
-    return parse_config(raw)
-
-
-def strip_timing(obj):
-    if isinstance(obj, dict):
-        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING}
-    if isinstance(obj, list):
-        return [strip_timing(v) for v in obj]
-    return obj
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Identical metrics (wall times aside) and identical tensors in every saved file, bit for bit."""
-    ma, mb = (strip_timing(json.loads((d / "metrics.json").read_text())) for d in (a, b))
-    assert ma == mb
-    files = sorted(p.relative_to(a) for sub in ("params", "guides") for p in (a / sub).glob("*.pt"))
-    assert files and files == sorted(p.relative_to(b) for sub in ("params", "guides") for p in (b / sub).glob("*.pt"))
-    for rel in files:
-        ta, tb = ck.load_tensors(a / rel), ck.load_tensors(b / rel)
-        assert ta.keys() == tb.keys()
-        for k in ta:
-            assert torch.equal(ta[k], tb[k]), f"{rel}: {k} differs"
-
-
-def kill_after(monkeypatch, saves: int, guide: str) -> None:
-    """Make the ``saves``-th checkpoint of ``guide`` the last thing the run does."""
-    save = ck.Checkpointer.save
-
-    def dying_save(self, state):
-        save(self, state)
-        if self.path.stem == guide and self.saves == saves:
-            raise Killed
-
-    monkeypatch.setattr(ck.Checkpointer, "save", dying_save)
-
-
-def run_dirs(out: Path) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.is_dir())
 
 
 @pytest.mark.parametrize("model", list(MODELS))
