@@ -181,7 +181,8 @@ def test_malformed_data_is_a_clear_error(name, data):
 def test_malformed_data_files_exit_2_and_write_nothing(name, data, suffix, tmp_path_factory, capsys):
     x, _ = VALID[name]
     bad, kind = data.draw(malformed(x, name in DISCRETE))
-    assume(kind not in ("columns", "complex", "strings") or suffix == ".npy")
+    assume(kind != "columns" or name in FIXED_WIDTH)  # a wider matrix is valid data where the width comes from the data
+    assume(kind not in ("complex", "strings") or suffix == ".npy")  # a CSV of them is not numbers: refused another way
     root = tmp_path_factory.mktemp("file")
     path = root / f"data{suffix}"
     arr = np.asarray(bad)
