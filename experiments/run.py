@@ -145,7 +145,7 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
     checkpointers = {}
     states: dict[str, dict] = {}  # guide -> the checkpoint it resumes from
     if resume is not None:  # every checkpoint is loaded and checked before any work
-        for i, g in enumerate(guides):
+        for g in guides:
             ck = Checkpointer(resume / "checkpoints" / f"{g}.pt", {**identity, "guide": g})
             state = ck.load(cfg.svi.steps)
             if state is not None:

@@ -11,6 +11,7 @@ closed form (``guide.analytic_elbo``), for guides whose expectations are analyti
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -88,12 +89,12 @@ def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str, when: s
         raise NonFiniteLoss(f"parameter {bad} is not finite {when} step {step} ({desc})")
 
 
-def _site_report(model, guide, x: Tensor, kwargs: dict, rng: dict, named: list[tuple[str, Tensor]]) -> str:
+def _site_report(model, guide, x: Tensor, kwargs: dict, rng: Tensor, named: list[tuple[str, Tensor]]) -> str:
     """Which Pyro site made a step non-finite: the step is replayed from its random state (so the guide draws
     the same z), model and guide are traced, and each sample site's value, log-density and the gradient of
     its log-density are checked in execution order (guide first). A diagnosis only; it changes nothing that
     is saved."""
-    set_rng_state(rng)
+    torch.set_rng_state(rng)
     try:
         with pyro.validation_enabled(False):  # let NaN reach the log-densities, where the site is named
             guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
@@ -212,7 +213,7 @@ def train_svi(
         with torch.no_grad():
             model.load_state_dict(resume["model"])
             guide.load_state_dict(resume["guide_state"])
-        optim.load_state_dict(resume["optimiser"])
+        optim.load_state_dict(copy.deepcopy(resume["optimiser"]))  # it would keep (and update) the given tensors
         schedule.load_state_dict(resume["schedule"])
         set_param_store_state(resume["param_store"])
         set_rng_state(resume["rng"])
@@ -241,7 +242,7 @@ def train_svi(
             if _STOP.is_set():  # Ctrl-C under interruptible(): stop between steps
                 interrupted = True
                 break
-            before = rng_state()  # for the diagnosis of a non-finite step
+            before = torch.get_rng_state()  # for the diagnosis of a non-finite step (Pyro draws from torch's RNG)
             # Pyro's validation (shapes, supports, distribution arguments) checks the first step; later steps
             # run the same code on the same kinds of values, and are guarded by the finite checks here
             with pyro.validation_enabled(step == 0):

@@ -302,3 +302,18 @@ def test_configs_are_data_never_code(tmp_path, capsys):
     assert "seed must be an integer" in capsys.readouterr().err
     assert not marker.exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_data_file_holding_a_pickle_is_refused_and_nothing_in_it_runs(tmp_path, capsys):
+    import numpy as np
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "data.npy"
+    np.save(path, np.array([[Payload(str(marker))]], dtype=object), allow_pickle=True)
+    out = tmp_path / "runs"
+    assert main(["run", "gmm_synthetic", "--out", str(out), "--set", "data.name='file'", "--set", f"data.path='{path}'"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "could not be read as a number matrix" in err
+    assert not marker.exists() and not out.exists()
+    np.load(path, allow_pickle=True)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
