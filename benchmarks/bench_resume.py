@@ -6,7 +6,9 @@ checkpoint of the first guide's state: its size on disk and the median time of `
 (torch.save into memory, write, fsync, rename) and of ``Checkpointer.load`` (weights_only, all checks).
 
 Part 2, campaign. ``--trials`` real processes per config, each SIGKILLed at a random moment while it
-checkpoints every step (so kills land anywhere, many mid-write), then resumed with ``vizoo run --resume``;
+checkpoints every step (so many kills land mid-write): even trials anywhere from the creation of the run
+folder to the end of the uninterrupted run's time, odd ones within training (after the first checkpoint,
+within the guides' training time). Each is then resumed with ``vizoo run --resume``;
 every resumed run folder is compared with an uninterrupted run: metrics.json (wall times aside) and every
 saved tensor must be identical. The configs cover each kind of state: TraceEnum_ELBO with a pre-fitted
 amortised guide (noisy_or_std), a decaying learning rate (gmm_synthetic), LDA's natural-gradient step on
@@ -99,15 +101,19 @@ def campaign(name: str, extra: list[str], trials: int, rng: random.Random, out: 
     start = time.perf_counter()
     ref = run_experiment(cfg, log=lambda *_: None).run_dir
     ref_time = time.perf_counter() - start
+    metrics = json.loads((ref / "metrics.json").read_text())
+    train_time = sum(g["wall_time_s"] for g in metrics["guides"].values())
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT)}
     results = []
     for trial in range(trials):
         trial_out = out / f"{name}-{trial}"
         proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "run", name, "--out", str(trial_out),
                                  "--no-progress", *sets], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not (list(trial_out.glob("*/config.toml")) or proc.poll() is not None):
+        in_training = trial % 2 == 1  # odd trials: killed while training; even ones: anywhere in the run
+        pattern = "*/checkpoints/*.pt" if in_training else "*/config.toml"
+        while not (list(trial_out.glob(pattern)) or proc.poll() is not None):
             time.sleep(0.01)
-        delay = rng.uniform(0.0, ref_time)  # anywhere from the start of the exact fit to the end of training
+        delay = rng.uniform(0.0, train_time if in_training else ref_time)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -116,10 +122,11 @@ def campaign(name: str, extra: list[str], trials: int, rng: random.Random, out: 
         finished = (run_dir / "metrics.json").exists()
         if not finished:
             resume_experiment(run_dir, progress=False, log=lambda *_: None)
-        results.append({"delay_s": delay, "checkpoint_steps_at_kill": steps, "finished_before_kill": finished,
+        results.append({"when": "training" if in_training else "anywhere", "delay_s": delay, "checkpoint_steps_at_kill": steps, "finished_before_kill": finished,
                         "identical": same_run(ref, run_dir)})
         shutil.rmtree(trial_out)
-    return {"config": name, "overrides": extra, "uninterrupted_s": ref_time, "trials": results,
+    return {"config": name, "overrides": extra, "uninterrupted_s": ref_time, "training_s": train_time, "trials": results,
+            "with_a_checkpoint_at_kill": sum(bool(r["checkpoint_steps_at_kill"]) for r in results),
             "identical": sum(r["identical"] for r in results), "killed_mid_run": sum(not r["finished_before_kill"] for r in results)}
 
 
@@ -139,8 +146,9 @@ def main() -> None:
         for name, extra in CAMPAIGN.items():
             r = campaign(name, extra, ns.trials, rng, out)
             runs.append(r)
-            print(f"{name}: {r['identical']}/{len(r['trials'])} identical after resume "
-                  f"({r['killed_mid_run']} killed mid-run; uninterrupted {r['uninterrupted_s']:.1f} s)")
+            print(f"{name}: {r['identical']}/{len(r['trials'])} identical after resume ({r['killed_mid_run']} killed "
+                  f"mid-run, {r['with_a_checkpoint_at_kill']} with a checkpoint on disk; uninterrupted {r['uninterrupted_s']:.1f} s)",
+                  flush=True)
     total = sum(len(r["trials"]) for r in runs)
     same = sum(r["identical"] for r in runs)
     print(f"all: {same}/{total} kill-and-resume trials identical to the uninterrupted run")
