@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_vae.py
 	$(BIN)/python benchmarks/bench_declared.py
 	$(BIN)/python benchmarks/bench_report.py
+	$(BIN)/python benchmarks/bench_resume.py
 
 install: $(STAMP)
 
