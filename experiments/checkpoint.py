@@ -62,7 +62,7 @@ def fingerprint(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        h.update(t.numpy().tobytes())
     else:
         h.update(json.dumps(value, sort_keys=True).encode())
     return h.hexdigest()

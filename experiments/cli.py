@@ -99,19 +99,24 @@ def cmd_show(ns: argparse.Namespace) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments.config import load_config
-    from experiments.run import run_experiment
+    from experiments.run import resume_experiment, run_experiment
 
     if ns.resume is not None:
-        from experiments.run import resume_experiment
-
         if ns.config is not None or ns.overrides or ns.out is not None:
             raise ConfigError("--resume continues a run with the config in its folder: give no CONFIG, --set or --out")
         result = resume_experiment(ns.resume, progress=False if ns.no_progress else None)
-        print(f"report: {result.run_dir / 'report.md'}")
-        return 130 if result.interrupted else 0
+    else:
+        result = run_experiment(_load_run_config(ns), progress=False if ns.no_progress else None)
+    print(f"report: {result.run_dir / 'report.md'}")
+    return 130 if result.interrupted else 0
+
+
+def _load_run_config(ns: argparse.Namespace):
+    """The config of ``vizoo run CONFIG [--set ...] [--out DIR]``: a file, or a bundled config's name."""
+    from pathlib import Path
+
+    from experiments.config import load_config
+
     if ns.config is None:
         raise ConfigError("run needs a CONFIG (a TOML file or a bundled config's name) or --resume RUN_DIR")
     path = ns.config
@@ -120,10 +125,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     overrides = list(ns.overrides)
     if ns.out is not None:
         overrides.append(f"output_dir={json.dumps(ns.out)}")
-    cfg = load_config(path, overrides)
-    result = run_experiment(cfg, progress=False if ns.no_progress else None)
-    print(f"report: {result.run_dir / 'report.md'}")
-    return 130 if result.interrupted else 0
+    return load_config(path, overrides)
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:

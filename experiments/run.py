@@ -142,7 +142,6 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
             raise ConfigError(f"guide {g!r}: {err}") from None
 
     identity = _identity(cfg, x, x_test)
-    checkpointers = {}
     states: dict[str, dict] = {}  # guide -> the checkpoint it resumes from
     if resume is not None:  # every checkpoint is loaded and checked before any work
         for g in guides:
@@ -158,10 +157,9 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
         (run_dir / sub).mkdir(exist_ok=True)
         for stale in (run_dir / sub).glob(".*.tmp"):  # a temporary file left by a killed write
             stale.unlink()
-    for g in guides:
-        if cfg.checkpoint.enabled:
-            checkpointers[g] = Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**identity, "guide": g},
-                                            cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
+    checkpointers = {g: Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**identity, "guide": g},
+                                     cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
+                     for g in guides if cfg.checkpoint.enabled}
     if resume is None:
         report.write_atomic(run_dir / "config.toml", report.to_toml(cfg.to_dict()))
     title = f"{spec.name} on {data.description}; {spec.describe(args)}".rstrip("; ")

@@ -74,7 +74,7 @@ class NonFiniteLoss(RuntimeError):
     guide, and the parameter and Pyro site where it showed first."""
 
 
-def _first_non_finite(named: list[tuple[str, Tensor]], attr: str = "") -> str:
+def _non_finite_name(named: list[tuple[str, Tensor]], attr: str = "") -> str:
     """The name of the first parameter (or its gradient, attr="grad") with a NaN or infinite entry, or ""."""
     for name, p in named:
         t = getattr(p, attr) if attr else p
@@ -84,7 +84,7 @@ def _first_non_finite(named: list[tuple[str, Tensor]], attr: str = "") -> str:
 
 
 def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str, when: str) -> None:
-    bad = _first_non_finite(named)
+    bad = _non_finite_name(named)
     if bad:
         raise NonFiniteLoss(f"parameter {bad} is not finite {when} step {step} ({desc})")
 
@@ -95,14 +95,13 @@ def _site_report(model, guide, x: Tensor, kwargs: dict, rng: Tensor, named: list
     its log-density are checked in execution order (guide first). A diagnosis only; it changes nothing that
     is saved."""
     torch.set_rng_state(rng)
-    try:
-        with pyro.validation_enabled(False):  # let NaN reach the log-densities, where the site is named
+    params = [p for _, p in named]
+    with pyro.validation_enabled(False):  # let NaN reach the log-densities, where the site is named
+        try:
             guide_trace = poutine.trace(guide).get_trace(x, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, **kwargs)
-    except Exception as err:  # the replay itself fails (a distribution given NaN): that is the diagnosis
-        return f"; replaying the step fails: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    params = [p for _, p in named]
-    with pyro.validation_enabled(False):
+        except Exception as err:  # the replay itself fails (a distribution given NaN): that is the diagnosis
+            return f"; replaying the step fails: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         for part, tr in (("guide", guide_trace), ("model", model_trace)):
             for name, site in tr.nodes.items():
                 if site["type"] != "sample":
@@ -247,7 +246,7 @@ def train_svi(
             # run the same code on the same kinds of values, and are guarded by the finite checks here
             with pyro.validation_enabled(step == 0):
                 loss = elbo.loss_and_grads(model, guide_fn, x, **kwargs)
-            bad_grad = _first_non_finite(named, "grad")
+            bad_grad = _non_finite_name(named, "grad")
             if not math.isfinite(loss) or bad_grad:
                 what = f"the ELBO estimate is {-loss}" if not math.isfinite(loss) else f"the gradient of {bad_grad} is not finite"
                 site = _site_report(model, guide, x, kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
