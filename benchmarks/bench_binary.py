@@ -72,7 +72,6 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 import warnings
@@ -80,22 +79,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import pyro  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import config_enumerate  # noqa: E402
-
-import models  # noqa: E402, F401  (models before guides: models/__init__ imports guides and sets module_local_params)
-from experiments.config import SVIConfig  # noqa: E402
-from experiments.train import make_elbo, train_svi  # noqa: E402
-from models import lfdm, noisy_or  # noqa: E402
-from models.datasets import DataOptions  # noqa: E402
-from models.exact import binary  # noqa: E402
-from models.exact import lfdm as lfdm_exact  # noqa: E402
-from models.exact import noisy_or as noisy_or_exact  # noqa: E402
-from guides import lfdm as lfdm_guides  # noqa: E402  isort: skip
-from guides import noisy_or as noisy_or_guides  # noqa: E402  isort: skip
+import pyro
+import torch
+from pyro.infer import config_enumerate
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import make_elbo, train_svi
+from vizoo.guides import lfdm as lfdm_guides
+from vizoo.guides import noisy_or as noisy_or_guides
+from vizoo.models import lfdm, noisy_or
+from vizoo.models.datasets import DataOptions
+from vizoo.models.exact import binary
+from vizoo.models.exact import lfdm as lfdm_exact
+from vizoo.models.exact import noisy_or as noisy_or_exact
 
 MIB = 2**20
 

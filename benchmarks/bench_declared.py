@@ -29,19 +29,19 @@ from pathlib import Path
 import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
-
-from guides import declared as declared_guides
-from guides import gmm as gmm_guides
-from guides import lfdm as lfdm_guides
-from guides import noisy_or as noisy_or_guides
-from models import MODELS, declared, gmm, lfdm, noisy_or
-from models.datasets import DataOptions
-from models.declaration import load
-from models.exact import declared as exact
-from models.exact import gmm as gmm_exact
-from models.exact import lfdm as lfdm_exact
-from models.exact import noisy_or as noisy_or_exact
-from models.exact.declared import DeclaredParams
+from vizoo.experiments.registry import MODELS
+from vizoo.guides import declared as declared_guides
+from vizoo.guides import gmm as gmm_guides
+from vizoo.guides import lfdm as lfdm_guides
+from vizoo.guides import noisy_or as noisy_or_guides
+from vizoo.models import declared, gmm, lfdm, noisy_or
+from vizoo.models.datasets import DataOptions
+from vizoo.models.declaration import load
+from vizoo.models.exact import declared as exact
+from vizoo.models.exact import gmm as gmm_exact
+from vizoo.models.exact import lfdm as lfdm_exact
+from vizoo.models.exact import noisy_or as noisy_or_exact
+from vizoo.models.exact.declared import DeclaredParams
 
 DIR = Path(__file__).resolve().parent.parent / "experiments" / "models"
 
@@ -122,7 +122,7 @@ def large_noisy_or() -> dict:
     truth = noisy_or.random_network(16, 40, seed=0)
     s, _ = noisy_or.simulate(truth, 1000, seed=1)
     text = (DIR / "declared_noisy_or.toml").read_text().replace("size = 3", "size = 16").replace("size = 10", "size = 40")
-    from models.declaration import parse
+    from vizoo.models.declaration import parse
 
     decl = parse(text.replace('[data]\ns = "std"\n', ""), "large")
     params = DeclaredParams({"d.logits": truth.prior_logits, "s.weight": truth.weights, "s.leak": truth.leak}, exact.layout(decl))

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _ll(ex, y, params) -> float:
@@ -39,10 +37,9 @@ def _ll(ex, y, params) -> float:
 def _learners(ex, args, svi_steps: int):
     """name -> fn(y, init) -> (params, iterations)."""
     import pyro
-
-    from experiments.config import SVIConfig
-    from experiments.train import train_svi
-    from models import MODELS
+    from vizoo.experiments.config import SVIConfig
+    from vizoo.experiments.registry import MODELS
+    from vizoo.experiments.train import train_svi
 
     pyro.settings.set(module_local_params=True)
     spec = MODELS["fhmm"]
@@ -77,9 +74,9 @@ def _learners(ex, args, svi_steps: int):
 
 
 def part_synthetic(seeds: int, svi_steps: int) -> list[dict]:
-    from models import fhmm
-    from models.datasets import DataOptions
-    from models.exact import fhmm as ex
+    from vizoo.models import fhmm
+    from vizoo.models.datasets import DataOptions
+    from vizoo.models.exact import fhmm as ex
 
     rows = []
     for l in (2, 3):
@@ -108,12 +105,12 @@ def part_synthetic(seeds: int, svi_steps: int) -> list[dict]:
 
 def part_chorales(em_iters: int, svi_steps: int) -> list[dict]:
     import pyro
-
-    from experiments.config import SVIConfig
-    from experiments.train import train_svi
-    from models import MODELS, fhmm
-    from models.datasets import DataOptions
-    from models.exact import fhmm as ex
+    from vizoo.experiments.config import SVIConfig
+    from vizoo.experiments.registry import MODELS
+    from vizoo.experiments.train import train_svi
+    from vizoo.models import fhmm
+    from vizoo.models.datasets import DataOptions
+    from vizoo.models.exact import fhmm as ex
 
     pyro.settings.set(module_local_params=True)
     spec = MODELS["fhmm"]
@@ -145,8 +142,8 @@ def part_chorales(em_iters: int, svi_steps: int) -> list[dict]:
 
 
 def part_scaling() -> list[dict]:
-    from models import fhmm
-    from models.exact import fhmm as ex
+    from vizoo.models import fhmm
+    from vizoo.models.exact import fhmm as ex
 
     rows = []
     for m in range(1, 9):

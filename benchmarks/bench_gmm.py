@@ -34,27 +34,33 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-import sklearn  # noqa: E402
-import torch  # noqa: E402
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate  # noqa: E402
-from sklearn.mixture import GaussianMixture  # noqa: E402
-from torch.distributions import constraints  # noqa: E402
-
-from models.exact import gmm as exact  # noqa: E402  (models before guides: models/__init__ imports guides)
-from models.gmm import GMM, GMMArgs, GMMParams, MarginalGMM, init_params, model, random_params, simulate  # noqa: E402
-from guides.gmm import mean_field  # noqa: E402  isort: skip
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import sklearn
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
+from sklearn.mixture import GaussianMixture
+from torch.distributions import constraints
+from vizoo.guides.gmm import mean_field
+from vizoo.models.exact import gmm as exact
+from vizoo.models.gmm import (
+    GMM,
+    GMMArgs,
+    GMMParams,
+    MarginalGMM,
+    init_params,
+    model,
+    random_params,
+    simulate,
+)
 
 pyro.settings.set(module_local_params=True)
 

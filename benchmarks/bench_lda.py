@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 K = 20
 
@@ -34,12 +33,11 @@ K = 20
 def part_quality(steps: int) -> list[dict]:
     import pyro
     from sklearn.decomposition import LatentDirichletAllocation
-
-    from experiments.config import SVIConfig
-    from experiments.run import heldout_split
-    from experiments.train import train_svi
-    from guides import lda as lda_guides
-    from models import datasets, lda
+    from vizoo.experiments.config import SVIConfig
+    from vizoo.experiments.run import heldout_split
+    from vizoo.experiments.train import train_svi
+    from vizoo.guides import lda as lda_guides
+    from vizoo.models import datasets, lda
 
     pyro.settings.set(module_local_params=True)
     x_all = datasets.news(datasets.DataOptions(name="news")).x
@@ -81,11 +79,10 @@ def part_quality(steps: int) -> list[dict]:
 
 _MEMORY_CHILD = r"""
 import sys, time, torch, pyro
-sys.path.insert(0, {root!r})
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides import lda as lda_guides
-from models import datasets, lda
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides import lda as lda_guides
+from vizoo.models import datasets, lda
 pyro.settings.set(module_local_params=True)
 x = datasets.news(datasets.DataOptions(name="news")).x
 x = x[:{docs}] if {docs} <= x.shape[0] else x.repeat(({docs} + x.shape[0] - 1) // x.shape[0], 1)[:{docs}]
@@ -108,7 +105,7 @@ def part_memory() -> list[dict]:
     rows = []
     for docs in (1000, 15292):
         for batch in (64, 256, 1024):
-            code = _MEMORY_CHILD.format(root=str(ROOT), docs=docs, batch=batch)
+            code = _MEMORY_CHILD.format(docs=docs, batch=batch)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
             base, peak, step = float(out[0]), float(out[1]), float(out[2])
             rows.append({"docs": docs, "batch": batch, "resident_mb": base, "step_peak_mb": peak, "step_s": step})

@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 
 import torch
-
-from experiments import checkpoint as ck
-from experiments.config import bundled_configs, load_config
-from experiments.run import resume_experiment, run_experiment
+from vizoo.experiments import checkpoint as ck
+from vizoo.experiments.config import bundled_configs, load_config
+from vizoo.experiments.run import resume_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = {
@@ -103,11 +102,11 @@ def campaign(name: str, extra: list[str], trials: int, rng: random.Random, out: 
     ref_time = time.perf_counter() - start
     metrics = json.loads((ref / "metrics.json").read_text())
     train_time = sum(g["wall_time_s"] for g in metrics["guides"].values())
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     results = []
     for trial in range(trials):
         trial_out = out / f"{name}-{trial}"
-        proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "run", name, "--out", str(trial_out),
+        proc = subprocess.Popen([sys.executable, "-m", "vizoo.experiments.cli", "run", name, "--out", str(trial_out),
                                  "--no-progress", *sets], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         in_training = trial % 2 == 1  # odd trials: killed while training; even ones: anywhere in the run
         pattern = "*/checkpoints/*.pt" if in_training else "*/config.toml"

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -41,14 +40,14 @@ import torch
 from pyro.infer import Trace_ELBO
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from experiments.config import SVIConfig  # noqa: E402
-from experiments.gradients import variance_curve  # noqa: E402
-from experiments.train import train_svi  # noqa: E402
-from guides import vae as vae_guides  # noqa: E402
-from models import vae  # noqa: E402
-from models.datasets import DataOptions  # noqa: E402
+from vizoo.experiments import vae_eval
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.gradients import variance_curve
+from vizoo.experiments.train import train_svi
+from vizoo.guides import vae as vae_guides
+from vizoo.models import vae
+from vizoo.models.datasets import DataOptions
 
 pyro.settings.set(module_local_params=True)
 SIZES = {1: (50,), 2: (100, 50)}
@@ -154,15 +153,15 @@ def part2(x: torch.Tensor, x_test: torch.Tensor, checkpoints: list[int], k: int,
             train_time += time.perf_counter() - start
             done = steps
             start = time.perf_counter()
-            test = vae.importance_sampled(x_test, decoder, guide, k, seed=1).summary()
+            test = vae_eval.importance_sampled(x_test, decoder, guide, k, seed=1).summary()
             iwae_time = time.perf_counter() - start
-            train_est = vae.importance_sampled(x, decoder, guide, 1000, seed=1, points=500).summary()
+            train_est = vae_eval.importance_sampled(x, decoder, guide, 1000, seed=1, points=500).summary()
             with torch.no_grad():
                 begin = guide.layers(x_test)
             start = time.perf_counter()
-            best_q = vae.fit_per_point(x_test, decoder, refit, seed=0, start=begin)
+            best_q = vae_eval.fit_per_point(x_test, decoder, refit, seed=0, start=begin)
             refit_time = time.perf_counter() - start
-            best = vae.importance_sampled(x_test, decoder, best_q, k, seed=1).summary()
+            best = vae_eval.importance_sampled(x_test, decoder, best_q, k, seed=1).summary()
             row = {
                 "train_steps": steps, "train_time_s": train_time, "final_train_elbo_mc": sum(r.elbo_trace[-200:]) / 200,
                 "train_iwae_k1000_first_500": train_est["log_p"], "train_elbo_first_500": train_est["elbo"],

@@ -29,8 +29,8 @@ import pyro
 import torch
 from pyro.distributions import constraints
 
-from experiments import report
-from models.errors import VizooError
+from ..models.errors import VizooError
+from . import report
 
 FORMAT = "vizoo-checkpoint-1"
 

@@ -20,10 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from experiments.config import bundled_configs
-from experiments.train import NonFiniteLoss
-from models.errors import ConfigError, VizooError
+from ..models import declaration, declared
+from ..models.errors import ConfigError, VizooError
+from .compare import CompareOptions, compare
+from .config import bundled_configs, load_config
+from .overview import ReportOptions, write_report
+from .registry import DECLARATIONS, MODELS
+from .run import resume_experiment, run_experiment
+from .train import NonFiniteLoss
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,8 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> None:
-    from models import MODELS
-
     for spec in MODELS.values():
         print(f"{spec.name}: {spec.summary}")
         print(f"  exact reference: {spec.exact.method if spec.exact else 'none'}")
@@ -84,9 +88,6 @@ def cmd_list() -> None:
 
 
 def cmd_show(ns: argparse.Namespace) -> None:
-    from models import DECLARATIONS, MODELS, declaration, declared
-    from models.errors import ConfigError
-
     if ns.model.endswith(".toml"):
         decl = declaration.load(ns.model)
     elif ns.model in DECLARATIONS:
@@ -99,8 +100,6 @@ def cmd_show(ns: argparse.Namespace) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from experiments.run import resume_experiment, run_experiment
-
     if ns.resume is not None:
         if ns.config is not None or ns.overrides or ns.out is not None:
             raise ConfigError("--resume continues a run with the config in its folder: give no CONFIG, --set or --out")
@@ -113,9 +112,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def _load_run_config(ns: argparse.Namespace):
     """The config of ``vizoo run CONFIG [--set ...] [--out DIR]``: a file, or a bundled config's name."""
-    from pathlib import Path
 
-    from experiments.config import load_config
 
     if ns.config is None:
         raise ConfigError("run needs a CONFIG (a TOML file or a bundled config's name) or --resume RUN_DIR")
@@ -129,8 +126,6 @@ def _load_run_config(ns: argparse.Namespace):
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    from experiments.compare import CompareOptions, compare
-
     guides = tuple(g.strip() for g in ns.guides.split(",") if g.strip())
     result = compare(CompareOptions(ns.model, ns.data, ns.seeds, guides, tuple(ns.overrides), ns.out,
                                     not ns.no_progress, ns.draws))
@@ -139,8 +134,6 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from experiments.overview import ReportOptions, write_report
-
     models = tuple(m.strip() for m in ns.models.split(",") if m.strip())
     result = write_report(ReportOptions(ns.out, ns.seeds, models, ns.tiny, not ns.no_progress))
     print(f"report: {result / 'report.md'} and {result / 'report.html'}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import importlib.util
 import inspect
 import io
 import math
@@ -41,15 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from pyro.poutine.util import site_is_subsample
 
-from experiments import report
-from experiments.config import RunConfig, apply_override, bundled_configs, parse_config
-from experiments.run import DTYPES, RunResult, run_experiment
-from models import GuideSpec, ModelSpec, resolve
-from models.errors import ConfigError
+from ..guides import auto
+from ..models.errors import ConfigError
+from ..models.spec import GuideSpec, ModelSpec
+from . import report
+from .config import RunConfig, apply_override, bundled_configs, parse_config
+from .registry import resolve
+from .run import DTYPES, RunResult, run_experiment
 
 BASELINES = ("AutoNormal", "AutoDelta")
 SEQUENTIAL_DRAWS = 200  # posterior draws of a guide that cannot be vectorised over draws (one call per draw)
@@ -143,8 +150,6 @@ def _elbo_for(g: GuideSpec, elbo: str) -> str:
 
 def _baselines(spec: ModelSpec, cfg: RunConfig) -> tuple[dict[str, GuideSpec], str]:
     """Pyro's autoguides as GuideSpecs, if they apply to this model ({} and why not, if they do not)."""
-    from guides import auto
-
     data = spec.load(cfg.data, cfg.model_args, cfg.seed)
     x = data.x.to(DTYPES[cfg.dtype])
     init = spec.init_params(x, cfg.model_args, cfg.seed)
@@ -422,7 +427,6 @@ def _guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> 
     """``num_samples`` draws of the guide's ``sites`` with ``pyro.infer.Predictive`` run on the guide itself (q is
     all we need; replaying the model on every draw would score the whole data set each time): vectorised over
     draws where the guide allows it, else one draw at a time."""
-    from pyro.infer import Predictive
 
     pyro.set_rng_seed(0)
     try:  # vectorised, DRAW_CHUNK draws per call: a guide's intermediates (LDA's per-token tables) scale with them
@@ -440,8 +444,6 @@ def _guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> 
 def _point_sites(model, guide, x: torch.Tensor) -> dict[str, tuple[int, int]]:
     """Latent sites of the guide that are local to the data plate: name -> (point axis, cardinality; 0 if not
     categorical with more than two values)."""
-    from pyro import poutine
-    from pyro.poutine.util import site_is_subsample
 
     n = x.shape[0]
     with poutine.block(), pyro.validation_enabled(False):
@@ -540,7 +542,6 @@ def pictures(spec: ModelSpec, results: list[RunResult], out_dir: Path, opts: Com
 
 def plot_elbo_time(path: Path, results: list[RunResult]) -> None:
     """Every guide's ELBO per point against seconds of training, with the reference fit's objective line."""
-    import numpy as np
 
     fig, ax = report.axes(figsize=(7, 4.2))
     values = []
@@ -703,6 +704,5 @@ def export_arviz(out_dir: Path, draws: dict[str, dict[str, torch.Tensor]], point
 
 def _has_tabulate() -> bool:
     """pandas writes Markdown tables only with the optional ``tabulate`` package installed."""
-    import importlib.util
 
     return importlib.util.find_spec("tabulate") is not None

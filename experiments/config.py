@@ -37,11 +37,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from guides.nets import BASELINES
-from models import ELBOS, ModelSpec, resolve
-from models.datasets import DataOptions
-from models.errors import ConfigError
-from models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
+from ..guides.nets import BASELINES
+from ..models.datasets import DataOptions
+from ..models.errors import ConfigError
+from ..models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
+from ..models.spec import ELBOS, ModelSpec
+from .registry import resolve
 
 OPTIMISERS = ("adam", "sgd")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")  # a run folder's prefix: never a path
@@ -239,7 +240,7 @@ def _drop_none(obj: Any) -> Any:
 
 def bundled_configs() -> dict[str, str]:
     """name -> path of every config bundled in experiments/configs/."""
-    root = files("experiments") / "configs"
+    root = files(__package__) / "configs"
     return {p.name.removesuffix(".toml"): str(p) for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
 
 

@@ -18,12 +18,14 @@ import html
 import re
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
-from experiments import report, seeds
-from experiments.compare import CompareOptions, base_config, compare, tiny_overrides
-from models import MODELS, resolve
-from models.errors import ConfigError
+from ..models.errors import ConfigError
+from . import report, seeds
+from .compare import CompareOptions, base_config, compare, tiny_overrides
+from .config import DataOptions, EMConfig, EvalConfig, SVIConfig
+from .registry import MODELS, resolve
 
 
 @dataclass(frozen=True)
@@ -126,10 +128,10 @@ class ReportSizes:
 
     @classmethod
     def load(cls) -> "ReportSizes":
-        import tomllib
-        from importlib.resources import files
 
-        raw = tomllib.loads((files("experiments") / "report.toml").read_text(encoding="utf-8"))
+        import tomllib
+
+        raw = tomllib.loads((files(__package__) / "report.toml").read_text(encoding="utf-8"))
         models = {name: tuple(entry.get("overrides", ())) for name, entry in raw.get("models", {}).items()}
         return cls(**raw["caps"], models=models)
 
@@ -137,8 +139,6 @@ class ReportSizes:
         """``--set`` items for model ``name`` from its raw base config: each budget capped (steps, data points,
         reference iterations, importance samples, held-out refit steps), batches larger than the capped data
         switched off, then the model's own overrides."""
-        from experiments.config import DataOptions, EMConfig, EvalConfig, SVIConfig
-
         def get(table: str, key: str, default):
             return raw.get(table, {}).get(key, default)
 

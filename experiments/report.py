@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -147,7 +148,6 @@ def _f(v: float | None, signed: bool = False, se: float | None = None) -> str:
 
 def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
     """ELBO per point against step for each guide, with the exact log-likelihood lines."""
-    import numpy as np
 
     fig, ax = axes(figsize=(7, 4.2))
     finals = []
@@ -178,7 +178,6 @@ def plot_elbo(path: Path, metrics: dict[str, Any]) -> None:
 
 def smooth(curve):
     """A running mean over 2% of a training curve (numpy array), the first points dropped: len - window + 1."""
-    import numpy as np
 
     window = max(1, curve.size // 50)
     return np.convolve(curve, np.ones(window) / window, mode="valid")

@@ -33,12 +33,13 @@ from typing import Any
 import pyro
 import torch
 
-from experiments import report
-from experiments.checkpoint import Checkpointer, check_modules, fingerprint
-from experiments.config import RunConfig, load_config
-from experiments.train import NonFiniteLoss, SVIResult, interruptible, stop_requested, train_svi
-from models.errors import ConfigError
-from models.exact.binary import MAX_LATENTS
+from ..models.errors import ConfigError
+from ..models.exact.binary import MAX_LATENTS
+from ..models.importance import ImportanceEstimate, log_weights
+from . import report
+from .checkpoint import Checkpointer, check_modules, fingerprint
+from .config import RunConfig, load_config
+from .train import NonFiniteLoss, SVIResult, interruptible, stop_requested, train_svi
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -323,8 +324,6 @@ def _monte_carlo_elbo(spec, params, guide, x, cfg: RunConfig) -> dict[str, Any]:
     """The ELBO of a guide that has no closed-form table, by the mean of log p(x_n, z_s) - log q(z_s | x_n) over
     ``eval.importance_samples`` draws per point, with its standard error. For a point-mass guide (AutoDelta)
     log q is dropped (0), so this is the MAP objective log p(x, z*), not a bound on log p(x)."""
-    from models.importance import ImportanceEstimate, log_weights
-
     pyro.set_rng_seed(cfg.seed)
     model = spec.learnable(params, cfg.model_args)
     est = ImportanceEstimate.from_log_weights(log_weights(model, (x,), guide, (x,), cfg.eval.importance_samples))

@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import pyro
+import tomllib
 import torch
 
-from experiments import report
-from experiments.config import _build
-from models.errors import ConfigError
+from ..models.datasets import DataOptions
+from ..models.errors import ConfigError
+from ..models.exact import gmm as gmm_exact
+from ..models.gmm import GMMArgs
+from . import report
+from .compare import CompareOptions, compare, tiny_overrides
+from .config import _build, bundled_configs, load_config
+from .gradients import variance_curve
+from .registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class SeedExperiment:
 
 
 def bundled() -> dict[str, str]:
-    root = files("experiments") / "seeds"
+    root = files(__package__) / "seeds"
     return {p.name.removesuffix(".toml"): str(p) for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
 
 
@@ -178,10 +185,7 @@ def kl_directions(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -
 
 
 def gradient_variance(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dict[str, Any]:
-    import pyro
 
-    from experiments.config import bundled_configs, load_config
-    from experiments.gradients import variance_curve
 
     p: GradientVariance = exp.params
     if p.config not in bundled_configs():
@@ -221,11 +225,6 @@ def gradient_variance(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **
 
 def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dict[str, Any]:
     """Track log p(x; theta_t) and the ELBO(q, theta) along EM's alternation, per point."""
-    from models import MODELS
-    from models.datasets import DataOptions
-    from models.exact import gmm as gmm_exact
-    from models.gmm import GMMArgs
-
     p: EMAsVI = exp.params
     spec = MODELS["gmm"]
     args = GMMArgs(num_components=p.num_components)
@@ -273,8 +272,6 @@ def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dic
 
 
 def gap_split(exp: SeedExperiment, out_dir: Path, tiny: bool = False, progress: bool = False, log=print) -> dict[str, Any]:
-    from experiments.compare import CompareOptions, compare, tiny_overrides
-
     p: GapSplit = exp.params
     overrides = tuple(p.overrides) + (tiny_overrides() if tiny else ())
     result = compare(CompareOptions(p.model, p.data or None, 1 if tiny else p.seeds, (), overrides, str(out_dir / "compare"),

@@ -21,12 +21,25 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO, config_enumerate
+from pyro.infer import (
+    ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+    config_enumerate,
+)
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from experiments.checkpoint import param_store_state, rng_state, set_param_store_state, set_rng_state
-from experiments.config import SVIConfig
+from .checkpoint import (
+    param_store_state,
+    rng_state,
+    set_param_store_state,
+    set_rng_state,
+)
+from .config import SVIConfig
+
 
 class Analytic_ELBO:
     """The ELBO in closed form, no sampling: for guides with ``analytic_elbo(x, params)`` (the factorial HMM's,

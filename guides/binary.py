@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from guides.nets import MLP, Baseline, Standardise
+from ..models.distributions import BernoulliVector
+from .nets import MLP, Baseline, Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and the binary latents are discrete"
@@ -41,8 +42,6 @@ WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and the bina
 
 def _bits(logits: Tensor):
     """The guide's site distribution. Imported here: :mod:`models` imports the guides to build its registry."""
-    from models.distributions import BernoulliVector
-
     return BernoulliVector(logits)
 
 

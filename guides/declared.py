@@ -26,7 +26,6 @@ ones (:mod:`models.exact.linear_gaussian`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -36,18 +35,16 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from guides.nets import MLP, Baseline, Standardise
-
-if TYPE_CHECKING:  # models imports this module to build its registry: import it lazily below
-    from models.declaration import Declaration, Group
+from ..models.declaration import Declaration, Group
+from ..models.distributions import BernoulliVector
+from ..models.exact.declared import MAX_PARALLEL_CONFIGURATIONS
+from .nets import MLP, Baseline, Standardise
 
 _PARALLEL_SUPPORT = {"bernoulli": lambda g: 2**g.size, "categorical": lambda g: g.size}
 
 
 def valid_elbos(decl: Declaration) -> tuple[tuple[str, ...], str]:
     """The estimators the generated guides are valid with, and why the others are not."""
-    from models.exact.declared import MAX_PARALLEL_CONFIGURATIONS
-
     discrete = [g for g in decl.latents if g.family != "gaussian"]
     if not discrete:
         return ("Trace_ELBO", "TraceGraph_ELBO", "TraceMeanField_ELBO"), \
@@ -73,8 +70,6 @@ def features(decl: Declaration, x: Tensor) -> Tensor:
 def _site(g: Group, raw: dict[str, Tensor]):
     """The guide's distribution for group g from its raw parameters (logits; loc and scale)."""
     if g.family == "bernoulli":
-        from models.distributions import BernoulliVector  # models imports the guides to build its registry
-
         return BernoulliVector(raw["logits"])
     if g.family == "categorical":
         return dist.Categorical(logits=raw["logits"])

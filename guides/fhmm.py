@@ -38,9 +38,10 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from guides.nets import Baseline
-from models.exact import fhmm as exact
-from models.exact.fhmm import FHMMParams, sequence_lengths
+from ..models.distributions import MarkovChain
+from ..models.exact import fhmm as exact
+from ..models.exact.fhmm import FHMMParams, sequence_lengths
+from .nets import Baseline
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "Analytic_ELBO")
 WHY_NOT = ("TraceEnum_ELBO would sum over the L^T paths of each chain (one site holds a whole chain) and "
@@ -76,8 +77,6 @@ class _ChainGuide(PyroModule):
         trans_logits = torch.log(q.pairwise.clamp_min(tiny)).permute(2, 0, 1, 3, 4)  # (M, N, T-1, L, L)
         n, m = y.shape[0], q.marginals.shape[2]
         with pyro.plate("sequences", n, dim=-1), pyro.plate("chains", m, dim=-2):
-            from models.distributions import MarkovChain  # models imports guides to build its registry
-
             pyro.sample("s", MarkovChain(init_logits, trans_logits, lengths), infer=self.baseline.infer(lambda: y))
 
 

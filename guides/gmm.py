@@ -29,7 +29,6 @@ uses to compute the ELBO and KL(q || p(z|x)) by enumeration.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -37,10 +36,10 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from guides.nets import MLP, Baseline, Standardise
-
-if TYPE_CHECKING:  # models imports this module to build its registry: import it lazily below
-    from models.gmm import GMMParams
+from ..models.exact import gmm as exact_gmm
+from ..models.exact import mixture
+from ..models.gmm import GMMParams
+from .nets import MLP, Baseline, Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 
@@ -100,8 +99,6 @@ class Marginal(torch.nn.Module):
     """
 
     def probs(self, x: Tensor, params: GMMParams) -> Tensor:
-        from models.exact import gmm as exact_gmm
-
         return exact_gmm.posterior(x, params)
 
     def forward(self, x: Tensor) -> None:
@@ -123,8 +120,6 @@ def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start:
     baseline: TraceGraph_ELBO's control variate (:class:`guides.nets.Baseline`); ``hidden`` sizes its
     network when baseline="network" (the guide itself has no network).
     """
-    from models.exact import gmm as exact_gmm
-
     logits = None
     if start == "posterior":
         logits = exact_gmm.log_joint(x, init).log_softmax(-1)
@@ -143,8 +138,6 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
     sum_n KL(p(z_n | x_n; init) || q(z_n | x_n)) with Adam (300 steps), so amortised SVI starts near
     where EM's first bound touches log p(x).
     """
-    from models.exact import gmm as exact_gmm
-
     guide = Amortised(x, init.num_components, hidden, Baseline(baseline, x.shape[-1], hidden, x.dtype))
     if start == "posterior":
         target = exact_gmm.posterior(x, init).detach()
@@ -156,8 +149,6 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
 
 def fit_to_table(guide: Amortised, x: Tensor, target: Tensor, steps: int = 300, lr: float = 0.02) -> float:
     """Fit the guide's network so q(z_n | x_n) matches ``target``: (N, K); returns the final mean KL."""
-    from models.exact import mixture
-
     optim = torch.optim.Adam(guide.parameters(), lr=lr)
     for _ in range(steps):
         # KL(target || q) is the mixture formula with the network's logits in place of the log-joint

@@ -35,9 +35,9 @@ from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from guides.nets import MLP
-from models.exact import lda as exact
-from models.lda import LDAParams, batch_entries, corpus_entries
+from ..models.exact import lda as exact
+from ..models.lda import LDAParams, batch_entries, corpus_entries
+from .nets import MLP
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"

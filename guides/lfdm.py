@@ -10,15 +10,13 @@ The family, the valid estimators and ``probs`` are those of :mod:`guides.binary`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from guides import binary
-
-if TYPE_CHECKING:
-    from models.lfdm import LFDMParams
+from ..models.exact import lfdm as exact
+from ..models.lfdm import LFDMParams
+from . import binary
 
 
 def features(x: Tensor) -> Tensor:
@@ -27,8 +25,6 @@ def features(x: Tensor) -> Tensor:
 
 
 def _marginals(x: Tensor, init: LFDMParams):
-    from models.exact import lfdm as exact
-
     return lambda: exact.posterior(x, init).marginals
 
 

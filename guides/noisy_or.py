@@ -9,14 +9,12 @@ The family, the valid estimators and ``probs`` are those of :mod:`guides.binary`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from guides import binary
-
-if TYPE_CHECKING:
-    from models.noisy_or import NoisyORParams
+from ..models.exact import noisy_or as exact
+from ..models.noisy_or import NoisyORParams
+from . import binary
 
 
 def features(s: Tensor) -> Tensor:
@@ -25,8 +23,6 @@ def features(s: Tensor) -> Tensor:
 
 
 def _marginals(s: Tensor, init: NoisyORParams):
-    from models.exact import noisy_or as exact
-
     return lambda: exact.posterior(s, init).marginals
 
 

@@ -25,8 +25,9 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from guides.nets import Standardise
-from models.exact.ppca import GaussianQ
+from ..models.exact.ppca import GaussianQ
+from ..models.vae import GaussianLayer
+from .nets import Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO")
 WHY_NOT = "the latents are continuous: TraceEnum_ELBO has nothing to enumerate; TraceMeanField_ELBO is not checked here"
@@ -51,7 +52,6 @@ class Amortised(PyroModule):
                  reparameterised: bool = True):
         super().__init__()
         self.reparameterised = reparameterised
-        from models.vae import GaussianLayer  # models imports guides to build its registry
 
         self.standardise = Standardise(x_train)
         sizes = list(latent_sizes)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models import cache
-from models.errors import DataError
+from . import cache
+from .errors import DataError
 
 CHORALES_CACHE_VERSION = "chorales-1"
 VOICES = ("soprano", "alto", "tenor", "bass")

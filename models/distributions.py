@@ -24,7 +24,7 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints
 
-from models.exact.binary import configurations
+from .exact.binary import configurations
 
 
 class BernoulliVector(TorchDistribution):

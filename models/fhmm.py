@@ -47,11 +47,12 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
 
-from models.datasets import DataOptions, Dataset
-from models.distributions import MarkovChain
-from models.errors import DataError
-from models.exact import fhmm as exact
-from models.exact.fhmm import FHMMParams, sequence_lengths
+from . import chorales as source
+from .datasets import DataOptions, Dataset
+from .distributions import MarkovChain
+from .errors import DataError
+from .exact import fhmm as exact
+from .exact.fhmm import FHMMParams, sequence_lengths
 
 EMISSIONS = ("gaussian", "bernoulli")
 
@@ -277,7 +278,6 @@ def chorales(opts: DataOptions, args: FHMMArgs, seed: int) -> Dataset:
     """Bach chorales as binary piano rolls with the fixed train/test split (see :mod:`models.chorales`)."""
     if args.emission != "bernoulli":
         raise DataError("data.name='chorales' is binary piano rolls: set model_args.emission = 'bernoulli'")
-    from models import chorales as source
 
     c = source.chorales(subset=opts.subset)
     return Dataset(c.train, c.description, tuple(f"midi{p}" for p in c.pitches), x_test=c.test)

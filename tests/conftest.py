@@ -16,7 +16,7 @@ settings.register_profile("fixed", derandomize=True, database=None)
 settings.register_profile("random", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
-from models.gmm import GMMArgs, init_params, random_params, simulate
+from vizoo.models.gmm import GMMArgs, init_params, random_params, simulate
 
 
 class Problem:
@@ -55,9 +55,9 @@ class Killed(BaseException):
 
 def tiny_config(model: str, out: Path, *extra: str):
     """The model's bundled config at smoke-test sizes: 12 SVI steps, a checkpoint every 4."""
-    from experiments.compare import base_config, tiny_overrides
-    from experiments.config import apply_override, parse_config
-    from models import MODELS
+    from vizoo.experiments.compare import base_config, tiny_overrides
+    from vizoo.experiments.config import apply_override, parse_config
+    from vizoo.experiments.registry import MODELS
 
     raw, _ = base_config(MODELS[model], None)
     for item in (*tiny_overrides(), "svi.steps=12", "checkpoint.every_steps=4", "checkpoint.every_seconds=0",
@@ -81,7 +81,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert ma == mb
     files = sorted(p.relative_to(a) for sub in ("params", "guides") for p in (a / sub).glob("*.pt"))
     assert files and files == sorted(p.relative_to(b) for sub in ("params", "guides") for p in (b / sub).glob("*.pt"))
-    from experiments.checkpoint import load_tensors
+    from vizoo.experiments.checkpoint import load_tensors
 
     for rel in files:
         ta, tb = load_tensors(a / rel), load_tensors(b / rel)
@@ -92,7 +92,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 def kill_after(monkeypatch, saves: int, guide: str) -> None:
     """Make the ``saves``-th checkpoint of ``guide`` the last thing the run does."""
-    from experiments import checkpoint as ck
+    from vizoo.experiments import checkpoint as ck
 
     save = ck.Checkpointer.save
 

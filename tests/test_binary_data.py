@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from experiments.cli import main
-from models import MODELS, lfdm, noisy_or
-from models.datasets import DataOptions, std_symptoms
-from models.errors import DataError
+from vizoo.experiments.cli import main
+from vizoo.experiments.registry import MODELS
+from vizoo.models import lfdm, noisy_or
+from vizoo.models.datasets import DataOptions, std_symptoms
+from vizoo.models.errors import DataError
 
 
 def test_std_symptoms_is_the_documented_table():

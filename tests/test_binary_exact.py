@@ -24,15 +24,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO, config_enumerate
-
-from experiments.config import parse_config
-from guides import lfdm as lfdm_guides
-from guides import noisy_or as noisy_or_guides
-from models import lfdm, noisy_or
-from models.errors import ConfigError
-from models.exact import binary
-from models.exact import lfdm as lfdm_exact
-from models.exact import noisy_or as noisy_or_exact
+from vizoo.experiments.config import parse_config
+from vizoo.guides import lfdm as lfdm_guides
+from vizoo.guides import noisy_or as noisy_or_guides
+from vizoo.models import lfdm, noisy_or
+from vizoo.models.errors import ConfigError
+from vizoo.models.exact import binary
+from vizoo.models.exact import lfdm as lfdm_exact
+from vizoo.models.exact import noisy_or as noisy_or_exact
 
 
 class Case:
@@ -205,7 +204,7 @@ def test_best_mean_field_is_monotone_and_beats_any_guide(case_args):
 
 
 def _gem_case(name: str, seed: int):
-    from models.datasets import DataOptions
+    from vizoo.models.datasets import DataOptions
 
     if name == "noisy_or":
         args = noisy_or.NoisyORArgs(3)

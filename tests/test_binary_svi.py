@@ -22,15 +22,14 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
-
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides import lfdm as lfdm_guides
-from guides import noisy_or as noisy_or_guides
-from models import lfdm, noisy_or
-from models.datasets import DataOptions
-from models.exact import lfdm as lfdm_exact
-from models.exact import noisy_or as noisy_or_exact
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides import lfdm as lfdm_guides
+from vizoo.guides import noisy_or as noisy_or_guides
+from vizoo.models import lfdm, noisy_or
+from vizoo.models.datasets import DataOptions
+from vizoo.models.exact import lfdm as lfdm_exact
+from vizoo.models.exact import noisy_or as noisy_or_exact
 
 
 def matched_error(estimate: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from experiments.cli import main
-from experiments.config import load_config
+from vizoo.experiments.cli import main
+from vizoo.experiments.config import load_config
 
 FAITHFUL = Path(__file__).parents[1] / "experiments" / "configs" / "gmm_faithful.toml"
 
@@ -25,7 +24,7 @@ FAITHFUL = Path(__file__).parents[1] / "experiments" / "configs" / "gmm_faithful
 def vizoo(*argv: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+        [sys.executable, "-m", "vizoo.experiments.cli", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
 
 
@@ -174,7 +173,7 @@ def test_run_writes_a_complete_run_folder(tmp_path):
 def test_ctrl_c_stops_cleanly(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.cli", "run", str(FAITHFUL), "--out", str(tmp_path), "--no-progress",
+        [sys.executable, "-m", "vizoo.experiments.cli", "run", str(FAITHFUL), "--out", str(tmp_path), "--no-progress",
          "--set", "svi.steps=1000000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )

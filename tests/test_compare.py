@@ -20,15 +20,13 @@ import numpy as np
 import pyro
 import pytest
 import torch
-
-from experiments import cli, seeds
-from experiments.compare import CompareOptions, compare, gap_split, tiny_overrides
-from experiments.config import GuideArgs
-from experiments.overview import ReportOptions, to_html, write_report
-from experiments.train import train_svi
-from experiments.config import SVIConfig
-from models import MODELS
-from models.datasets import DataOptions
+from vizoo.experiments import cli, seeds
+from vizoo.experiments.compare import CompareOptions, compare, gap_split, tiny_overrides
+from vizoo.experiments.config import GuideArgs, SVIConfig
+from vizoo.experiments.overview import ReportOptions, to_html, write_report
+from vizoo.experiments.registry import MODELS
+from vizoo.experiments.train import train_svi
+from vizoo.models.datasets import DataOptions
 
 EXACT = [s for s in MODELS.values() if s.exact is not None and s.exact.enumerable and "synthetic" in s.datasets]
 
@@ -221,11 +219,11 @@ def test_bad_input_is_one_line_and_exit_2(argv, words, capsys, tmp_path):
 
 def _exact_marginals(spec, x, params):
     """Each model's exact posterior means in its own terms, from its exact module (not from the draws)."""
-    from models.exact import declared as declared_exact
-    from models.exact import fhmm as fhmm_exact
-    from models.exact import gmm as gmm_exact
-    from models.exact import linear_gaussian
-    from models.exact import noisy_or as noisy_or_exact
+    from vizoo.models.exact import declared as declared_exact
+    from vizoo.models.exact import fhmm as fhmm_exact
+    from vizoo.models.exact import gmm as gmm_exact
+    from vizoo.models.exact import linear_gaussian
+    from vizoo.models.exact import noisy_or as noisy_or_exact
 
     if spec.name == "gmm":
         return {"z": gmm_exact.posterior(x, params)}  # one-hot means
@@ -233,7 +231,7 @@ def _exact_marginals(spec, x, params):
         return {"d": noisy_or_exact.posterior(x, params).marginals}
     if spec.name == "fhmm":
         return {"s": fhmm_exact.forward_backward(x, params).marginals}  # (N, T, M, L)
-    from models import DECLARATIONS
+    from vizoo.experiments.registry import DECLARATIONS
 
     decl = DECLARATIONS[spec.name]
     if decl.discrete:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from experiments.cli import bundled_configs
-from experiments.config import RunConfig, load_config, parse_config
-from experiments.report import to_toml
-from models.errors import ConfigError
-from models.gmm import GMMArgs
+from vizoo.experiments.cli import bundled_configs
+from vizoo.experiments.config import RunConfig, load_config, parse_config
+from vizoo.experiments.report import to_toml
+from vizoo.models.errors import ConfigError
+from vizoo.models.gmm import GMMArgs
 
 
 def test_defaults_fill_in():

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-from models import corpora
-from models.corpora import Corpus, ldac_counts, news, reuters, top_words, validate_counts
-from models.errors import DataError
+from vizoo.models import corpora
+from vizoo.models.corpora import (
+    Corpus,
+    ldac_counts,
+    news,
+    reuters,
+    top_words,
+    validate_counts,
+)
+from vizoo.models.errors import DataError
 
 NUM_NEWS = 3824
 NUM_REUTERS = 395

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from models.datasets import faithful, iris
-from models.errors import DataError
-from models.gmm import validate_data
+from vizoo.models.datasets import faithful, iris
+from vizoo.models.errors import DataError
+from vizoo.models.gmm import validate_data
 
 
 def test_faithful_is_the_r_data_set():

@@ -14,16 +14,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
-
-from guides import declared as declared_guides
-from models import MODELS, declared, gmm, lfdm, noisy_or, resolve
-from models.declaration import DeclarationError, load, parse
-from models.exact import declared as exact
-from models.exact import linear_gaussian
-from models.exact import gmm as gmm_exact
-from models.exact import lfdm as lfdm_exact
-from models.exact import noisy_or as noisy_or_exact
-from models.exact.declared import DeclaredParams
+from vizoo.experiments.registry import MODELS, resolve
+from vizoo.guides import declared as declared_guides
+from vizoo.models import declared, gmm, lfdm, noisy_or
+from vizoo.models.declaration import DeclarationError, load, parse
+from vizoo.models.exact import declared as exact
+from vizoo.models.exact import gmm as gmm_exact
+from vizoo.models.exact import lfdm as lfdm_exact
+from vizoo.models.exact import linear_gaussian
+from vizoo.models.exact import noisy_or as noisy_or_exact
+from vizoo.models.exact.declared import DeclaredParams
 
 DIR = "experiments/models"
 
@@ -272,8 +272,8 @@ def test_data_of_the_wrong_width_names_the_declared_size(tmp_path):
     path = tmp_path / "wide.toml"
     path.write_text(text)
     spec = resolve(str(path))
-    from models.datasets import DataOptions
-    from models.errors import DataError
+    from vizoo.models.datasets import DataOptions
+    from vizoo.models.errors import DataError
 
     with pytest.raises(DataError, match=rf"wide.toml, line {_line_of(text, 'size = 3')}, observed.x.size: size mismatch"):
         spec.load(DataOptions(name="faithful"), spec.args_type(), 0)
@@ -287,7 +287,7 @@ def test_data_of_the_wrong_width_names_the_declared_size(tmp_path):
 
 
 def test_show_prints_the_process_parameters_and_shapes(capsys):
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     assert main(["show", f"{DIR}/diagnosis.toml"]) == 0
     out = capsys.readouterr().out
@@ -299,7 +299,7 @@ def test_show_prints_the_process_parameters_and_shapes(capsys):
 
 
 def test_show_refuses_a_handwritten_model_and_a_bad_file(tmp_path, capsys):
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     assert main(["show", "gmm"]) == 2
     assert "hand-written" in capsys.readouterr().err
@@ -312,8 +312,8 @@ def test_show_refuses_a_handwritten_model_and_a_bad_file(tmp_path, capsys):
 
 def test_run_a_declaration_by_path_end_to_end(tmp_path):
     """A declaration outside the bundle, named by its path in a config: exact reference and both guides."""
-    from experiments.config import load_config
-    from experiments.run import run_experiment
+    from vizoo.experiments.config import load_config
+    from vizoo.experiments.run import run_experiment
 
     decl_path = tmp_path / "mine.toml"
     decl_path.write_text((Path(DIR) / "diagnosis.toml").read_text().replace('name = "diagnosis"', 'name = "mine"'))
@@ -398,8 +398,8 @@ def test_iwae_rises_to_the_exact_log_likelihood_from_below():
     ("declared_lfdm", "synthetic", {"data": {"num_points": 40}}, "generalised EM"),
 ])
 def test_bundled_declarations_run_end_to_end(tmp_path, model, data, extra, reference):
-    from experiments.config import parse_config
-    from experiments.run import run_experiment
+    from vizoo.experiments.config import parse_config
+    from vizoo.experiments.run import run_experiment
 
     raw = {"name": model, "model": model, "output_dir": str(tmp_path), "data": {"name": data},
            "svi": {"steps": 20}, "em": {"max_iter": 5}, "guide_args": {"hidden": [8]}}
@@ -423,7 +423,7 @@ def test_bundled_declarations_run_end_to_end(tmp_path, model, data, extra, refer
 def test_generalised_em_reaches_the_handwritten_mixtures_em_optimum():
     """Same model, same start (the hand-written k-means++ initialisation): closed-form EM and the declaration's
     generalised EM (L-BFGS M-steps) stop at the same maximum of log p(x) on Old Faithful."""
-    from models.datasets import DataOptions
+    from vizoo.models.datasets import DataOptions
 
     decl = load(f"{DIR}/declared_gmm.toml")
     x = MODELS["gmm"].load(DataOptions(name="faithful"), gmm.GMMArgs(), 0).x
@@ -450,7 +450,7 @@ def test_the_readme_declaration_is_the_bundled_one_and_fits():
     assert (Path(__file__).parents[1] / path).read_text(encoding="utf-8") == body
     decl = parse(body, path)
     spec = MODELS["bernoulli_mixture"]
-    from models.datasets import DataOptions
+    from vizoo.models.datasets import DataOptions
 
     x = spec.load(DataOptions(name="digits"), spec.args_type(), 0).x[:300]
     fit = exact.fit_em(decl, x, declared.init_params(decl, x, declared.DeclaredArgs(), 0), max_iter=15)
@@ -531,8 +531,8 @@ def _rows(decl, params, child: str, parent: str) -> torch.Tensor:
 def test_a_mixture_of_factor_analysers_trains_with_enumeration_and_is_importance_sampled(tmp_path):
     """Discrete and gaussian latents together: TraceEnum_ELBO sums the component and samples the factors; with no
     exact reference the run reports IWAE log p(x), which is above the ELBO estimate of the same samples."""
-    from experiments.config import parse_config
-    from experiments.run import run_experiment
+    from vizoo.experiments.config import parse_config
+    from vizoo.experiments.run import run_experiment
 
     text = """
 name = "mfa"

@@ -10,14 +10,14 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-
-from experiments.config import SVIConfig, parse_config
-from experiments.train import train_svi
-from guides import fhmm as guides
-from models import MODELS, fhmm
-from models.datasets import DataOptions
-from models.errors import ConfigError, DataError
-from models.exact import fhmm as exact
+from vizoo.experiments.config import SVIConfig, parse_config
+from vizoo.experiments.registry import MODELS
+from vizoo.experiments.train import train_svi
+from vizoo.guides import fhmm as guides
+from vizoo.models import fhmm
+from vizoo.models.datasets import DataOptions
+from vizoo.models.errors import ConfigError, DataError
+from vizoo.models.exact import fhmm as exact
 
 SPEC = MODELS["fhmm"]
 GUIDES = ["mean_field", "structured_mean_field", "amortised"]
@@ -209,7 +209,7 @@ def test_gaussian_mean_field_runs_beyond_the_exact_limit():
 
 
 def test_chorales_are_binary_rolls_with_a_fixed_split(tmp_path):
-    from models import chorales
+    from vizoo.models import chorales
 
     a = chorales.chorales(subset=4, cache_dir=tmp_path)
     b = chorales.chorales(subset=4, cache_dir=tmp_path)  # from the cache
@@ -234,7 +234,7 @@ def test_chorales_are_binary_rolls_with_a_fixed_split(tmp_path):
 
 def test_cli_run_on_synthetic_sequences(tmp_path):
     """vizoo run: Baum-Welch row, exact ELBO/log p/KL for all three guides, held-out table per step."""
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     cfg = tmp_path / "fhmm.toml"
     cfg.write_text(

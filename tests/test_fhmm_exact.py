@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models.exact import fhmm
+from vizoo.models.exact import fhmm
 
 
 def random_params(m: int, l: int, d: int, kind: str, seed: int) -> fhmm.FHMMParams:
@@ -236,8 +235,8 @@ def test_gaussian_m_step_is_exact_despite_the_singular_statistics():
     kept round-off eigenvalues produced huge offsets and a covariance that lowered the ELBO in 10 of 22
     M-steps here (structured variational EM, Ghahramani & Jordan's sizes). Every M-step must raise
     E_q[log p(y, s)], so the ELBO at fixed q."""
-    from models import fhmm as model_fhmm
-    from models.datasets import DataOptions
+    from vizoo.models import fhmm as model_fhmm
+    from vizoo.models.datasets import DataOptions
 
     args = model_fhmm.FHMMArgs(3, 2, "gaussian")
     y = model_fhmm.synthetic(DataOptions(name="synthetic", num_points=20, num_steps=20, dim=5), args, 0).x

@@ -13,15 +13,14 @@ import itertools
 import pyro
 import pytest
 import torch
+from conftest import random_q
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
-
-from conftest import random_q
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides import gmm as guides
-from models.exact import gmm as exact
-from models.gmm import GMM, model, random_params, simulate
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides import gmm as guides
+from vizoo.models.exact import gmm as exact
+from vizoo.models.gmm import GMM, model, random_params, simulate
 
 GUIDES = {"mean_field": guides.mean_field, "amortised": guides.amortised}
 

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import torch
 from sklearn.mixture import GaussianMixture
-
-from models import MODELS
-from models.datasets import DataOptions
-from models.exact import gmm as exact
-from models.gmm import GMMArgs, GMMParams, init_params, random_params, simulate
+from vizoo.experiments.registry import MODELS
+from vizoo.models.datasets import DataOptions
+from vizoo.models.exact import gmm as exact
+from vizoo.models.gmm import GMMArgs, GMMParams, init_params, random_params, simulate
 
 CASES = [
     ("faithful", 2, "diag"),

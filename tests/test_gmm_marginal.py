@@ -16,14 +16,19 @@ import warnings
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
-
 from conftest import Problem
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides.gmm import marginal
-from models.exact import gmm as exact
-from models.gmm import DiagNormalMixture, GMMParams, MarginalGMM, random_params, simulate
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides.gmm import marginal
+from vizoo.models.exact import gmm as exact
+from vizoo.models.gmm import (
+    DiagNormalMixture,
+    GMMParams,
+    MarginalGMM,
+    random_params,
+    simulate,
+)
 
 
 def leaf_params(seed: int) -> tuple[torch.Tensor, GMMParams]:
@@ -100,6 +105,7 @@ def test_marginal_svi_reaches_em_optimum_fast(seed):
 
 
 def test_guides_module_imports_on_its_own():
-    """guides.gmm must not need models imported first (models imports guides for its registry)."""
-    out = subprocess.run([sys.executable, "-c", "import guides.gmm; import models"], capture_output=True, text=True)
+    """vizoo.guides.gmm imports on its own, in a fresh interpreter, before anything else of the package."""
+    out = subprocess.run([sys.executable, "-c", "import vizoo.guides.gmm; import vizoo.models"], capture_output=True,
+                         text=True, cwd="/")
     assert out.returncode == 0, out.stderr

@@ -18,14 +18,13 @@ import itertools
 import pyro
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
-
 from conftest import Problem
-from experiments.config import SVIConfig
-from experiments.train import NonFiniteLoss, train_svi
-from guides import gmm as guides
-from models.exact import gmm as exact
-from models.gmm import GMM, init_params
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import NonFiniteLoss, train_svi
+from vizoo.guides import gmm as guides
+from vizoo.models.exact import gmm as exact
+from vizoo.models.gmm import GMM, init_params
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-
-from experiments.gradients import gradient_samples, variance_curve
-from guides import vae as guides
-from models import vae
-from models.datasets import DataOptions
-from models.exact import ppca
+from vizoo.experiments.gradients import gradient_samples, variance_curve
+from vizoo.guides import vae as guides
+from vizoo.models import vae
+from vizoo.models.datasets import DataOptions
+from vizoo.models.exact import ppca
 
 pyro.settings.set(module_local_params=True)
 REPEATS = 400

@@ -23,13 +23,12 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from scipy.optimize import linear_sum_assignment
-
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides import lda as lda_guides
-from models import corpora, lda
-from models.errors import DataError
-from models.exact import lda as exact
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides import lda as lda_guides
+from vizoo.models import corpora, lda
+from vizoo.models.errors import DataError
+from vizoo.models.exact import lda as exact
 
 WORDS = [[0, 1, 1], [2, 0, 3, 2]]
 
@@ -191,7 +190,7 @@ def test_cli_run_on_synthetic_documents(tmp_path):
     """vizoo run with minibatches and a held-out split: CAVI row, closed-form ELBOs, held-out table."""
     import json
 
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     cfg = tmp_path / "lda.toml"
     cfg.write_text(

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from models.exact import lda
+from vizoo.models.exact import lda
 
 WORDS = [[0, 1, 1], [2, 0, 3, 2]]
 V = 4

@@ -11,8 +11,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
-
-from models.exact import ppca
+from vizoo.models.exact import ppca
 
 
 def random_case(d: int = 6, k: int = 2, n: int = 40, seed: int = 0):

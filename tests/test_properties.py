@@ -25,12 +25,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from experiments.cli import main
-from experiments.config import GuideArgs
-from models import MODELS
-from models.datasets import DataOptions
-from models.errors import VizooError
+from vizoo.experiments.cli import main
+from vizoo.experiments.config import GuideArgs
+from vizoo.experiments.registry import MODELS
+from vizoo.models.datasets import DataOptions
+from vizoo.models.errors import VizooError
 
 SCALE = int(os.environ.get("VIZOO_FUZZ_SCALE", "1"))  # more generated cases: VIZOO_FUZZ_SCALE=20 pytest tests/test_properties.py
 ENUMERABLE = [s for s in MODELS.values() if s.exact is not None and s.exact.enumerable and "synthetic" in s.datasets]
@@ -69,7 +68,7 @@ def problems(draw, spec):
 @given(data=st.data())
 def test_random_models_keep_the_bound_and_the_identity(spec, data):
     args, opts, seed, which, guide_name, scale = data.draw(problems(spec))
-    from models.errors import DataError
+    from vizoo.models.errors import DataError
 
     try:
         dataset = spec.load(opts, args, seed)
@@ -90,8 +89,8 @@ def test_random_models_keep_the_bound_and_the_identity(spec, data):
         elbo = float(spec.exact.elbo(x, params, q))
         kl = float(spec.exact.kl(x, params, q))
         if spec.name == "fhmm":  # its reference KL is log p - ELBO: recompute it path by path
-            from models import fhmm
-            from models.exact import fhmm as exact
+            from vizoo.models import fhmm
+            from vizoo.models.exact import fhmm as exact
 
             lengths = fhmm.sequence_lengths(x)
             kl = float(sum(exact.brute_force_kl(q, n, x[n], params, int(lengths[n])) for n in range(x.shape[0])))

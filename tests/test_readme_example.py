@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import models
-from experiments.config import load_config
-from experiments.run import run_experiment
+import vizoo.models
+from vizoo.experiments import registry
+from vizoo.experiments.config import load_config
+from vizoo.experiments.run import run_experiment
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -29,13 +29,13 @@ def example_blocks() -> dict[str, str]:
 def pmm(monkeypatch):
     blocks = example_blocks()
     assert set(blocks) == {"models/pmm.py", "registry entry", "experiments/configs/pmm_synthetic.toml"}
-    module = types.ModuleType("models.pmm")
-    monkeypatch.setitem(sys.modules, "models.pmm", module)  # before exec: dataclasses look it up
+    module = types.ModuleType("vizoo.models.pmm")
+    monkeypatch.setitem(sys.modules, "vizoo.models.pmm", module)  # before exec: dataclasses look it up
     exec(compile(blocks["models/pmm.py"], "README:models/pmm.py", "exec"), module.__dict__)
-    monkeypatch.setattr(models, "pmm", module, raising=False)
+    monkeypatch.setattr(vizoo.models, "pmm", module, raising=False)
     entry: dict = {}
     exec(compile(blocks["registry entry"], "README:registry", "exec"), entry)
-    monkeypatch.setitem(models.MODELS, "pmm", entry["PMM_SPEC"])
+    monkeypatch.setitem(registry.MODELS, "pmm", entry["PMM_SPEC"])
     return module, blocks["experiments/configs/pmm_synthetic.toml"]
 
 
@@ -59,5 +59,5 @@ def test_readme_model_runs_end_to_end(pmm, tmp_path):
 
 def test_readme_model_rejects_bad_counts(pmm):
     module, _ = pmm
-    with pytest.raises(models.errors.DataError, match="non-negative integer counts"):
+    with pytest.raises(vizoo.models.errors.DataError, match="non-negative integer counts"):
         module.validate(torch.tensor([[1.0, -2.0], [3.0, 4.0]]), module.PMMArgs())

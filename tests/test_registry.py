@@ -9,10 +9,9 @@ import math
 import pyro
 import pytest
 import torch
-
-from experiments.config import GuideArgs
-from models import MODELS
-from models.datasets import DataOptions
+from vizoo.experiments.config import GuideArgs
+from vizoo.experiments.registry import MODELS
+from vizoo.models.datasets import DataOptions
 
 WITH_SYNTHETIC = [spec for spec in MODELS.values() if "synthetic" in spec.datasets]
 
@@ -48,7 +47,7 @@ def test_guides_keep_the_exact_identities_at_the_start(spec):
 
 def test_synthetic_lda_refuses_fewer_words_than_topics():
     """Found by the registry test: with data.dim < num_topics a topic owned no word and the simulator divided 0 by 0."""
-    from models.errors import DataError
+    from vizoo.models.errors import DataError
 
     spec = MODELS["lda"]
     with pytest.raises(DataError, match=r"data.dim=4 .*num_topics=10"):
@@ -69,11 +68,11 @@ def test_every_exact_models_guides_name_their_familys_optimum(spec):
 def test_the_mixtures_optimum_is_its_exact_posterior_and_the_declared_cavi_is_the_binary_engines():
     """A single categorical group: mean field is exact (KL of the optimum = 0). The declared noisy-OR's CAVI
     takes the binary engine's steps (same units, same order), so the two optima agree."""
-    from models import noisy_or
-    from models.declaration import load
-    from models.exact import declared as declared_exact
-    from models.exact import noisy_or as noisy_or_exact
-    from models.exact.declared import DeclaredParams
+    from vizoo.models import noisy_or
+    from vizoo.models.declaration import load
+    from vizoo.models.exact import declared as declared_exact
+    from vizoo.models.exact import noisy_or as noisy_or_exact
+    from vizoo.models.exact.declared import DeclaredParams
 
     spec = MODELS["declared_gmm"]
     data = spec.load(DataOptions(name="faithful"), spec.args_type(), 0)

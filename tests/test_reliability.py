@@ -21,16 +21,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import Killed, kill_after, run_dirs, tiny_config
 from pyro.nn import PyroModule
 from torch import nn
-
-from conftest import Killed, kill_after, run_dirs, tiny_config
-from experiments import checkpoint as ck
-from experiments.cli import main
-from experiments.config import SVIConfig
-from experiments.run import run_experiment
-from experiments.train import NonFiniteLoss, train_svi
-
+from vizoo.experiments import checkpoint as ck
+from vizoo.experiments.cli import main
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.run import run_experiment
+from vizoo.experiments.train import NonFiniteLoss, train_svi
 
 # --------------------------------------------------------------------------- the guards, on a model built to fail
 

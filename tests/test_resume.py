@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import Killed, assert_same_run, kill_after, run_dirs, tiny_config
-from experiments import checkpoint as ck
-from experiments.cli import main
-from experiments.run import resume_experiment, run_experiment
-from models import MODELS
+from vizoo.experiments import checkpoint as ck
+from vizoo.experiments.cli import main
+from vizoo.experiments.registry import MODELS
+from vizoo.experiments.run import resume_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,12 +87,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
                  "--set", "em.max_iter=20"]
     ref = tmp_path / "ref"
     assert main(["run", "gmm_synthetic", "--out", str(ref), "--no-progress", *overrides]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = random.Random(0)
     trials = 2
     for trial in range(trials):
         out = tmp_path / f"kill{trial}"
-        proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "run", "gmm_synthetic", "--out", str(out),
+        proc = subprocess.Popen([sys.executable, "-m", "vizoo.experiments.cli", "run", "gmm_synthetic", "--out", str(out),
                                  "--no-progress", *overrides], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
@@ -115,7 +114,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
 def test_ctrl_c_then_resume_is_bit_for_bit(tmp_path, monkeypatch):
     """A run stopped by Ctrl-C (metrics.json "interrupted", exit 130) resumes from where it stopped."""
-    from experiments import train
+    from vizoo.experiments import train
 
     cfg = tiny_config("gmm", tmp_path)
     a = run_experiment(cfg, log=lambda *_: None).run_dir

@@ -11,14 +11,14 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-
-from experiments.config import SVIConfig
-from experiments.train import train_svi
-from guides import vae as guides
-from models import vae
-from models.datasets import DataOptions
-from models.errors import DataError
-from models.exact import ppca
+from vizoo.experiments import vae_eval
+from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.train import train_svi
+from vizoo.guides import vae as guides
+from vizoo.models import vae
+from vizoo.models.datasets import DataOptions
+from vizoo.models.errors import DataError
+from vizoo.models.exact import ppca
 
 pyro.settings.set(module_local_params=True)
 LINEAR = vae.VAEArgs(latent_sizes=(3,), likelihood="gaussian", linear=True)
@@ -96,7 +96,7 @@ def test_cli_run_of_the_linear_vae(tmp_path):
     """vizoo run: the PPCA MLE row, exact ELBO / log p(x) / KL for both guides (ELBO + KL = log p(x))."""
     import json
 
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     cfg = tmp_path / "vae.toml"
     cfg.write_text('model = "vae"\n[data]\nname = "digits"\nsubset = 100\n[model_args]\nlatent_sizes = [2]\n'
@@ -112,8 +112,8 @@ def test_cli_run_of_the_linear_vae(tmp_path):
 
 
 def test_nonlinear_vae_with_the_exact_reference_is_refused():
-    from experiments.config import parse_config
-    from models.errors import ConfigError
+    from vizoo.experiments.config import parse_config
+    from vizoo.models.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"exact reference \(probabilistic PCA\) needs model_args.linear = true; set em.enabled = false"):
         parse_config({"name": "t", "model": "vae", "data": {"name": "digits"}})
@@ -136,11 +136,11 @@ def test_importance_weights_are_constant_at_the_exact_posterior():
     assert (cov - torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))).abs().max() < 1e-12
     guide = guides.MeanField(x.shape[0], (3,), x.dtype, start=[(post.mean, torch.diagonal(cov, dim1=-2, dim2=-1).sqrt())])
     with torch.no_grad():
-        lw = vae.log_weights(x, decoder, guide, 7)
+        lw = vae_eval.log_weights(x, decoder, guide, 7)
         log_p = ppca.log_evidence(x, decoder.ppca())
     assert lw.shape == (7, 50)
     torch.testing.assert_close(lw, log_p.expand(7, -1), rtol=0, atol=1e-10)
-    est = vae.importance_sampled(x, decoder, guide, 11, seed=0)
+    est = vae_eval.importance_sampled(x, decoder, guide, 11, seed=0)
     torch.testing.assert_close(est.log_p, log_p, rtol=0, atol=1e-10)
     torch.testing.assert_close(est.elbo, log_p, rtol=0, atol=1e-10)
 
@@ -157,7 +157,7 @@ def test_iwae_rises_with_k_from_the_elbo_to_the_exact_log_evidence():
         elbo = float(ppca.elbo(x, decoder.ppca(), prior.probs(x)).mean())
     means, ses = [], []
     for k in (1, 10, 100, 1000):
-        runs = torch.tensor([vae.importance_sampled(x, decoder, prior, k, seed=s).log_p.mean() for s in range(8)])
+        runs = torch.tensor([vae_eval.importance_sampled(x, decoder, prior, k, seed=s).log_p.mean() for s in range(8)])
         means.append(float(runs.mean()))
         ses.append(float(runs.std()) / 8**0.5)
     print(f"exact {log_p:.3f}, closed-form ELBO {elbo:.3f}, E[IWAE_k] {means}, SE {ses}")
@@ -165,7 +165,7 @@ def test_iwae_rises_with_k_from_the_elbo_to_the_exact_log_evidence():
     for a, b, sa, sb in zip(means, means[1:], ses, ses[1:]):
         assert b > a - 3 * (sa**2 + sb**2) ** 0.5
     assert all(m < log_p + 3 * se for m, se in zip(means, ses))
-    big = vae.importance_sampled(x, decoder, prior, 5000, seed=0).summary()
+    big = vae_eval.importance_sampled(x, decoder, prior, 5000, seed=0).summary()
     assert log_p - 0.1 < big["log_p"] < log_p + 3 * big["log_p_se"]
     assert (big["log_p"] - elbo) / (log_p - elbo) > 0.995
 
@@ -187,7 +187,7 @@ def test_iwae_is_monotone_in_k_and_above_the_elbo_on_the_nonlinear_vae(trained_o
     x, decoder, guide = trained_one_layer
     means, ses = [], []
     for k in (1, 10, 100, 1000):
-        runs = [vae.importance_sampled(x, decoder, guide, k, seed=s) for s in range(8)]
+        runs = [vae_eval.importance_sampled(x, decoder, guide, k, seed=s) for s in range(8)]
         for r in runs:
             assert (r.log_p >= r.elbo - 1e-9).all()
         values = torch.tensor([float(r.log_p.mean()) for r in runs])
@@ -204,9 +204,9 @@ def test_amortisation_gap_is_not_negative_for_one_layer(trained_one_layer):
     trained decoder, the per-point optimum, fitted from the prior N(0, I) (not from the encoder), must reach
     an ELBO at least the amortised guide's, within 3 standard errors of the 2,000-sample estimates."""
     x, decoder, guide = trained_one_layer
-    best = vae.fit_per_point(x, decoder, steps=800, seed=0, lr=0.05, num_samples=16)
-    a = vae.importance_sampled(x, decoder, guide, 2000, seed=1).summary()
-    b = vae.importance_sampled(x, decoder, best, 2000, seed=1).summary()
+    best = vae_eval.fit_per_point(x, decoder, steps=800, seed=0, lr=0.05, num_samples=16)
+    a = vae_eval.importance_sampled(x, decoder, guide, 2000, seed=1).summary()
+    b = vae_eval.importance_sampled(x, decoder, best, 2000, seed=1).summary()
     gap = b["elbo"] - a["elbo"]
     print(f"amortised ELBO {a['elbo']:.4f}, per-point optimum {b['elbo']:.4f}, amortisation gap {gap:.4f} nats per point")
     assert gap > -3 * (a["elbo_se"] ** 2 + b["elbo_se"] ** 2) ** 0.5
@@ -273,7 +273,7 @@ def test_cli_run_of_the_nonlinear_vae_writes_pictures_and_importance_sampled_met
     errors (IWAE >= ELBO), held-out IWAE and, for the amortised guide, the amortisation gap; the PNGs."""
     import json
 
-    from experiments.cli import main
+    from vizoo.experiments.cli import main
 
     cfg = tmp_path / "vae.toml"
     cfg.write_text('model = "vae"\nguides = ["amortised", "mean_field"]\n[data]\nname = "digits"\nsubset = 200\nheldout = 0.2\n'
@@ -296,7 +296,7 @@ def test_cli_run_of_the_nonlinear_vae_writes_pictures_and_importance_sampled_met
 
 
 def test_a_test_set_with_another_image_size_is_refused():
-    from models import MODELS
+    from vizoo.experiments.registry import MODELS
 
     spec = MODELS["vae"]
     args = vae.VAEArgs()

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.exact.draws import from_table
+from .draws import from_table
 
 MAX_LATENTS = 20
 """Largest K for which exact enumeration is offered (2^20 configurations per point)."""

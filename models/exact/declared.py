@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from models.declaration import Declaration, Group, Link
-from models.exact import binary
-from models.exact.draws import from_table
+from ..declaration import Declaration, Group, Link
+from . import binary
+from .draws import from_table
 
 MAX_CONFIGURATIONS = 2**binary.MAX_LATENTS
 """Largest number of joint latent configurations per point that exact enumeration takes."""

@@ -20,16 +20,56 @@ follow scikit-learn's ``GaussianMixture`` so the two can be compared step for st
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from models.exact import mixture
-from models.gmm import GMMParams
+from . import mixture
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Parameters of a Gaussian mixture.
+
+    weights : (K,)   mixing proportions pi, on the simplex
+    locs    : (K, D) component means mu
+    scales  : (K, D) component standard deviations sigma (> 0)
+    """
+
+    weights: Tensor
+    locs: Tensor
+    scales: Tensor
+
+    @property
+    def num_components(self) -> int:
+        return self.weights.shape[-1]
+
+    @property
+    def dim(self) -> int:
+        return self.locs.shape[-1]
+
+    def _map(self, fn) -> "GMMParams":
+        return GMMParams(*(fn(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def to(self, dtype: torch.dtype) -> "GMMParams":
+        return self._map(lambda t: t.to(dtype))
+
+    def detach(self) -> "GMMParams":
+        return self._map(lambda t: t.detach().clone())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
+        return {f.name: getattr(self, f.name).detach().clone() for f in dataclasses.fields(self)}
+
+    def permute(self, order: Tensor) -> "GMMParams":
+        """Reorder components (to compare fits up to label switching)."""
+        return GMMParams(self.weights[order], self.locs[order], self.scales[order])
 
 
 def log_joint(x: Tensor, params: GMMParams) -> Tensor:

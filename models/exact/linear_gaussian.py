@@ -27,11 +27,11 @@ import math
 import torch
 from torch import Tensor
 
-from models.declaration import Declaration
-from models.exact.binary import GEMResult
-from models.exact.declared import DeclaredParams
-from models.exact.draws import gaussian
-from models.exact.ppca import GaussianQ, kl_gaussian
+from ..declaration import Declaration
+from .binary import GEMResult
+from .declared import DeclaredParams
+from .draws import gaussian
+from .ppca import GaussianQ, kl_gaussian
 
 
 def applies(decl: Declaration) -> bool:

@@ -14,15 +14,54 @@ binary-latent routines of :mod:`models.exact.binary` with this likelihood.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from models.exact import binary
+from . import binary
 
-if TYPE_CHECKING:
-    from models.noisy_or import NoisyORParams
+
+@dataclass(frozen=True)
+class NoisyORParams:
+    """Parameters of a noisy-OR network.
+
+    prior_logits : (K,)   logit of P(d_i = 1)
+    weights      : (K, J) W_ij >= 0; exp(-W_ij) is the chance that cause i alone fails to switch on symptom j
+    leak         : (J,)   P(s_j = 1 | no active cause), in (0, 1)
+    """
+
+    prior_logits: Tensor
+    weights: Tensor
+    leak: Tensor
+
+    @property
+    def num_latents(self) -> int:
+        return self.prior_logits.shape[-1]
+
+    def free(self) -> dict[str, Tensor]:
+        """Unconstrained coordinates of everything but the prior (for gradient M-steps)."""
+        w = self.weights.clamp_min(1e-8)
+        return {"weights": w + torch.log(-torch.expm1(-w)), "leak": torch.logit(self.leak)}  # softplus^-1, logit
+
+    def with_free(self, free: dict[str, Tensor]) -> "NoisyORParams":
+        return NoisyORParams(self.prior_logits, F.softplus(free["weights"]), torch.sigmoid(free["leak"]))
+
+    def replace_prior(self, prior_logits: Tensor) -> "NoisyORParams":
+        return replace(self, prior_logits=prior_logits)
+
+    def detach(self) -> "NoisyORParams":
+        return NoisyORParams(*(t.detach().clone() for t in (self.prior_logits, self.weights, self.leak)))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors, loadable with ``torch.load(..., weights_only=True)``."""
+        return {"prior_logits": self.prior_logits.detach().clone(), "weights": self.weights.detach().clone(),
+                "leak": self.leak.detach().clone()}
+
+    def permute(self, order: Tensor) -> "NoisyORParams":
+        """Reorder causes (to compare fits up to relabelling)."""
+        return NoisyORParams(self.prior_logits[order], self.weights[order], self.leak)
 
 
 def log1mexp(a: Tensor) -> Tensor:

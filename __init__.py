@@ -1,0 +1,16 @@
+"""vizoo: latent-variable models in Pyro with mean-field and amortised guides, checked against exact EM and
+exact enumeration.
+
+The Python API (:mod:`vizoo.experiments.api`) is what the ``vizoo`` command line calls::
+
+    import vizoo
+    result = vizoo.fit("gmm", x, guides=["mean_field", "amortised"], steps=500)
+
+The package maps the repository's folders: ``vizoo.models`` (Pyro models, exact references, data),
+``vizoo.guides`` (mean-field and amortised guides), ``vizoo.experiments`` (registry, training, comparison,
+reports, the CLI).
+"""
+
+from .experiments.registry import MODELS, resolve
+
+__all__ = ["MODELS", "resolve"]
