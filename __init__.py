@@ -11,6 +11,8 @@ The package maps the repository's folders: ``vizoo.models`` (Pyro models, exact 
 reports, the CLI).
 """
 
+from .experiments.api import FitResult, compare, fit, load
 from .experiments.registry import MODELS, resolve
+from .models.errors import ConfigError, DataError
 
-__all__ = ["MODELS", "resolve"]
+__all__ = ["MODELS", "ConfigError", "DataError", "FitResult", "compare", "fit", "load", "resolve"]

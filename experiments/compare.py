@@ -4,19 +4,15 @@
 
 For each seed the comparison runs the model's experiment (``run.run_experiment``: the exact reference fit and
 SVI with each guide from one shared initialisation), then, where the posterior is exact, splits each guide's
-gap at its own learned parameters theta:
+gap at its own learned parameters into approximation and amortisation gaps (:mod:`.gaps`).
 
-    total gap          log p(x) - ELBO(q)              = KL(q || p(z | x, theta))
-    approximation gap  log p(x) - ELBO(q*)             = KL(q* || p(z | x, theta))
-    amortisation gap   ELBO(q*) - ELBO(q)
+This module is the orchestration; each idea has its own module:
 
-where q* is the best member of the guide's family for each point (``GuideSpec.optimum``: coordinate ascent,
-fixed points or closed form). Coordinate ascent finds local optima, so it runs twice, from the prior and from
-the guide's own q, and the higher ELBO is q*: the amortisation gap is then never negative, and is a lower
-bound on the distance to the family's global optimum where CAVI could miss it. The total and approximation gaps are computed as KL divergences by enumeration,
-the amortisation gap as a difference of two ELBOs, so "approximation + amortisation = total" is a check
-between independent routes. For a free (per-point) guide the "amortisation" gap is its optimisation
-shortfall: how far SVI stopped from its family's optimum.
+* :mod:`.gaps`: the gap split (total = approximation + amortisation, by independent routes);
+* :mod:`.tables`: summaries over seeds, the Markdown page and the CSV files;
+* :mod:`.posterior_draws`: draws of each guide's q and of the exact posterior, for pictures and ArviZ;
+* :mod:`.plots`: ELBO against wall time, posterior marginals, binary correlations;
+* :mod:`.inference_data`: ArviZ InferenceData (posterior, observed data, pointwise log-likelihood) and its export.
 
 Writes, under ``<output_dir>/compare-<model>-<timestamp>/``: ``compare.csv`` (one row per seed and method),
 ``summary.csv`` and ``compare.md`` (mean and spread over seeds), ``elbo_time.png`` (ELBO against wall time),
@@ -29,49 +25,29 @@ Writes, under ``<output_dir>/compare-<model>-<timestamp>/``: ``compare.csv`` (on
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import importlib.util
 import inspect
-import io
 import math
-import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyro
-import pyro.distributions as dist
-import torch
-from pyro import poutine
-from pyro.infer import Predictive
-from pyro.poutine.util import site_is_subsample
-
 from ..guides import auto
 from ..models.errors import ConfigError
 from ..models.spec import GuideSpec, ModelSpec
 from . import report
 from .config import RunConfig, apply_override, bundled_configs, parse_config
+from .gaps import gap_split
+from .inference_data import export_arviz
+from .plots import plot_correlation, plot_elbo_time, plot_marginals
+from .posterior_draws import posterior_draws, select_points
 from .registry import resolve
 from .run import DTYPES, RunResult, run_experiment
+from .tables import compare_markdown, markdown_table, summarise, write_tables
 
 BASELINES = ("AutoNormal", "AutoDelta")
-SEQUENTIAL_DRAWS = 200  # posterior draws of a guide that cannot be vectorised over draws (one call per draw)
-DRAW_CHUNK = 100  # draws per vectorised call
-
-# the table's numeric columns: key -> header
-COLUMNS = {
-    "elbo": "ELBO / point",
-    "log_p": "log p(x) / point",
-    "total_gap": "total gap",
-    "approximation_gap": "approximation gap",
-    "amortisation_gap": "amortisation gap",
-    "wall_time_s": "time (s)",
-}
-
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -256,7 +232,7 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
             break
     summary = summarise(rows)
     figures = pictures(spec, first, out_dir, opts, log)
-    markdown = compare_markdown(title, source, opts, summary, rows, figures, out_dir)
+    markdown = compare_markdown(title, source, opts.seeds, summary, rows, figures, out_dir)
     write_tables(out_dir, rows, summary, markdown)
     result = CompareResult(out_dir, title, rows, summary, markdown, figures, time.perf_counter() - start, runs,
                            interrupted=any(r.interrupted for rs in runs for r in rs))
@@ -268,31 +244,6 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
 
 def _num(v: float | None) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.4f}"
-
-
-@torch.no_grad()
-def gap_split(spec: ModelSpec, optimum, x: torch.Tensor, params: Any, guide: Any, elbo_q: float | None = None) -> dict[str, float]:
-    """Per point, at the guide's parameters: log p(x), ELBO(q), ELBO(q*), and the gaps (see the module docstring).
-    Total and approximation gaps are KL divergences by enumeration; the amortisation gap is ELBO(q*) - ELBO(q).
-    A guide with no table (an autoguide) brings its Monte Carlo ELBO as ``elbo_q``; its total gap is then
-    log p(x) - elbo_q."""
-    exact, n = spec.exact, x.shape[0]
-    log_p = float(exact.log_evidence(x, params)) / n
-    best = optimum(x, params)
-    best_elbo = float(exact.elbo(x, params, best)) / n
-    if hasattr(guide, "probs"):
-        q = guide.probs(x, params)
-        elbo_q = float(exact.elbo(x, params, q)) / n
-        total = float(exact.kl(x, params, q)) / n
-        warm = optimum(x, params, start=q)  # coordinate ascent is local: also climb from the guide's own q
-        warm_elbo = float(exact.elbo(x, params, warm)) / n
-        if warm_elbo > best_elbo:
-            best, best_elbo = warm, warm_elbo
-    else:
-        total = log_p - elbo_q
-    approximation = float(exact.kl(x, params, best)) / n
-    return {"log_p": log_p, "elbo": elbo_q, "best_elbo": best_elbo, "total_gap": total,
-            "approximation_gap": approximation, "amortisation_gap": best_elbo - elbo_q}
 
 
 def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int) -> list[dict[str, Any]]:
@@ -334,375 +285,20 @@ def _heldout(metrics: dict[str, Any], method: str) -> dict[str, float]:
     return {f"heldout {k}": v for k, v in values.items() if isinstance(v, (int, float))}
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method: the mean and sample standard deviation over seeds of every numeric column."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("seed", "method", "kind", "estimator")))
-    out = []
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        entry = {"method": method, "kind": mine[0]["kind"], "estimator": mine[0].get("estimator", ""), "seeds": len(mine)}
-        for key in keys:
-            values = [float(r[key]) for r in mine if r.get(key) is not None and math.isfinite(float(r[key]))]
-            entry[key] = statistics.fmean(values) if values else None
-            entry[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
-        out.append(entry)
-    return out
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _cell(entry: dict[str, Any], key: str) -> str:
-    v = entry.get(key)
-    if v is None:
-        return "–"
-    digits = 2 if key == "wall_time_s" else 4
-    text = f"{round(v, digits) + 0.0:.{digits}f}"
-    sd, se = entry.get(f"{key}_sd"), entry.get(f"{key}_se")
-    if sd is not None:
-        text += f" ± {sd:.{digits}f}"
-    elif se is not None and math.isfinite(se):
-        text += f" (se {se:.4f})"
-    return text
-
-
-def markdown_table(summary: list[dict[str, Any]]) -> str:
-    """Markdown: one row per method, every column as mean ± sd over seeds."""
-    heldout = list(dict.fromkeys(k for e in summary for k in e if k.startswith("heldout ") and not k.endswith(("_sd", "_se"))))
-    keys = list(COLUMNS) + heldout
-    head = "| method | " + " | ".join(list(COLUMNS.values()) + heldout) + " |"
-    rows = [head, "|---|" + "---:|" * len(keys)]
-    for e in summary:
-        name = e["method"] + (f" ({e['estimator']})" if e.get("estimator") else "")
-        rows.append(f"| {name} | " + " | ".join(_cell(e, k) for k in keys) + " |")
-    return "\n".join(rows)
-
-
-def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]], markdown: str) -> None:
-    for name, table in (("compare.csv", rows), ("summary.csv", summary)):
-        keys = list(dict.fromkeys(k for r in table for k in r))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        for r in table:
-            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in keys})
-        report.write_atomic(out_dir / name, buf.getvalue())
-    report.write_atomic(out_dir / "compare.md", markdown)
-
-
-def compare_markdown(title: str, source: str, opts: CompareOptions, summary, rows, figures: list[str], out_dir: Path) -> str:
-    seeds = f"{opts.seeds} seed{'s' if opts.seeds > 1 else ''}"
-    lines = [
-        f"# Guides compared: {title}",
-        "",
-        f"From the {source}; {seeds}, every method from the same initialisation and with the same budget per seed. "
-        "Cells are mean ± sample standard deviation over seeds (Monte Carlo estimates with one seed show their "
-        "standard error instead).",
-        "",
-        markdown_table(summary),
-        "",
-        "- **ELBO / point** is exact (enumeration or closed form) where the model allows, otherwise a Monte Carlo "
-        "average; **log p(x) / point** is each method's own fitted model's, exact where tractable, otherwise IWAE.",
-        "- **total gap** = log p(x) − ELBO(q) = KL(q ‖ p(z|x)), at each guide's own parameters. It splits into the "
-        "**approximation gap** KL(q* ‖ p(z|x)), where q* is the best member of the guide's family per point "
-        "(coordinate ascent, fixed points or closed form), and the **amortisation gap** ELBO(q*) − ELBO(q). For a "
-        "free per-point guide the latter is its optimisation shortfall.",
-        "- SVI AutoNormal / AutoDelta are Pyro's autoguides (outside baselines, continuous latents only); "
-        "AutoDelta's objective is log p(x, z*) (joint MAP), not a bound, so it has no gap.",
-    ]
-    for f in figures:
-        lines += ["", f"![{f}]({f})"]
-    summary_path = out_dir / "arviz_summary.md"
-    if summary_path.exists():
-        lines += ["", summary_path.read_text(encoding="utf-8")]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- pictures and ArviZ
-
-
-@torch.no_grad()
-def _guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> dict[str, torch.Tensor]:
-    """``num_samples`` draws of the guide's ``sites`` with ``pyro.infer.Predictive`` run on the guide itself (q is
-    all we need; replaying the model on every draw would score the whole data set each time): vectorised over
-    draws where the guide allows it, else one draw at a time."""
-
-    pyro.set_rng_seed(0)
-    try:  # vectorised, DRAW_CHUNK draws per call: a guide's intermediates (LDA's per-token tables) scale with them
-        parts = []
-        with pyro.validation_enabled(False):
-            for start in range(0, num_samples, DRAW_CHUNK):
-                size = min(DRAW_CHUNK, num_samples - start)
-                parts.append(Predictive(guide, num_samples=size, return_sites=sites, parallel=True)(x))
-        return {s: torch.cat([p[s] for p in parts]) for s in parts[0]}
-    except (RuntimeError, ValueError, NotImplementedError, IndexError):
-        pyro.set_rng_seed(0)  # one guide call per draw: at most SEQUENTIAL_DRAWS of them
-        return Predictive(guide, num_samples=min(num_samples, SEQUENTIAL_DRAWS), return_sites=sites)(x)
-
-
-def _point_sites(model, guide, x: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Latent sites of the guide that are local to the data plate: name -> (point axis, cardinality; 0 if not
-    categorical with more than two values)."""
-
-    n = x.shape[0]
-    with poutine.block(), pyro.validation_enabled(False):
-        trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=trace)).get_trace(x)
-    out = {}
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site) or name not in model_trace.nodes:
-            continue
-        frames = [f for f in site["cond_indep_stack"] if f.size == n]
-        if not frames:
-            continue
-        value = site["value"]
-        event = site["fn"].event_dim
-        axis = value.dim() - event + frames[0].dim
-        fn = model_trace.nodes[name]["fn"]
-        k = 0
-        if fn.has_enumerate_support and event == 0 and not isinstance(fn, dist.Bernoulli):
-            k = fn.enumerate_support(expand=False).shape[0]  # categorical: one-hot, so means are probabilities
-        out[name] = (axis, k)
-    return out
-
-
-def _take(value: torch.Tensor, axis: int, points: torch.Tensor | None, cardinality: int) -> torch.Tensor:
-    """(S, P, coords): the rows ``points`` (all if None) along the point axis (of the unbatched site), categorical one-hot."""
-    v = value.movedim(axis + 1, 1)
-    v = v if points is None else v[:, points]
-    if cardinality:
-        v = torch.nn.functional.one_hot(v.long(), cardinality)
-    return v.reshape(v.shape[0], v.shape[1], -1).double().detach()
-
-
-def select_points(spec: ModelSpec, results: list[RunResult], opts: CompareOptions, candidates: int = 400) -> torch.Tensor:
-    """The points the pictures show: among the first ``candidates``, those whose exact posterior (at the first
-    guide's parameters, from 256 draws) is most interesting: the largest covariance between binary latents,
-    else the largest posterior variance summed over coordinates. The first points where nothing is exact."""
-    res = results[0]
-    n = res.x.shape[0]
-    method = next(iter(res.trained), None)
-    if method is None or not res.metrics["enumerable"] or spec.exact.draws is None:
-        return torch.arange(min(opts.points, n))
-    m = min(n, candidates)
-    sites = _point_sites(res.models[method], res.trained[method], res.x)
-    with torch.no_grad():
-        exact = spec.exact.draws(res.x[:m], res.fits[method], 256, torch.Generator().manual_seed(1))
-    taken = {s: _take(v, sites[s][0], None, sites[s][1]) for s, v in exact.items() if s in sites}
-    binary = _binary_sites(taken)
-    if binary:  # covariance, not correlation: a rare bit's correlation from 256 draws is noise
-        v = taken[binary[0]] - taken[binary[0]].mean(0)
-        cov = torch.einsum("spi,spj->pij", v, v) / (v.shape[0] - 1)
-        score = (cov - torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1))).abs().amax((-2, -1))
-    else:
-        score = sum(v.var(0).sum(-1) for v in taken.values())
-    return score.argsort(descending=True)[: opts.points]  # most interesting first
-
-
-def posterior_draws(spec: ModelSpec, results: list[RunResult], opts: CompareOptions, points: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """Seed 0's draws for the data points ``points``: "<method>" -> {site: (S, P, coords)} from the guide
-    (pyro.infer.Predictive), and "exact | <method>" from the exact posterior at that method's parameters."""
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    gen = torch.Generator().manual_seed(0)
-    for res in results:
-        for method, guide in res.trained.items():
-            model = res.models[method]
-            sites = _point_sites(model, guide, res.x)
-            if not sites:
-                continue
-            pred = _guide_draws(guide, res.x, opts.draws, list(sites))
-            out[method] = {s: _take(pred[s], sites[s][0], points, sites[s][1]) for s in sites if s in pred}
-            if res.metrics["enumerable"] and spec.exact.draws is not None and not getattr(guide, "point_mass", False):
-                with torch.no_grad():
-                    exact = spec.exact.draws(res.x[points], res.fits[method], opts.draws, gen)
-                out[f"exact | {method}"] = {s: _take(v, sites[s][0], None, sites[s][1]) for s, v in exact.items()
-                                            if s in sites}
-    return out
-
-
 def pictures(spec: ModelSpec, results: list[RunResult], out_dir: Path, opts: CompareOptions, log) -> list[str]:
     """ELBO against wall time; and, from seed 0's posterior draws, the marginals, the binary correlations and the
     ArviZ export with its forest plot. Returns the figure files written."""
     figures = []
     plot_elbo_time(out_dir / "elbo_time.png", results)
     figures.append("elbo_time.png")
-    points = select_points(spec, results, opts)
-    draws = posterior_draws(spec, results, opts, points)
+    points = select_points(spec, results, opts.points)
+    draws, sources = posterior_draws(spec, results, opts.draws, points)
     if draws:
         plot_marginals(out_dir / "marginals.png", draws, points.tolist())
         figures.append("marginals.png")
         if plot_correlation(out_dir / "correlation.png", draws, points.tolist()):
             figures.append("correlation.png")
-        if export_arviz(out_dir, draws, points.tolist()):
+        if export_arviz(spec, out_dir, draws, points.tolist(), sources):
             figures.append("forest.png")
     log(f"figures: {', '.join(figures)}")
     return figures
-
-
-def plot_elbo_time(path: Path, results: list[RunResult]) -> None:
-    """Every guide's ELBO per point against seconds of training, with the reference fit's objective line."""
-
-    fig, ax = report.axes(figsize=(7, 4.2))
-    values = []
-    for res in results:
-        for name, g in res.metrics["guides"].items():
-            curve, times = np.asarray(g["elbo_curve"], float), np.asarray(g.get("elbo_times") or [], float)
-            if curve.size == 0 or times.size != curve.size:
-                continue
-            smooth = report.smooth(curve)
-            point_mass = getattr(res.trained.get(f"SVI {name}"), "point_mass", False)
-            label = f"SVI {name} ({g['elbo']})" + (": log p(x, z*), not a bound" if point_mass else "")
-            ax.plot(times[-len(smooth):], smooth, lw=1.5, ls=":" if point_mass else "-", label=label)
-            if not point_mass:  # a MAP objective may climb far above every bound: leave it off the scale
-                values += [float(np.percentile(curve, 20)), float(curve[-1])]
-    em = results[0].metrics.get("exact")
-    if em:
-        level = em.get("log_likelihood_per_point", em.get("elbo_per_point"))
-        ax.axhline(level, color="k", ls="--", lw=1.2, label=f"{em['method']} ({em['wall_time_s']:.2f} s): {em['objective']} / point = {level:.4f}")
-        values.append(level)
-    report.fit_ylim(ax, values)
-    ax.set_xscale("log")
-    ax.set_xlabel("wall time (s, log scale)")
-    ax.set_ylabel("nats per data point")
-    report.finish(fig, ax, path, f"ELBO against wall time: {results[0].metrics['title']}", legend_loc="lower right")
-
-
-def _pairs(draws: dict[str, dict[str, torch.Tensor]]) -> list[str]:
-    """Methods with exact draws beside them, in order."""
-    return [m for m in draws if not m.startswith("exact | ") and f"exact | {m}" in draws] or \
-        [m for m in draws if not m.startswith("exact | ")]
-
-
-def plot_marginals(path: Path, draws: dict[str, dict[str, torch.Tensor]], points: list[int], max_coords: int = 12) -> None:
-    """Rows: methods; columns: data points. Discrete coordinates: P(value) (bars); continuous: mean ± 2 sd.
-    The exact posterior at the method's own parameters is drawn beside the guide's q."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = _pairs(draws)
-    fig, axes = plt.subplots(len(methods), len(points), figsize=(3.6 * len(points), 2.3 * len(methods) + 0.6), dpi=110, squeeze=False)
-    for r, method in enumerate(methods):
-        for c, point in enumerate(points):
-            ax = axes[r, c]
-            offset, ticks = 0, []
-            for label, mine, colour, shift in ((f"exact | {method}", draws.get(f"exact | {method}"), "k", -0.2),
-                                               (method, draws[method], "C1", 0.2)):
-                if mine is None:
-                    continue
-                pos = 0
-                for site, v in mine.items():
-                    if c >= v.shape[1]:
-                        continue
-                    vals = v[:, c, :max_coords]
-                    xs = torch.arange(vals.shape[1]) + pos
-                    discrete = bool(((vals == 0) | (vals == 1)).all())
-                    if discrete:
-                        ax.bar(xs + shift, vals.mean(0), width=0.4, color=colour, alpha=0.8, label=label if pos == 0 else None)
-                    else:
-                        ax.errorbar(xs + shift, vals.mean(0), yerr=2 * vals.std(0), fmt="o", ms=3, color=colour,
-                                    label=label if pos == 0 else None)
-                    if shift > 0:
-                        ticks += [(float(x), f"{site}[{i}]") for i, x in enumerate(xs)]
-                    pos += vals.shape[1] + 1
-                offset = max(offset, pos)
-            if ticks:
-                ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks], rotation=90, fontsize=6)
-            ax.set_title(f"{method}, point {point}", fontsize=8)
-            ax.tick_params(labelsize=6)
-            ax.grid(alpha=0.3)
-            if r == 0 and c == 0:
-                ax.legend(fontsize=6)
-    fig.suptitle("Posterior marginals: exact p(z | x, θ) (black) beside each guide's q (orange), at the guide's own θ;\n"
-                 "discrete: probability of 1 (one-hot for categories), continuous: mean ± 2 sd", fontsize=8)
-    fig.tight_layout()
-    report.save_png(fig, path)
-
-
-def _binary_sites(v: dict[str, torch.Tensor]) -> list[str]:
-    return [s for s, t in v.items() if t.shape[-1] >= 2 and bool(((t == 0) | (t == 1)).all()) and not _one_hot(t)]
-
-
-def _one_hot(t: torch.Tensor) -> bool:
-    return bool((t.sum(-1) == 1).all())
-
-
-def correlations(v: torch.Tensor) -> torch.Tensor:
-    """(P, K, K) correlation of the coordinates of v: (S, P, K) across draws (NaN-free: constant bits give 0)."""
-    c = v - v.mean(0)
-    cov = torch.einsum("spi,spj->pij", c, c) / (v.shape[0] - 1)
-    sd = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(1e-12).sqrt()
-    return cov / (sd[..., :, None] * sd[..., None, :])
-
-
-def plot_correlation(path: Path, draws: dict[str, dict[str, torch.Tensor]], points: list[int]) -> bool:
-    """For binary latents: the exact posterior correlation between latent bits at the point (of those drawn) where
-    it is strongest, beside each guide's (zero for mean field by construction). False if there are none."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [m for m in _pairs(draws) if f"exact | {m}" in draws and _binary_sites(draws[f"exact | {m}"])]
-    if not methods:
-        return False
-    fig, axes = plt.subplots(len(methods), 2, figsize=(6.4, 3.0 * len(methods)), dpi=110, squeeze=False)
-    for r, method in enumerate(methods):
-        site = _binary_sites(draws[f"exact | {method}"])[0]
-        exact = correlations(draws[f"exact | {method}"][site])
-        off = exact - torch.diag_embed(torch.diagonal(exact, dim1=-2, dim2=-1))
-        p = int(off.abs().amax((-2, -1)).argmax())
-        for c, (label, v) in enumerate(((f"exact | {method}", exact[p]), (method, correlations(draws[method][site])[p]))):
-            ax = axes[r, c]
-            v = v.clone()
-            v.fill_diagonal_(float("nan"))  # the off-diagonal is the point
-            im = ax.imshow(v.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
-            ax.set_title(f"{label}: corr({site}), data point {points[p]}", fontsize=7)
-            ax.tick_params(labelsize=6)
-        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.8)
-    fig.suptitle("Posterior correlation of binary latents (from draws): explaining away, which a factorised q cannot hold", fontsize=8)
-    report.save_png(fig, path)
-    return True
-
-
-def export_arviz(out_dir: Path, draws: dict[str, dict[str, torch.Tensor]], points: list[int], max_coords: int = 12) -> bool:
-    """Each method's draws as ArviZ InferenceData (netCDF, ``arviz/<method>.nc``; dims point (the data rows
-    ``points``) and coordinate), ``arviz_summary.md`` (az.summary of the first of ``points`` per method) and
-    ``forest.png`` (az.plot_forest of that point, methods side by side)."""
-    import arviz as az
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (out_dir / "arviz").mkdir(exist_ok=True)
-    data, parts = {}, [f"## ArviZ: posterior summaries of data point {points[0]}", ""]
-    for method, sites in draws.items():
-        posterior = {s: v.numpy()[None] for s, v in sites.items()}  # (chain 1, draw, point, coord)
-        dims = {s: ["point", f"{s}_coord"] for s in sites}
-        idata = az.from_dict(posterior=posterior, dims=dims, coords={"point": points})
-        fname = method.replace("exact | ", "exact_at_").replace("SVI ", "").replace(" ", "_")
-        idata.to_netcdf(str(out_dir / "arviz" / f"{fname}.nc"))
-        point0 = idata.posterior.isel(point=0).isel({f"{s}_coord": slice(0, max_coords) for s in sites})
-        data[method] = point0
-        table = az.summary(point0, kind="stats", round_to=3)
-        parts += [f"### {method}", "", table.to_markdown() if _has_tabulate() else "```\n" + table.to_string() + "\n```", ""]
-    report.write_atomic(out_dir / "arviz_summary.md", "\n".join(parts))
-    names = list(data)
-    first = next(iter(data.values()))
-    coords = sum(int(v.size // (v.sizes["chain"] * v.sizes["draw"])) for v in first.data_vars.values())
-    axes = az.plot_forest([data[m] for m in names], model_names=names, combined=True, hdi_prob=0.9,
-                          figsize=(7, 1.5 + 0.22 * coords * len(names)))
-    fig = axes.ravel()[0].figure
-    fig.suptitle(f"az.plot_forest, data point {points[0]}: exact posterior (at each guide's θ) beside each guide (90% HDI)", fontsize=8)
-    report.save_png(fig, out_dir / "forest.png")
-    plt.close("all")
-    return True
-
-
-def _has_tabulate() -> bool:
-    """pandas writes Markdown tables only with the optional ``tabulate`` package installed."""
-
-    return importlib.util.find_spec("tabulate") is not None

@@ -91,8 +91,8 @@ MODELS: dict[str, ModelSpec] = {
                 ),
             ),
             datasets={
-                "faithful": lambda opts, args, seed: datasets.faithful(opts.standardise),
-                "iris": lambda opts, args, seed: datasets.iris(opts.standardise),
+                "faithful": datasets.load_faithful,
+                "iris": datasets.load_iris,
                 "synthetic": gmm.synthetic,
             },
             plot_fit=gmm.plot_fit,
@@ -127,7 +127,7 @@ MODELS: dict[str, ModelSpec] = {
             ),
             datasets={
                 "synthetic": noisy_or.synthetic,
-                "std": lambda opts, args, seed: datasets.std_symptoms(),
+                "std": datasets.load_std,
             },
             describe=lambda args: f"K={args.num_causes} causes",
             describe_fit=noisy_or.describe_fit,
@@ -163,8 +163,8 @@ MODELS: dict[str, ModelSpec] = {
             ),
             datasets={
                 "synthetic": lfdm.synthetic,
-                "news": datasets.news,
-                "reuters": datasets.reuters,
+                "news": datasets.load_news,
+                "reuters": datasets.load_reuters,
             },
             describe=lambda args: f"K={args.num_factors} factors, decoder hidden={list(args.hidden)}",
             describe_fit=lfdm.describe_fit,
@@ -196,8 +196,8 @@ MODELS: dict[str, ModelSpec] = {
                 objective="ELBO",
             ),
             datasets={
-                "news": datasets.news,
-                "reuters": datasets.reuters,
+                "news": datasets.load_news,
+                "reuters": datasets.load_reuters,
                 "synthetic": lda.synthetic,
             },
             describe=lambda args: f"K={args.num_topics}, {args.topics} topics",
@@ -245,7 +245,7 @@ MODELS: dict[str, ModelSpec] = {
             ),
             datasets={
                 "synthetic": fhmm.synthetic,
-                "chorales": fhmm.chorales,
+                "chorales": datasets.load_chorales,
             },
             describe=lambda args: f"M={args.num_chains} chains x L={args.num_states} states, {args.emission} emissions",
             describe_fit=fhmm.describe_fit,
@@ -282,7 +282,11 @@ MODELS: dict[str, ModelSpec] = {
                 fit=lambda x, init, args, max_iter, tol: vae.fit_ppca(x, init, args),
                 method="closed-form MLE (PPCA)",
             ),
-            datasets={"digits": vae.digits, "mnist": vae.mnist, "fashion_mnist": vae.fashion_mnist},
+            datasets={
+                "digits": datasets.load_digits,
+                "mnist": datasets.load_mnist,
+                "fashion_mnist": datasets.load_fashion_mnist,
+            },
             heldout=vae_eval.heldout_metrics,
             importance=vae_eval.importance_metrics,
             pictures=vae_pictures.pictures,

@@ -1,16 +1,22 @@
 """Run one experiment: load and check data, fit the exact reference, train each guide, report.
 
     config -> data (validated) -> shared initialisation -> exact EM (if the model has one)
-           -> for each guide: SVI -> exact ELBO, log p(x), KL by enumeration -> run folder
+           -> for each guide: SVI -> exact ELBO, log p(x), KL by enumeration -> (optionally) run folder
+
+Two parts, one code path for ``vizoo run`` and the Python API (:func:`vizoo.fit`): the runner
+(:func:`prepare`, then :func:`execute`) computes everything in memory, and a :class:`RunWriter`, when there
+is one, writes. ``vizoo run`` always has a writer; ``vizoo.fit`` has one only with ``out=``.
 
 The run folder ``<output_dir>/<name>-<timestamp>/`` holds::
 
     config.toml        the resolved config (every default filled in)
+    data.npy           the data, when it was given in memory (vizoo.fit with an array; data.path = "data.npy")
     params/em.pt       parameters fitted by exact EM           (torch.load(..., weights_only=True))
     params/<guide>.pt  model parameters learned with that guide
     guides/<guide>.pt  the guide's own parameters (state_dict)
     checkpoints/<guide>.pt  the guide's training state, saved periodically (``[checkpoint]``): what
-                       ``vizoo run --resume RUN_DIR`` continues from (experiments/checkpoint.py)
+                       ``vizoo run --resume RUN_DIR`` continues from, and what ``vizoo.load`` rebuilds the
+                       trained guide from (experiments/checkpoint.py)
     elbo.png           ELBO per point against step, with the exact log-likelihood line
     fit.png            the data and every method's fit (models that provide ``plot_fit``)
     *.png              the model's own pictures (``pictures``: the VAE's reconstructions, samples, latent map)
@@ -25,41 +31,67 @@ name, never a path), and a resumed folder must hold real sub-folders (no symboli
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import torch
 
+from ..models.datasets import Dataset
 from ..models.errors import ConfigError
 from ..models.exact.binary import MAX_LATENTS
 from ..models.importance import ImportanceEstimate, log_weights
+from ..models.spec import ModelSpec
 from . import report
 from .checkpoint import Checkpointer, check_modules, fingerprint
 from .config import RunConfig, load_config
 from .train import NonFiniteLoss, SVIResult, interruptible, stop_requested, train_svi
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DATA_FILE = "data.npy"  # in-memory data, saved into its run folder (config: data.name = "file", data.path = "data.npy")
 
 
 @dataclasses.dataclass
 class RunResult:
-    """run_dir and metrics (what was written); and, in memory for callers such as the guide comparison, the
-    training data x, the fitted parameters of every method (fits: "exact EM", "SVI <guide>", ...), and each
-    SVI method's trained guide and trained model module."""
+    """run_dir (None when nothing was written) and metrics (what metrics.json holds); and, in memory for callers
+    such as the guide comparison and the Python API, the training data x, the fitted parameters of every
+    method (fits: "exact EM", "SVI <guide>", ...), each SVI method's trained guide and trained model module,
+    the config, the spec, the data set and the held-out rows (x_test)."""
 
-    run_dir: Path
+    run_dir: Path | None
     metrics: dict[str, Any]
     x: torch.Tensor | None = None
     fits: dict[str, Any] = dataclasses.field(default_factory=dict)
     trained: dict[str, Any] = dataclasses.field(default_factory=dict)
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cfg: RunConfig | None = None
+    spec: ModelSpec | None = None
+    data: Dataset | None = None
+    x_test: torch.Tensor | None = None
 
     @property
     def interrupted(self) -> bool:
         return self.metrics["status"] == "interrupted"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything checked and built before any work or any write: the training and held-out rows, the shared
+    initialisation, each guide (built, networks initialised), and what a checkpoint must match (identity)."""
+
+    cfg: RunConfig
+    spec: ModelSpec
+    data: Dataset
+    x: torch.Tensor
+    x_test: torch.Tensor | None
+    init: Any
+    guides: dict[str, Any]
+    identity: dict[str, str]
+    enumerable: bool
 
 
 def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print, spec=None) -> RunResult:
@@ -68,8 +100,10 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print, spec
 
     Ctrl-C anywhere in the run stops training at the next step boundary (see ``interruptible``); what
     finished is evaluated and written, and ``metrics.json`` says "interrupted"."""
+    spec = spec or cfg.spec
     with interruptible():
-        return _run(cfg, progress, log, spec or cfg.spec, None)
+        prep = prepare(cfg, spec, load_data(cfg, spec))  # raises before anything is written
+        return execute(prep, RunWriter.new(cfg), progress=progress, log=log)
 
 
 def resume_experiment(run_dir: str | Path, progress: bool | None = None, log=print) -> RunResult:
@@ -81,7 +115,9 @@ def resume_experiment(run_dir: str | Path, progress: bool | None = None, log=pri
     run_dir = check_run_dir(run_dir)
     cfg = load_config(run_dir / "config.toml")
     with interruptible():
-        return _run(cfg, progress, log, cfg.spec, run_dir)
+        prep = prepare(cfg, cfg.spec, load_data(cfg, cfg.spec, run_dir))
+        states = load_states(prep, run_dir, final=False)
+        return execute(prep, RunWriter(run_dir, new=False), states=states, progress=progress, log=log)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -112,6 +148,34 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def load_data(cfg: RunConfig, spec: ModelSpec, run_dir: Path | None = None) -> Dataset:
+    """The config's data, validated for the model (raises DataError). In a run folder (``run_dir``), a relative
+    ``data.path`` that names a file inside the folder is read from there (the in-memory data a run saved)."""
+    opts = cfg.data
+    if run_dir is not None and opts.name == "file" and not Path(opts.path).is_absolute() and (run_dir / opts.path).is_file():
+        opts = dataclasses.replace(opts, path=str(run_dir / opts.path))
+    return spec.load(opts, cfg.model_args, cfg.seed)
+
+
+def load_states(prep: Prepared, run_dir: Path, final: bool) -> dict[str, dict]:
+    """Each guide's checkpoint in ``run_dir/checkpoints``, loaded and checked against the run (config, data) and
+    the guide's modules. ``final``: every guide must have one (``vizoo.load``); otherwise guides without one
+    start from scratch (a resumed run)."""
+    cfg, spec = prep.cfg, prep.spec
+    states = {}
+    for g, guide in prep.guides.items():
+        ck = Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**prep.identity, "guide": g})
+        state = ck.load(cfg.svi.steps)
+        if state is None:
+            if final:
+                raise ConfigError(f"{str(run_dir)!r}: guide {g!r} has no checkpoint ({str(ck.path)!r}); "
+                                  "runs written with checkpoint.enabled = false cannot be loaded")
+            continue
+        check_modules(state, (spec.guides[g].learnable or spec.learnable)(prep.init, cfg.model_args), guide, str(ck.path))
+        states[g] = state
+    return states
+
+
 def _identity(cfg: RunConfig, x: torch.Tensor, x_test: torch.Tensor | None) -> dict[str, str]:
     """What a checkpoint must match to be resumed: the config (where the run writes and whether it shows
     progress aside) and the data."""
@@ -120,12 +184,11 @@ def _identity(cfg: RunConfig, x: torch.Tensor, x_test: torch.Tensor | None) -> d
     return {"config_sha256": fingerprint(config), "data_sha256": fingerprint(data)}
 
 
-def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) -> RunResult:
+def prepare(cfg: RunConfig, spec: ModelSpec, data: Dataset) -> Prepared:
+    """Split the (validated) data, check the batch size, initialise, and build every guide; all input errors
+    are raised here, before anything is written or trained."""
     args = cfg.model_args
-    progress = cfg.progress if progress is None else progress
     dtype = DTYPES[cfg.dtype]
-
-    data = spec.load(cfg.data, args, cfg.seed)  # raises DataError before anything is written
     x, x_test = heldout_split(data.x.to(dtype), cfg.data.heldout, cfg.seed)
     if x_test is None and data.x_test is not None and spec.heldout is not None:  # the data set's fixed test set
         x_test = data.x_test.to(dtype)
@@ -141,28 +204,78 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
             guides[g] = build(x, init, **cfg.guide_args.for_builder(build))
         except ValueError as err:
             raise ConfigError(f"guide {g!r}: {err}") from None
+    ref = spec.exact
+    enumerable = ref is not None and ref.enumerable and not spec.exact_size_error(args) and (
+        not spec.latent_field or getattr(args, spec.latent_field) <= MAX_LATENTS
+    )  # beyond the limit (em disabled; the config refuses it otherwise) the ELBO is reported by Monte Carlo
+    return Prepared(cfg, spec, data, x, x_test, init, guides, _identity(cfg, x, x_test), enumerable)
 
-    identity = _identity(cfg, x, x_test)
-    states: dict[str, dict] = {}  # guide -> the checkpoint it resumes from
-    if resume is not None:  # every checkpoint is loaded and checked before any work
-        for g in guides:
-            ck = Checkpointer(resume / "checkpoints" / f"{g}.pt", {**identity, "guide": g})
-            state = ck.load(cfg.svi.steps)
-            if state is not None:
-                check_modules(state, (spec.guides[g].learnable or spec.learnable)(init, args), guides[g], str(ck.path))
-                states[g] = state
-        run_dir = resume
-    else:
-        run_dir = report.make_run_dir(_output_dir(cfg.output_dir), cfg.name)
-    for sub in ("params", "guides", "checkpoints"):
-        (run_dir / sub).mkdir(exist_ok=True)
-        for stale in (run_dir / sub).glob(".*.tmp"):  # a temporary file left by a killed write
-            stale.unlink()
-    checkpointers = {g: Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**identity, "guide": g},
-                                     cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
-                     for g in guides if cfg.checkpoint.enabled}
-    if resume is None:
-        report.write_atomic(run_dir / "config.toml", report.to_toml(cfg.to_dict()))
+
+class RunWriter:
+    """Writes a run folder: the runner (:func:`execute`) calls it at each point where something is to be
+    kept. Without a writer the runner writes nothing at all."""
+
+    def __init__(self, run_dir: Path, new: bool, data: np.ndarray | None = None):
+        self.run_dir = Path(run_dir)
+        self.new = new
+        self.data = data  # in-memory data to save as data.npy
+
+    @classmethod
+    def new(cls, cfg: RunConfig, data: np.ndarray | None = None) -> RunWriter:
+        """A fresh run folder ``<cfg.output_dir>/<cfg.name>-<timestamp>``."""
+        return cls(report.make_run_dir(_output_dir(cfg.output_dir), cfg.name), new=True, data=data)
+
+    def begin(self, prep: Prepared) -> dict[str, Checkpointer]:
+        """Sub-folders, the config (and the data given in memory); returns each guide's checkpointer."""
+        cfg = prep.cfg
+        for sub in ("params", "guides", "checkpoints"):
+            (self.run_dir / sub).mkdir(exist_ok=True)
+            for stale in (self.run_dir / sub).glob(".*.tmp"):  # a temporary file left by a killed write
+                stale.unlink()
+        if self.new:
+            if self.data is not None:
+                buf = io.BytesIO()
+                np.save(buf, self.data, allow_pickle=False)
+                report.write_atomic(self.run_dir / DATA_FILE, buf.getvalue())
+            report.write_atomic(self.run_dir / "config.toml", report.to_toml(cfg.to_dict()))
+        return {g: Checkpointer(self.run_dir / "checkpoints" / f"{g}.pt", {**prep.identity, "guide": g},
+                                cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
+                for g in prep.guides if cfg.checkpoint.enabled}
+
+    def exact(self, params: Any) -> None:
+        report.save_tensors(self.run_dir / "params" / "em.pt", params.state_dict())
+
+    def guide(self, g: str, fitted: Any, guide: Any) -> None:
+        report.save_tensors(self.run_dir / "params" / f"{g}.pt", fitted.state_dict())
+        report.save_tensors(self.run_dir / "guides" / f"{g}.pt", guide.state_dict())
+
+    def failed(self, metrics: dict[str, Any]) -> None:
+        report.write_json(self.run_dir / "metrics.json", metrics)
+
+    def finish(self, prep: Prepared, metrics: dict[str, Any], fits: dict[str, Any], trained: dict[str, Any], text: str) -> None:
+        """The pictures, report.md (``text``) and, last, metrics.json."""
+        spec, cfg, data, x = prep.spec, prep.cfg, prep.data, prep.x
+        report.plot_elbo(self.run_dir / "elbo.png", metrics)
+        if spec.plot_fit is not None:
+            report.plot_fit(self.run_dir / "fit.png", spec.plot_fit, x, fits, data.features, metrics["title"])
+        if spec.pictures is not None:
+            labels = data.labels if data.labels is not None and not cfg.data.heldout else None  # rows of x are data.x's
+            for name, fig in spec.pictures(x, fits, trained, labels, cfg.seed).items():
+                report.save_png(fig, self.run_dir / name)
+        report.write_atomic(self.run_dir / "report.md", f"# {metrics['title']}\n\n{text}\n")
+        report.write_json(self.run_dir / "metrics.json", metrics)
+
+
+def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, dict] | None = None,
+            progress: bool | None = None, log=print) -> RunResult:
+    """The runner: exact reference, SVI for each guide (from its checkpoint ``states`` where given), evaluation;
+    everything in memory, and written by ``writer`` when there is one."""
+    cfg, spec, data, x, x_test, init = prep.cfg, prep.spec, prep.data, prep.x, prep.x_test, prep.init
+    args = cfg.model_args
+    progress = cfg.progress if progress is None else progress
+    states = states or {}
+    num_points = x.shape[0]
+    checkpointers = writer.begin(prep) if writer is not None else {}
     title = f"{spec.name} on {data.description}; {spec.describe(args)}".rstrip("; ")
     metrics: dict[str, Any] = {
         "status": "running",
@@ -172,19 +285,16 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
         "num_points": num_points,
         "num_heldout": 0 if x_test is None else x_test.shape[0],
         "seed": cfg.seed,
-        "enumerable": False,
+        "enumerable": prep.enumerable,
         "exact": None,
         "guides": {},
     }
-    log(f"{title}\nrun folder: {run_dir}")
+    log(title + (f"\nrun folder: {writer.run_dir}" if writer is not None else ""))
     for g, state in states.items():
         log(f"resuming {g} from its checkpoint: " + ("finished" if state.get("finished") else f"step {state['step']} of {cfg.svi.steps}"))
 
+    enumerable = prep.enumerable
     ref = spec.exact
-    enumerable = ref is not None and ref.enumerable and not spec.exact_size_error(args) and (
-        not spec.latent_field or getattr(args, spec.latent_field) <= MAX_LATENTS
-    )  # beyond the limit (em disabled; the config refuses it otherwise) the ELBO is reported by Monte Carlo
-    metrics["enumerable"] = enumerable
     if not (cfg.em.enabled and ref is not None and (enumerable or not ref.enumerable)):
         ref = None
     fits: dict[str, Any] = {}  # method -> fitted parameters, for the model's picture
@@ -207,27 +317,29 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
             "converged": em.converged,
             "wall_time_s": wall,
         }
-        report.save_tensors(run_dir / "params" / "em.pt", em.params.state_dict())
+        if writer is not None:
+            writer.exact(em.params)
         fits[ref.method] = em.params
         log(f"{ref.method}: {ref.objective}/point = {float(trace[-1]):.4f} after {em.num_iters} iterations ({wall:.2f} s)")
 
     interrupted = False
-    for i, (g, guide) in enumerate(guides.items()):
+    for i, (g, guide) in enumerate(prep.guides.items()):
         model = (spec.guides[g].learnable or spec.learnable)(init, args)
         try:
             result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g,
                                checkpoint=checkpointers.get(g), resume=states.get(g))
         except NonFiniteLoss as err:  # nothing more is saved: the guide's last checkpoint is its last good state
             metrics.update(status="failed", error=str(err), failed_guide=g)
-            report.write_json(run_dir / "metrics.json", metrics)
+            if writer is not None:
+                writer.failed(metrics)
             raise
         fitted = spec.fitted(model, guide)
         metrics["guides"][g] = _evaluate(spec, enumerable, fitted, guide, x, result, cfg)
         fits[f"SVI {g}"] = fitted
         trained[f"SVI {g}"] = guide
         models[f"SVI {g}"] = model
-        report.save_tensors(run_dir / "params" / f"{g}.pt", fits[f"SVI {g}"].state_dict())
-        report.save_tensors(run_dir / "guides" / f"{g}.pt", guide.state_dict())
+        if writer is not None:
+            writer.guide(g, fitted, guide)
         m = metrics["guides"][g]
         log(f"SVI {g}: ELBO/point = {m['final_elbo_per_point']:.4f} after {result.steps} steps ({result.wall_time:.2f} s)")
         if result.interrupted:
@@ -245,18 +357,11 @@ def _run(cfg: RunConfig, progress: bool | None, log, spec, resume: Path | None) 
     table = report.comparison_table(metrics)
     if metrics.get("heldout"):
         table += f"\n\nHeld out ({metrics['num_heldout']} documents, points or sequences, never trained on):\n\n" + report.heldout_table(metrics)
-    report.plot_elbo(run_dir / "elbo.png", metrics)
-    if spec.plot_fit is not None:
-        report.plot_fit(run_dir / "fit.png", spec.plot_fit, x, fits, data.features, title)
-    if spec.pictures is not None:
-        labels = data.labels if data.labels is not None and not cfg.data.heldout else None  # rows of x are data.x's
-        for name, fig in spec.pictures(x, fits, trained, labels, cfg.seed).items():
-            report.save_png(fig, run_dir / name)
     fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
-    report.write_atomic(run_dir / "report.md", f"# {title}\n\n{table}\n\n{_notes(metrics)}{fit_notes}\n")
-    report.write_json(run_dir / "metrics.json", metrics)
+    if writer is not None:
+        writer.finish(prep, metrics, fits, trained, f"{table}\n\n{_notes(metrics)}{fit_notes}")
     log(table + fit_notes)
-    return RunResult(run_dir, metrics, x, fits, trained, models)
+    return RunResult(None if writer is None else writer.run_dir, metrics, x, fits, trained, models, cfg, spec, data, x_test)
 
 
 def _output_dir(path: str) -> Path:

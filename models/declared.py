@@ -330,22 +330,13 @@ def validate(decl: Declaration, x, args: DeclaredArgs | None = None) -> Tensor:
     return x
 
 
-def _digits(opts: DataOptions) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.bernoulli(torch.as_tensor(bunch.data, dtype=torch.float64) / 16.0, generator=torch.Generator().manual_seed(0))
-    return Dataset(x, "scikit-learn digits (1,797 x 64, binarised with seed 0)", tuple(f"px{i}" for i in range(64)),
-                   labels=torch.as_tensor(bunch.target))
-
-
 SOURCES = {  # the data sets a declaration's [data] table may name (models.declaration.DATA_SOURCES gives their families)
-    "faithful": lambda opts: datasets.faithful(opts.standardise),
-    "iris": lambda opts: datasets.iris(opts.standardise),
-    "std": lambda opts: datasets.std_symptoms(),
-    "digits": _digits,
-    "news": lambda opts: datasets.news(opts),
-    "reuters": lambda opts: datasets.reuters(opts),
+    "faithful": datasets.load_faithful,
+    "iris": datasets.load_iris,
+    "std": datasets.load_std,
+    "digits": datasets.load_digits,  # binarised (seed 0): DeclaredArgs has no Gaussian likelihood option
+    "news": datasets.load_news,
+    "reuters": datasets.load_reuters,
 }
 
 
@@ -354,7 +345,7 @@ def mapped(decl: Declaration, opts: DataOptions, args: DeclaredArgs, seed: int) 
     Each must have as many columns as its group's size (named in the error) and all the same rows."""
     parts = []
     for g in decl.observed:
-        ds = SOURCES[decl.data[g.name]](opts)
+        ds = SOURCES[decl.data[g.name]](opts, args, seed)
         x = ds.x[: opts.subset] if opts.subset else ds.x
         if x.shape[1] != g.size:
             raise DataError(f"{decl.where('observed', g.name, 'size')}: size mismatch: data set {decl.data[g.name]!r} has "

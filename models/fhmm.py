@@ -33,6 +33,7 @@ Tensor shapes under ``Trace.format_shapes()`` (y: (N, T, D))::
 
 Exact inference on the L^M joint state space is :mod:`models.exact.fhmm` (forward-backward, Baum-Welch,
 and Ghahramani & Jordan's fixed points for both mean-field families); the guides are in :mod:`guides.fhmm`.
+The Bach chorales (binary piano rolls) are loaded by :mod:`models.datasets.chorales`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 from torch.distributions import constraints
 
-from . import chorales as source
 from .datasets import DataOptions, Dataset
 from .distributions import MarkovChain
 from .errors import DataError
@@ -272,15 +272,6 @@ def synthetic(opts: DataOptions, args: FHMMArgs, seed: int) -> Dataset:
                    f"{opts.num_points} train + {opts.num_points} test sequences of {opts.num_steps} steps)")
     features = tuple(f"y{i}" for i in range(opts.dim))
     return Dataset(y[: opts.num_points], description, features, truth=truth, x_test=y[opts.num_points :])
-
-
-def chorales(opts: DataOptions, args: FHMMArgs, seed: int) -> Dataset:
-    """Bach chorales as binary piano rolls with the fixed train/test split (see :mod:`models.chorales`)."""
-    if args.emission != "bernoulli":
-        raise DataError("data.name='chorales' is binary piano rolls: set model_args.emission = 'bernoulli'")
-
-    c = source.chorales(subset=opts.subset)
-    return Dataset(c.train, c.description, tuple(f"midi{p}" for p in c.pitches), x_test=c.test)
 
 
 def heldout_metrics(y_train: Tensor, y_test: Tensor, params: FHMMParams, seed: int, **_options) -> dict[str, float]:

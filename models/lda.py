@@ -59,8 +59,7 @@ from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from . import corpora
-from .datasets import DataOptions, Dataset
+from .datasets import DataOptions, Dataset, corpora
 from .distributions import TopicWord
 from .errors import DataError
 from .exact import lda as exact
@@ -255,7 +254,7 @@ def simulate(params: LDAParams, num_docs: int, doc_length: float, seed: int) -> 
 
 
 def validate_data(x) -> Tensor:
-    """Word counts (D, V): non-negative integers, no empty document; see :func:`models.corpora.validate_counts`."""
+    """Word counts (D, V): non-negative integers, no empty document; see :func:`models.datasets.corpora.validate_counts`."""
     return corpora.validate_counts(x)
 
 
@@ -311,7 +310,7 @@ def fit_cavi(x: Tensor, init: LDAParams, max_iter: int = 100, tol: float = 1e-8,
                            doc_iters=doc_iters, tol=tol)
         params = LDAParams(init.alpha, beta=torch.exp(r.state.log_beta))
     d = x.shape[0]
-    return CAVIFit(params, [v / d for v in r.elbo], len(r.elbo) - 1 < max_iter)
+    return CAVIFit(params, [v / d for v in r.elbo], r.converged)
 
 
 def closed_form_elbo(x: Tensor, params: LDAParams, gamma: Tensor, phi: Tensor) -> Tensor:

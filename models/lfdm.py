@@ -46,8 +46,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 
-from . import corpora
-from .datasets import DataOptions, Dataset
+from .datasets import DataOptions, Dataset, corpora
 from .distributions import BernoulliVector, WordCounts
 from .exact.lfdm import LFDMParams, decode
 
@@ -165,7 +164,7 @@ def simulate(params: LFDMParams, num_docs: int, doc_length: float, seed: int) ->
 
 
 def validate_data(x, vocab_size: int | None = None) -> Tensor:
-    """Word counts (D, V): non-negative integers, no empty document; see :func:`models.corpora.validate_counts`."""
+    """Word counts (D, V): non-negative integers, no empty document; see :func:`models.datasets.corpora.validate_counts`."""
     return corpora.validate_counts(x, vocab_size)
 
 

@@ -6,7 +6,7 @@ above models and guides and builds one :class:`ModelSpec` per model; models and 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -129,8 +129,8 @@ class ModelSpec:
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""
-        if opts.name == "file":
-            data = datasets.from_file(opts.path, opts.standardise and self.real_valued)
+        if opts.name == "file":  # standardised only for a real-valued model
+            data = datasets.load_file(replace(opts, standardise=opts.standardise and self.real_valued), args, seed)
         else:
             data = self.datasets[opts.name](opts, args, seed)
         x = self.validate(data.x, args)

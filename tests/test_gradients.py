@@ -9,7 +9,7 @@ import torch
 from vizoo.experiments.gradients import gradient_samples, variance_curve
 from vizoo.guides import vae as guides
 from vizoo.models import vae
-from vizoo.models.datasets import DataOptions
+from vizoo.models.datasets import DataOptions, load_digits
 from vizoo.models.exact import ppca
 
 pyro.settings.set(module_local_params=True)
@@ -19,7 +19,7 @@ REPEATS = 400
 @pytest.fixture(scope="module")
 def setting():
     args = vae.VAEArgs(latent_sizes=(2,), likelihood="gaussian", linear=True)
-    x = vae.validate_data(vae.digits(DataOptions(name="digits", subset=20), args, 0).x, args)
+    x = vae.validate_data(load_digits(DataOptions(name="digits", subset=20), args, 0).x, args)
     init = vae.init_params(x, args, 0)
     decoder = vae.fit_ppca(x, init, args).params
     pyro.set_rng_seed(0)

@@ -26,7 +26,8 @@ from scipy.optimize import linear_sum_assignment
 from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.train import train_svi
 from vizoo.guides import lda as lda_guides
-from vizoo.models import corpora, lda
+from vizoo.models import lda
+from vizoo.models.datasets import corpora
 from vizoo.models.errors import DataError
 from vizoo.models.exact import lda as exact
 

@@ -1,4 +1,4 @@
-"""The README's "Add a model" section, executed: the module, the registry entry and the config
+"""docs/adding-a-model.md (moved out of the README), executed: the module, the registry entry and the config
 must together give a model that `vizoo run` trains, with exact EM, and the exact identities hold."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from vizoo.experiments import registry
 from vizoo.experiments.config import load_config
 from vizoo.experiments.run import run_experiment
 
-README = Path(__file__).parents[1] / "README.md"
+DOC = Path(__file__).parents[1] / "docs" / "adding-a-model.md"
 
 
 def example_blocks() -> dict[str, str]:
-    text = README.read_text(encoding="utf-8")
+    text = DOC.read_text(encoding="utf-8")
     pattern = re.compile(r"<!-- readme-example: (.+?) -->\n```\w+\n(.*?)```", re.S)
     return {name: body for name, body in pattern.findall(text)}
 
@@ -31,10 +31,10 @@ def pmm(monkeypatch):
     assert set(blocks) == {"models/pmm.py", "registry entry", "experiments/configs/pmm_synthetic.toml"}
     module = types.ModuleType("vizoo.models.pmm")
     monkeypatch.setitem(sys.modules, "vizoo.models.pmm", module)  # before exec: dataclasses look it up
-    exec(compile(blocks["models/pmm.py"], "README:models/pmm.py", "exec"), module.__dict__)
+    exec(compile(blocks["models/pmm.py"], "docs/adding-a-model.md:models/pmm.py", "exec"), module.__dict__)
     monkeypatch.setattr(vizoo.models, "pmm", module, raising=False)
     entry: dict = {}
-    exec(compile(blocks["registry entry"], "README:registry", "exec"), entry)
+    exec(compile(blocks["registry entry"], "docs/adding-a-model.md:registry", "exec"), entry)
     monkeypatch.setitem(registry.MODELS, "pmm", entry["PMM_SPEC"])
     return module, blocks["experiments/configs/pmm_synthetic.toml"]
 

@@ -16,7 +16,7 @@ from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.train import train_svi
 from vizoo.guides import vae as guides
 from vizoo.models import vae
-from vizoo.models.datasets import DataOptions
+from vizoo.models.datasets import DataOptions, images
 from vizoo.models.errors import DataError
 from vizoo.models.exact import ppca
 
@@ -25,7 +25,7 @@ LINEAR = vae.VAEArgs(latent_sizes=(3,), likelihood="gaussian", linear=True)
 
 
 def digits(args: vae.VAEArgs, subset: int = 0) -> torch.Tensor:
-    return vae.validate_data(vae.digits(DataOptions(name="digits", subset=subset), args, 0).x, args)
+    return vae.validate_data(images.load_digits(DataOptions(name="digits", subset=subset), args, 0).x, args)
 
 
 @pytest.mark.parametrize("build", [guides.mean_field, guides.amortised], ids=["mean_field", "amortised"])
@@ -218,13 +218,13 @@ def test_mnist_sample_loads_binarised_with_a_fixed_split():
     a prefix holds every digit; pixels binarised for Bernoulli, in [0, 1] for Gaussian; the same images on
     every call."""
     args = vae.VAEArgs()
-    data = vae.mnist(DataOptions(name="mnist"), args, seed=3)
+    data = images.load_mnist(DataOptions(name="mnist"), args, seed=3)
     assert data.x.shape == (4000, 784) and data.x_test.shape == (1000, 784) and data.labels.shape == (4000,)
     assert set(data.x.unique().tolist()) == {0.0, 1.0}
     assert set(data.labels.unique().tolist()) == set(range(10))
     assert data.labels[:200].bincount().min() >= 8  # shuffled: the file itself is sorted by digit
-    torch.testing.assert_close(vae.mnist(DataOptions(name="mnist"), args, seed=4).x, data.x)
-    real = vae.mnist(DataOptions(name="mnist", subset=40), vae.VAEArgs(likelihood="gaussian"), 0)
+    torch.testing.assert_close(images.load_mnist(DataOptions(name="mnist"), args, seed=4).x, data.x)
+    real = images.load_mnist(DataOptions(name="mnist", subset=40), vae.VAEArgs(likelihood="gaussian"), 0)
     assert real.x.shape == (40, 784) and real.x_test.shape == (10, 784)
     assert 0 <= float(real.x.min()) and float(real.x.max()) <= 1 and ((real.x > 0) & (real.x < 1)).any()
 
@@ -244,28 +244,28 @@ def test_fashion_mnist_is_detected_and_read_from_debian_idx_files(tmp_path, monk
     package's layout): images and labels read back exactly, scaled to [0, 1]."""
     import numpy as np
 
-    monkeypatch.setattr(vae, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(images, "FASHION_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt install dataset-fashion-mnist"):
-        vae.fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
+        images.load_fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 256, (6, 28, 28)), rng.integers(0, 256, (2, 28, 28))
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", train)
     _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", test)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(6))
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(2))
-    monkeypatch.setattr(vae, "FASHION_DIR", tmp_path)
-    data = vae.fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(likelihood="gaussian"), 0)
+    monkeypatch.setattr(images, "FASHION_DIR", tmp_path)
+    data = images.load_fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(likelihood="gaussian"), 0)
     torch.testing.assert_close(data.x, torch.as_tensor(train.reshape(6, 784) / 255.0))
     torch.testing.assert_close(data.x_test, torch.as_tensor(test.reshape(2, 784) / 255.0))
     assert data.labels.tolist() == list(range(6))
-    binary = vae.fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
+    binary = images.load_fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
     assert set(binary.x.unique().tolist()) <= {0.0, 1.0}
     import gzip
 
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-5]))  # a truncated body
     with pytest.raises(DataError, match="4699 bytes of data, the header says \\(6, 28, 28\\)"):
-        vae.fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
+        images.load_fashion_mnist(DataOptions(name="fashion_mnist"), vae.VAEArgs(), 0)
 
 
 def test_cli_run_of_the_nonlinear_vae_writes_pictures_and_importance_sampled_metrics(tmp_path):
@@ -300,7 +300,7 @@ def test_a_test_set_with_another_image_size_is_refused():
 
     spec = MODELS["vae"]
     args = vae.VAEArgs()
-    odd = vae.digits(DataOptions(name="digits", subset=10), args, 0)
+    odd = images.load_digits(DataOptions(name="digits", subset=10), args, 0)
     odd = odd._replace(x_test=torch.zeros(3, 63))
     spec_odd = dataclasses.replace(spec, datasets={"digits": lambda opts, a, seed: odd})
     with pytest.raises(DataError, match="the test set has 63 columns .* the training data 64"):

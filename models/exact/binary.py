@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import em
 from .draws import from_table
 
 MAX_LATENTS = 20
@@ -238,8 +239,7 @@ def best_mean_field(
     def bound(b: Tensor) -> float:
         return float(weighted(torch.exp(log_q_table(configs, b)), table).sum() + entropy(b))
 
-    history = [bound(probs)]
-    for _ in range(max_sweeps):
+    def sweep(probs: Tensor) -> tuple[Tensor, float]:
         for j in range(k):  # a loop over latents, not data: each step updates b_{:, j} for every point
             others = torch.ones(k, dtype=torch.bool)
             others[j] = False
@@ -249,10 +249,11 @@ def best_mean_field(
             e1 = terms[:, on == 1].sum(-1)
             e0 = terms[:, on == 0].sum(-1)
             probs[:, j] = torch.sigmoid(e1 - e0).clamp(1e-12, 1 - 1e-12)
-        history.append(bound(probs))
-        if history[-1] - history[-2] < tol * num_points:
-            break
-    return MeanFieldOptimum(probs, history)
+        return probs, bound(probs)
+
+    run = em.iterate(sweep, probs, max_iter=max_sweeps, tol=tol, rule="gain", scale=num_points,
+                     initial=bound(probs), name="binary.best_mean_field")
+    return MeanFieldOptimum(run.state, run.trace)
 
 
 class GEMResult(NamedTuple):
@@ -299,12 +300,10 @@ def fit_gem(
     dtype = init.prior_logits.dtype
     size = chunk_size(num_points, width, k)
     cache_r = num_points * 2**k <= MAX_TABLE
-    params = init
-    post = posterior(lambda c: log_lik(c, params), params.prior_logits, num_points, width)
-    history = [float(post.log_evidence.sum()) / num_points]
-    converged = False
-    for _ in range(max_iter):
-        old = params
+    post = posterior(lambda c: log_lik(c, init), init.prior_logits, num_points, width)
+
+    def step(state: tuple[Any, Posterior]) -> tuple[tuple[Any, Posterior], float]:
+        old, post = state
         old_log_px = post.log_evidence
         resp: list[Tensor] | None = None
         if cache_r:
@@ -330,11 +329,11 @@ def fit_gem(
         params = candidate.replace_prior(prior.detach())
         with torch.no_grad():
             post = posterior(lambda c: log_lik(c, params), params.prior_logits, num_points, width)
-        history.append(float(post.log_evidence.sum()) / num_points)
-        if abs(history[-1] - history[-2]) < tol:
-            converged = True
-            break
-    return GEMResult(params, history, converged)
+        return (params, post), float(post.log_evidence.sum()) / num_points
+
+    run = em.iterate(step, (init, post), max_iter=max_iter, tol=tol, rule="abs",
+                     initial=float(post.log_evidence.sum()) / num_points, name="binary.fit_gem")
+    return GEMResult(run.state[0], run.trace, run.converged)
 
 
 def m_step(old: Any, q_value: Callable[[Any], Tensor], num_points: int, m_steps: int = 20) -> Any:

@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.distributions import biject_to, constraints
 
 from ..declaration import Declaration, Group, Link
-from . import binary
+from . import binary, em
 from .draws import from_table
 
 MAX_CONFIGURATIONS = 2**binary.MAX_LATENTS
@@ -389,8 +389,7 @@ def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor, init: 
     def bound() -> float:
         return float(binary.weighted(torch.exp(log_q(decl, q, values)), table).sum() + entropy(decl, q))
 
-    history = [bound()]
-    for _ in range(max_sweeps):
+    def sweep(q: dict[str, Tensor]) -> tuple[dict[str, Tensor], float]:  # updates q in place
         for g in decl.latents:
             others = sum((log_q_group(h, q[h.name], values[h.name]) for h in decl.latents if h.name != g.name),
                          torch.zeros_like(table))  # log q of every other group: (N, C)
@@ -406,10 +405,11 @@ def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor, init: 
                 terms = binary.weighted(torch.exp(lq), table)
                 on = v[:, k] == 1
                 q[g.name][:, k] = torch.sigmoid(terms[:, on].sum(-1) - terms[:, ~on].sum(-1)).clamp(1e-12, 1 - 1e-12)
-        history.append(bound())
-        if history[-1] - history[-2] < tol * n:
-            break
-    return binary.MeanFieldOptimum(q, history)
+        return q, bound()
+
+    run = em.iterate(sweep, q, max_iter=max_sweeps, tol=tol, rule="gain", scale=n, initial=bound(),
+                     name="declared.best_mean_field")
+    return binary.MeanFieldOptimum(run.state, run.trace)
 
 
 def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 200, tol: float = 1e-6,
@@ -419,12 +419,11 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 2
     from theta_old; a result that lowers Q is discarded, so log p(x) never decreases (up to round-off).
     Stops when log p(x) per point changes by less than ``tol``."""
     n = x.shape[0]
-    params = init
-    post = posterior(decl, params, x)
-    history = [float(post.log_evidence.sum()) / n]
-    converged = False
-    for _ in range(max_iter):
-        old, old_log_px = params, post.log_evidence
+    post = posterior(decl, init, x)
+
+    def step(state: tuple[DeclaredParams, Posterior]) -> tuple[tuple[DeclaredParams, Posterior], float]:
+        old, post = state
+        old_log_px = post.log_evidence
         with torch.no_grad():
             resp = [torch.exp(table - old_log_px[:, None]) for _, table in log_joint_chunks(decl, old, x)] \
                 if n * decl.num_configurations <= binary.MAX_TABLE else None
@@ -443,9 +442,9 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 2
         params = binary.m_step(old, q_value, n, m_steps)
         with torch.no_grad():
             post = posterior(decl, params, x)
-        history.append(float(post.log_evidence.sum()) / n)
-        if abs(history[-1] - history[-2]) < tol:
-            converged = True
-            break
-    return binary.GEMResult(params, history, converged)
+        return (params, post), float(post.log_evidence.sum()) / n
+
+    run = em.iterate(step, (init, post), max_iter=max_iter, tol=tol, rule="abs",
+                     initial=float(post.log_evidence.sum()) / n, name="declared.fit_em")
+    return binary.GEMResult(run.state[0], run.trace, run.converged)
 

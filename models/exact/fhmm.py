@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import em
+
 MAX_JOINT_STATES = 4096  # L^M above this is refused: (N, T, S) tables would not fit comfortably
 
 
@@ -451,10 +453,8 @@ def fit_mean_field(
     log_trans = torch.log_softmax(params.trans_logits, -1)
     probs = torch.full((n, t_max, m, l), 1.0 / l, dtype=y.dtype) if init is None else init.clone()
     unary = torch.zeros(n, t_max, m, l, dtype=y.dtype)
-    trace: list[float] = []
-    converged = False
-    q = factorised(probs, lengths)
-    for sweep in range(max_sweeps):
+
+    def sweep(q: Variational) -> tuple[Variational, float]:  # updates probs (and unary) in place
         for c in range(m):
             h = expected_log_emission(y, params, probs, chain=c) * mask[..., None]  # (N, T, L)
             if family == "structured":
@@ -470,11 +470,11 @@ def fit_mean_field(
                 new = torch.softmax(logits, -1)
                 probs[:, parity::2, c] = torch.where(mask[:, parity::2, None], new[:, parity::2], 1.0 / l)
         q = structured(params.init_logits, params.trans_logits, unary, lengths) if family == "structured" else factorised(probs, lengths)
-        trace.append(float(elbo(y, params, q, lengths).sum()))
-        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
-            converged = True
-            break
-    return MeanFieldFit(q, trace, len(trace), converged)
+        return q, float(elbo(y, params, q, lengths).sum())
+
+    run = em.iterate(sweep, factorised(probs, lengths), max_iter=max_sweeps, tol=tol, rule="relative",
+                     name="fhmm.fit_mean_field")
+    return MeanFieldFit(run.state, run.trace, len(run.trace), run.converged)
 
 
 # --------------------------------------------------------------------------- exact EM
@@ -495,18 +495,21 @@ def fit_variational_em(y: Tensor, init: FHMMParams, family: str = "structured", 
     warm-started from the previous q), M-step = :func:`m_step` with q in place of the posterior. Both steps
     raise the ELBO (the Bernoulli M-step is a generalised one). Gaussian: no L^M table anywhere."""
     y, lengths = _lengths(y, lengths)
-    params, marginals = init, None
-    trace: list[float] = []
-    converged = False
-    for _ in range(max_iter):
-        fit = fit_mean_field(y, params, family, lengths, max_sweeps=sweeps, init=marginals)
-        marginals = fit.q.marginals
-        trace.append(fit.elbo[-1] / y.shape[0])
-        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
-            converged = True
-            break
-        params = m_step(y, fit.q, params, lengths)
-    return VariationalEMFit(params, trace, len(trace), converged)
+
+    def step(state: tuple[FHMMParams, Variational | None]) -> tuple[tuple[FHMMParams, Variational], float]:
+        params, q = state  # q: the previous E-step's fixed point, whose M-step is still to come
+        if q is not None:
+            params = m_step(y, q, params, lengths)
+        fit = fit_mean_field(y, params, family, lengths, max_sweeps=sweeps, init=None if q is None else q.marginals)
+        return (params, fit.q), fit.elbo[-1] / y.shape[0]
+
+    def final(state: tuple[FHMMParams, Variational | None], converged: bool) -> tuple[tuple[FHMMParams, None], None]:
+        params, q = state  # out of iterations: the last E-step's M-step is taken (and not scored)
+        return (params if converged or q is None else m_step(y, q, params, lengths), None), None
+
+    run = em.iterate(step, (init, None), max_iter=max_iter, tol=tol, rule="relative", final=final,
+                     name="fhmm.fit_variational_em")
+    return VariationalEMFit(run.state[0], run.trace, len(run.trace), run.converged)
 
 
 class EMFit(NamedTuple):
@@ -591,20 +594,25 @@ def fit_em(y: Tensor, init: FHMMParams, max_iter: int = 100, tol: float = 1e-8, 
     The log-likelihood never decreases (tested). Stops when an iteration gains less than ``tol`` per
     sequence, relative to |log p|."""
     y, lengths = _lengths(y, lengths)
-    params = init
-    trace: list[float] = []
-    converged = False
     n = y.shape[0]
-    for _ in range(max_iter):
+
+    def step(state: tuple[FHMMParams, Posterior | None]) -> tuple[tuple[FHMMParams, Posterior], float]:
+        params, post = state  # post: the previous E-step, whose M-step is still to come
+        if post is not None:
+            params = m_step(y, post, params, lengths)
         post = forward_backward(y, params, lengths)
-        trace.append(float(post.log_evidence.sum()) / n)
-        if len(trace) > 1 and trace[-1] - trace[-2] <= tol * abs(trace[-2]):
-            converged = True
-            break
-        params = m_step(y, post, params, lengths)
-    else:
-        trace.append(float(log_evidence(y, params, lengths)) / n)
-    return EMFit(params, trace, len(trace) - 1, converged)
+        return (params, post), float(post.log_evidence.sum()) / n
+
+    def final(state: tuple[FHMMParams, Posterior | None], converged: bool) -> tuple[tuple[FHMMParams, None], float | None]:
+        params, post = state
+        if converged:
+            return (params, None), None
+        if post is not None:  # out of iterations: take the last M-step and score it
+            params = m_step(y, post, params, lengths)
+        return (params, None), float(log_evidence(y, params, lengths)) / n
+
+    run = em.iterate(step, (init, None), max_iter=max_iter, tol=tol, rule="relative", final=final, name="fhmm.fit_em")
+    return EMFit(run.state[0], run.trace, len(run.trace) - 1, run.converged)
 
 
 def brute_force(y: Tensor, params: FHMMParams, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

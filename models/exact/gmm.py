@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import mixture
+from . import em, mixture
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -230,20 +230,20 @@ def fit_em(
     Each iteration is an E-step at theta_{t-1} followed by an M-step to theta_t; it stops once the
     change in mean log-likelihood between consecutive E-steps is below ``tol`` (or after ``max_iter``
     M-steps), then runs a final E-step so the last entry of the trace scores the returned parameters.
+    The loop is :func:`models.exact.em.iterate` with the two-sided rule ``"abs"``; with ``reg_covar > 0``
+    the M-step is not the exact maximiser, so the monotonicity check can (rarely) warn near convergence.
     """
     feats = features(x)  # [x, x^2], computed once and shared by every E- and M-step
-    params = init
-    trace: list[Tensor] = []
-    converged = False
-    for _ in range(max_iter):
+
+    def step(params: GMMParams) -> tuple[GMMParams, Tensor]:  # scores theta_{t-1}, moves to theta_t
         estep = e_step_features(feats, params)
-        trace.append(estep.mean_log_likelihood)
-        params = m_step_features(feats, estep.resp, covariance, reg_covar)
-        if len(trace) > 1 and abs(trace[-1] - trace[-2]) < tol:
-            converged = True
-            break
-    trace.append(e_step_features(feats, params).mean_log_likelihood)
-    return EMResult(params, torch.stack(trace), converged)
+        return m_step_features(feats, estep.resp, covariance, reg_covar), estep.mean_log_likelihood
+
+    def final(params: GMMParams, converged: bool) -> tuple[GMMParams, Tensor]:
+        return params, e_step_features(feats, params).mean_log_likelihood
+
+    run = em.iterate(step, init, max_iter=max_iter, tol=tol, rule="abs", final=final, name="gmm.fit_em")
+    return EMResult(run.state, torch.stack(run.trace), run.converged)
 
 
 class _MixtureLogLikelihood(torch.autograd.Function):

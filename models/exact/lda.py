@@ -35,6 +35,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import em
+
 
 def _expected_log_dirichlet(conc: Tensor) -> Tensor:
     """E[log x] under Dir(conc), along the last dimension."""
@@ -147,10 +149,12 @@ def elbo_entries(e: Entries, alpha: Tensor, gamma: Tensor, phi: Tensor, log_beta
 
 
 class CAVIResult(NamedTuple):
-    """state: the fitted variational parameters; elbo: the ELBO after each sweep (first: at the start)."""
+    """state: the fitted variational parameters; elbo: the ELBO after each sweep (first: at the start);
+    converged: the tolerance stopped it (False: it ran all ``max_sweeps``)."""
 
     state: CAVIState
     elbo: list[float]
+    converged: bool = False
 
 
 def initial_lambda(counts: Tensor, num_topics: int, eta: float, seed: int) -> Tensor:
@@ -181,7 +185,8 @@ def fit_cavi(
     Point topics: pass ``beta``: (K, V); with ``update_beta`` each sweep ends with the closed-form M-step
     beta_kv ∝ sum_d n_dv phi_dvk (variational EM), otherwise beta stays fixed. Each sweep runs
     ``doc_iters`` alternating phi/gamma updates for every document at once, then the topic update;
-    stops when a sweep gains less than ``tol`` per token.
+    stops when a sweep gains less than ``tol`` per token (:func:`models.exact.em.iterate`, rule "gain": a
+    sweep that lowers the ELBO also stops it, and warns).
     """
     if (eta is None) == (beta is None):
         raise ValueError("pass exactly one of eta (Bayesian topics) or beta (fixed topics)")
@@ -191,9 +196,9 @@ def fit_cavi(
     log_beta = _topic_terms(lam, beta)
     gamma = alpha + (counts.sum(-1, keepdim=True) / num_topics).expand(d, num_topics)
     state = CAVIState(gamma.clone(), lam, log_beta)
-    history = [float(elbo(counts, alpha, state, eta))]
-    num_tokens = float(counts.sum())
-    for _ in range(max_sweeps):
+
+    def sweep(state: CAVIState) -> tuple[CAVIState, float]:
+        gamma, lam, log_beta = state
         for _ in range(doc_iters):
             doc_k, _ = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
             gamma = alpha + doc_k
@@ -205,10 +210,11 @@ def fit_cavi(
             _, topic_v = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
             log_beta = torch.log(topic_v) - torch.log(topic_v.sum(-1, keepdim=True))
         state = CAVIState(gamma, lam, log_beta)
-        history.append(float(elbo(counts, alpha, state, eta)))
-        if history[-1] - history[-2] < tol * num_tokens:
-            break
-    return CAVIResult(state, history)
+        return state, float(elbo(counts, alpha, state, eta))
+
+    run = em.iterate(sweep, state, max_iter=max_sweeps, tol=tol, rule="gain", scale=float(counts.sum()),
+                     initial=float(elbo(counts, alpha, state, eta)), name="lda.fit_cavi")
+    return CAVIResult(run.state, run.trace, run.converged)
 
 
 def log_evidence_fixed_topics(words: list[list[int]], alpha: Tensor, beta: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..declaration import Declaration
+from . import em
 from .binary import GEMResult
 from .declared import DeclaredParams
 from .draws import gaussian
@@ -137,16 +138,15 @@ def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor) -> dic
 
 
 def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 1000, tol: float = 1e-8) -> GEMResult:
-    """Exact EM for the standard form (module docstring); the prior m, s and fixed scales are kept."""
+    """Exact EM for the standard form (module docstring); the prior m, s and fixed scales are kept.
+    Stops when log p(x) per point changes by less than ``tol`` (:func:`models.exact.em.iterate`, rule "abs")."""
     n = x.shape[0]
     lat, obs = _offsets(decl.latents), _offsets(decl.observed)
     kk = sum(g.size for g in decl.latents)
     m = torch.cat([init[f"{g.name}.loc"] for g in decl.latents])
     s = torch.cat([init[f"{g.name}.scale"] for g in decl.latents])
-    params = init
-    history = [float(log_evidence(decl, params, x)) / n]
-    converged = False
-    for _ in range(max_iter):
+
+    def step(params: DeclaredParams) -> tuple[DeclaredParams, float]:
         post = posterior_u(decl, params, x)
         mu = post.mean
         suu = n * post.cov[0] + mu.T @ mu  # sum_n E[u u^T]: (K, K)
@@ -169,8 +169,8 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 1
                 var = ((xo**2).sum(0) - (coef * rhs).sum(0)) / n
                 new[f"{g.name}.scale"] = var.clamp_min(1e-12 * xo.var(0).clamp_min(1e-300)).sqrt()
         params = DeclaredParams(new, params.slots)
-        history.append(float(log_evidence(decl, params, x)) / n)
-        if abs(history[-1] - history[-2]) < tol:
-            converged = True
-            break
-    return GEMResult(params, history, converged)
+        return params, float(log_evidence(decl, params, x)) / n
+
+    run = em.iterate(step, init, max_iter=max_iter, tol=tol, rule="abs", initial=float(log_evidence(decl, init, x)) / n,
+                     name="linear_gaussian.fit_em")
+    return GEMResult(run.state, run.trace, run.converged)

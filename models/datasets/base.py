@@ -1,0 +1,86 @@
+"""What every loader shares: :class:`DataOptions` (the ``[data]`` table of a config), :class:`Dataset` (what a
+loader returns) and column standardisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which data to load, as written under ``[data]`` in a config.
+
+    name: a data set the model lists (``vizoo list``), or "file" for ``path``.
+    path: a .npy or .csv matrix, with name = "file".
+    standardise: centre and scale each column (real data and files; synthetic data keeps its units).
+    num_points, dim, separation: size and spread of synthetic data drawn from the model's simulator
+        (dim is the number of symptoms for the noisy-OR network, the vocabulary for synthetic documents).
+    doc_length: mean number of words in a synthetic document (Poisson, at least one).
+    num_steps: length of each synthetic sequence (factorial HMM).
+    vocab_size, min_doc_freq: the vocabulary cut-off for text corpora: words in at least min_doc_freq
+        documents, then the vocab_size most frequent.
+    subset: use only the first ``subset`` documents or rows of a real data set (0: all of them).
+    heldout: the fraction of rows (documents) held out, at random (seeded by the run's seed), for the
+        model's held-out evaluation (0: none; models with a held-out metric only).
+    """
+
+    name: str = "faithful"
+    path: str = ""
+    standardise: bool = True
+    num_points: int = 1000
+    dim: int = 2
+    separation: float = 4.0
+    doc_length: int = 50
+    num_steps: int = 20
+    vocab_size: int = 2000
+    min_doc_freq: int = 5
+    subset: int = 0
+    heldout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1:
+            raise ValueError(f"data.num_points must be >= 1, got {self.num_points}")
+        if self.dim < 1:
+            raise ValueError(f"data.dim must be >= 1, got {self.dim}")
+        if not self.separation > 0:
+            raise ValueError(f"data.separation must be > 0, got {self.separation}")
+        for key in ("doc_length", "num_steps", "vocab_size", "min_doc_freq"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
+        if self.subset < 0:
+            raise ValueError(f"data.subset must be >= 0 (0 means all), got {self.subset}")
+        if not 0 <= self.heldout < 1:
+            raise ValueError(f"data.heldout must be a fraction in [0, 1), got {self.heldout}")
+        if self.name == "file" and not self.path:
+            raise ValueError("data.path must be set when data.name = 'file'")
+
+
+class Dataset(NamedTuple):
+    """x: (N, D) float64 data ((N, T, D) NaN-padded sequences for the factorial HMM). truth: the generating
+    parameters when known (synthetic), else None. labels: (N,) true assignments when known, else None.
+    features: the column names. x_test: a fixed test set that comes with the data (chorales; synthetic
+    sequences), used as the held-out set when ``data.heldout`` is 0."""
+
+    x: Tensor
+    description: str
+    features: tuple[str, ...]
+    truth: Any = None
+    labels: Tensor | None = None
+    x_test: Tensor | None = None
+
+
+def standardise(x: Tensor) -> Tensor:
+    """Centre each column and scale it to unit variance (columns with zero variance are only centred)."""
+    std = x.std(0, unbiased=False)
+    return (x - x.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+def scaled(x: Tensor, features: tuple[str, ...], standardised: bool) -> tuple[Tensor, tuple[str, ...]]:
+    """Standardise when asked, and say so in the column names (plots label their axes with them)."""
+    if not standardised:
+        return x, features
+    return standardise(x), tuple(f"{f} (standardised)" for f in features)
