@@ -1,7 +1,8 @@
 """vizoo: latent-variable models in Pyro with mean-field and amortised guides, checked against exact EM and
 exact enumeration.
 
-The Python API (:mod:`vizoo.experiments.api`) is what the ``vizoo`` command line calls::
+The Python API (:mod:`vizoo.experiments.api`: ``fit``, ``load``, ``compare``) runs through the same runner as
+the ``vizoo`` command line, and writes nothing unless asked (``out=``)::
 
     import vizoo
     result = vizoo.fit("gmm", x, guides=["mean_field", "amortised"], steps=500)

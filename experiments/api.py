@@ -46,6 +46,7 @@ from ..models.spec import ModelSpec
 from . import compare as compare_module
 from . import report
 from .config import RunConfig, bundled_configs, load_config, parse_config
+from .inference_data import to_inference_data as build_inference_data
 from .registry import resolve
 from .run import (
     DATA_FILE,
@@ -212,11 +213,14 @@ class FitResult:
         return guide_draws(self.guides[name], points, num_samples, seed)
 
     def to_inference_data(self, method: str, num_samples: int = 1000, x: Any = None, seed: int = 0):
-        """``method``'s posterior draws (:meth:`sample`) as ArviZ ``InferenceData``: group ``posterior`` (one chain;
-        each latent site with dims draw, then the site's own), and ``observed_data`` (the points)."""
+        """``method``'s posterior draws (:meth:`sample`) as ArviZ ``InferenceData``
+        (:func:`experiments.inference_data.to_inference_data`): ``posterior`` (one chain; each latent site with
+        dims draw, then the site's own), ``observed_data`` (the points) and, where the model allows it,
+        ``log_likelihood`` (log p(x_n | z_n, theta) per draw and point, at ``method``'s parameters)."""
         draws = self.sample(method, num_samples, x=x, seed=seed)
         points = self.x if x is None else self._data(x, "x")
-        return inference_data(draws, points)
+        params = self.params[self._method(method)]
+        return build_inference_data(self.spec, points, params, draws)
 
 
 def method_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -256,18 +260,6 @@ def guide_draws(guide: torch.nn.Module, x: torch.Tensor, num_samples: int, seed:
     except (RuntimeError, ValueError, NotImplementedError, IndexError):
         pyro.set_rng_seed(seed)
         return dict(Predictive(guide, num_samples=num_samples, return_sites=sites)(x))
-
-
-def inference_data(draws: dict[str, torch.Tensor], x: torch.Tensor):
-    """ArviZ InferenceData from posterior draws (site -> (S, ...)) and the observed points.
-
-    The one place the API builds InferenceData. It uses ``az.from_dict`` as the comparison's ArviZ export does
-    today; when ``experiments/inference_data.py`` provides its builder (posterior, observed_data and
-    log_likelihood groups), switch this call to it."""
-    import arviz as az
-
-    posterior = {s: v.detach().cpu().numpy()[None] for s, v in draws.items()}  # (chain 1, draw, ...)
-    return az.from_dict(posterior=posterior, observed_data={"x": x.detach().cpu().numpy()})
 
 
 # --------------------------------------------------------------------------- fit

@@ -13,6 +13,10 @@ a non-finite ELBO or gradient during training prints one line naming the step, t
 and exits with status 1 (metrics.json says "failed"; the last good checkpoint is kept). Ctrl-C during
 training stops cleanly: what finished is written, metrics.json says "interrupted", and the exit status is
 130; ``vizoo run --resume RUN_DIR`` continues it (or a killed run) from its checkpoints.
+
+``vizoo run`` is the Python API's ``vizoo.fit(..., out=DIR)`` with a config file: both go through the one
+runner (experiments/run.py: ``prepare``, then ``execute`` with a ``RunWriter``); ``vizoo compare`` is
+``vizoo.compare`` (experiments/api.py).
 """
 
 from __future__ import annotations

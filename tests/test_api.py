@@ -112,6 +112,7 @@ def test_sample_draws_from_each_guide_and_the_exact_posterior(fitted):
     idata = result.to_inference_data("exact", num_samples=30)
     assert idata.posterior["z"].shape == (1, 30, len(x))
     assert idata.observed_data["x"].shape == x.shape
+    assert idata.log_likelihood["x"].shape == (1, 30, len(x))  # log p(x_n | z_n, theta) per draw and point
 
 
 def test_out_writes_a_run_folder_that_loads_back_to_the_same_result(fitted, tmp_path):
