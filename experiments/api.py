@@ -17,36 +17,26 @@ Nothing is written to disk unless ``out=`` is given.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 import numpy as np
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import Predictive
-from pyro.poutine.util import site_is_subsample
 
 from ..models.datasets import Dataset, standardise
 from ..models.errors import ConfigError, DataError
 from ..models.spec import ModelSpec
 from . import compare as compare_module
 from . import report
-from .config import RunConfig, bundled_configs, load_config, parse_config
+from .config import RunConfig, load_config, parse_config
 from .inference_data import to_inference_data as build_inference_data
+from .posterior_draws import guide_draws
 from .registry import resolve
 from .run import (
     DATA_FILE,
@@ -210,7 +200,7 @@ class FitResult:
             if not self.metrics["enumerable"] or self.spec.exact.draws is None:
                 raise ConfigError(f"method='exact': model {self.spec.name!r} has no exact posterior draws here")
             return self.spec.exact.draws(points, self.params[EXACT], num_samples, torch.Generator().manual_seed(seed))
-        return guide_draws(self.guides[name], points, num_samples, seed)
+        return guide_draws(self.guides[name], points, num_samples, seed=seed)
 
     def to_inference_data(self, method: str, num_samples: int = 1000, x: Any = None, seed: int = 0):
         """``method``'s posterior draws (:meth:`sample`) as ArviZ ``InferenceData``
@@ -242,24 +232,6 @@ def method_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
-
-
-def guide_draws(guide: torch.nn.Module, x: torch.Tensor, num_samples: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Draws of the guide's latent sites (observed and subsample sites aside) with ``pyro.infer.Predictive`` run
-    on the guide: vectorised over draws where the guide allows it, else one guide call per draw."""
-    with poutine.block(), pyro.validation_enabled(False):
-        trace = poutine.trace(guide).get_trace(x)
-    sites = [name for name, site in trace.nodes.items()
-             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
-    if not sites:
-        return {}
-    pyro.set_rng_seed(seed)
-    try:
-        with pyro.validation_enabled(False):
-            return dict(Predictive(guide, num_samples=num_samples, return_sites=sites, parallel=True)(x))
-    except (RuntimeError, ValueError, NotImplementedError, IndexError):
-        pyro.set_rng_seed(seed)
-        return dict(Predictive(guide, num_samples=num_samples, return_sites=sites)(x))
 
 
 # --------------------------------------------------------------------------- fit
@@ -297,7 +269,9 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
         data_name = "file" if path_like else text
     elif data is not None:
         raise DataError(f"data must be a numpy array, a torch tensor, a data set's name or a file path, got {type(data).__name__}")
-    raw = _base_raw(spec, data_name if data_name not in (None, "file") else None)
+    # the model's defaults: its bundled config for this data set (else its first real one), else the defaults;
+    # an unknown data-set name is left for the config check to name
+    raw, _ = compare_module.base_config(spec, data_name if data_name in spec.datasets else None)
     raw.update(model=model, seed=seed, name=raw.get("name", spec.name))
     raw.pop("output_dir", None)
     raw["progress"] = False
@@ -437,24 +411,6 @@ def _from_array(spec: ModelSpec, cfg: RunConfig, values: np.ndarray) -> tuple[Da
         x, features = standardise(x), tuple(f"{f} (standardised)" for f in features)
     x = spec.validate(x, cfg.model_args)
     return Dataset(x, f"array {tuple(values.shape)}", features), scale
-
-
-def _base_raw(spec: ModelSpec, data: str | None) -> dict[str, Any]:
-    """The model's defaults: its bundled config ``<model>_<data>`` (the data set asked for, else its real data
-    sets first, synthetic last), else the config defaults with an ELBO every guide takes (TraceEnum_ELBO first)."""
-    names = [data] if data else sorted(spec.datasets, key=lambda d: d == "synthetic")
-    bundled = bundled_configs()
-    for d in names:
-        path = bundled.get(f"{spec.name}_{d}")
-        if path is not None:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            if raw.get("model") == spec.name:
-                return copy.deepcopy(raw)
-    elbos = [e for e in next(iter(spec.guides.values())).valid_elbos if all(e in g.valid_elbos for g in spec.guides.values())]
-    raw: dict[str, Any] = {"data": {"name": names[0]}} if names else {}
-    if elbos:
-        raw["svi"] = {"elbo": "TraceEnum_ELBO" if "TraceEnum_ELBO" in elbos else elbos[0]}
-    return raw
 
 
 def _apply_options(raw: dict[str, Any], options: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 import math
 import time
+import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,6 @@ def tiny_overrides() -> tuple[str, ...]:
 def base_config(spec: ModelSpec, data: str | None, config: str | None = None) -> tuple[dict[str, Any], str]:
     """The raw config the comparison starts from, and where it came from: ``config`` if given, else the bundled
     config named ``<model>_<data set>`` (the model's real data sets first, synthetic last), else the defaults."""
-    import tomllib
-
     if config is not None:
         path = bundled_configs().get(config)
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8")) if path else {}

@@ -24,18 +24,13 @@ import dataclasses
 import inspect
 import math
 import re
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from ..guides.nets import BASELINES
 from ..models.datasets import DataOptions

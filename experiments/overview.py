@@ -17,6 +17,7 @@ import base64
 import html
 import re
 import time
+import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -128,8 +129,6 @@ class ReportSizes:
 
     @classmethod
     def load(cls) -> "ReportSizes":
-
-        import tomllib
 
         raw = tomllib.loads((files(__package__) / "report.toml").read_text(encoding="utf-8"))
         models = {name: tuple(entry.get("overrides", ())) for name, entry in raw.get("models", {}).items()}

@@ -26,12 +26,21 @@ DRAW_CHUNK = 100  # draws per vectorised call
 
 
 @torch.no_grad()
-def guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> dict[str, torch.Tensor]:
-    """``num_samples`` draws of the guide's ``sites`` with ``pyro.infer.Predictive`` run on the guide itself (q is
-    all we need; replaying the model on every draw would score the whole data set each time): vectorised over
-    draws where the guide allows it, else one draw at a time."""
+def guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str] | None = None,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of the guide's ``sites`` (default: every latent site of the guide, observed and
+    subsample sites aside) with ``pyro.infer.Predictive`` run on the guide itself (q is all we need; replaying the
+    model on every draw would score the whole data set each time): vectorised over draws where the guide allows
+    it, else one draw at a time."""
 
-    pyro.set_rng_seed(0)
+    if sites is None:
+        with poutine.block(), pyro.validation_enabled(False):
+            trace = poutine.trace(guide).get_trace(x)
+        sites = [name for name, site in trace.nodes.items()
+                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+        if not sites:
+            return {}
+    pyro.set_rng_seed(seed)
     try:  # vectorised, DRAW_CHUNK draws per call: a guide's intermediates (LDA's per-token tables) scale with them
         parts = []
         with pyro.validation_enabled(False):
@@ -40,7 +49,7 @@ def guide_draws(guide, x: torch.Tensor, num_samples: int, sites: list[str]) -> d
                 parts.append(Predictive(guide, num_samples=size, return_sites=sites, parallel=True)(x))
         return {s: torch.cat([p[s] for p in parts]) for s in parts[0]}
     except (RuntimeError, ValueError, NotImplementedError, IndexError):
-        pyro.set_rng_seed(0)  # one guide call per draw: at most SEQUENTIAL_DRAWS of them
+        pyro.set_rng_seed(seed)  # one guide call per draw: at most SEQUENTIAL_DRAWS of them
         return Predictive(guide, num_samples=min(num_samples, SEQUENTIAL_DRAWS), return_sites=sites)(x)
 
 

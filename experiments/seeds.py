@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import pyro
-import tomllib
 import torch
 
 from ..models.datasets import DataOptions

@@ -18,7 +18,7 @@ PACKAGES = ("models", "guides", "experiments")
 # Third-party imports that may stay inside functions: each is heavy and needed by one path only
 # (plotting, the ArviZ export, scikit-learn's loaders and k-means++, music21's parser), so the CLI and
 # `import vizoo` start without them.
-DEFERRABLE = {"matplotlib", "arviz", "sklearn", "music21", "tomllib", "tomli"}
+DEFERRABLE = {"matplotlib", "arviz", "sklearn", "music21"}
 
 
 def modules() -> dict[str, Path]:
