@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_declared.py
 	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_resume.py
+	$(BIN)/python benchmarks/bench_configs.py
 
 install: $(STAMP)
 

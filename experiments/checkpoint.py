@@ -39,21 +39,35 @@ class CheckpointError(VizooError):
     """A checkpoint or parameter file that cannot be loaded safely, or does not belong to this run."""
 
 
-def load_tensors(path: Path) -> Any:
+def load_tensors(path: Path, advice: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; anything else (a crafted pickle, a truncated or foreign
-    file) is a one-line :class:`CheckpointError` naming the file. No code in the file can run."""
+    file) is a one-line :class:`CheckpointError` naming the file, ending with ``advice`` (what to do about a
+    damaged file) when given. No code in the file can run."""
     path = Path(path)
+    tail = f"; {advice}" if advice else ""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise CheckpointError(f"{path}: cannot be read: {err.strerror or err}") from None
+    if not data:
+        raise CheckpointError(f"{path}: the file is damaged: it is empty{tail}")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError (refused globals), RuntimeError (not a torch file), EOFError, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "Weights only load failed" in reason or "Unsupported global" in str(err):
-            reason = "it holds objects other than tensors and plain data (refused: loading it could run code)"
-        raise CheckpointError(f"{path}: cannot be loaded as a tensor file with weights_only=True: {reason}") from None
+        torch_like = data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"  # torch.save's zip, or a pickle
+        if "Unsupported global" in str(err) or ("Weights only load failed" in str(err) and torch_like):
+            raise CheckpointError(f"{path}: cannot be loaded as a tensor file with weights_only=True: it holds objects "
+                                  "other than tensors and plain data (refused: loading it could run code)") from None
+        raise CheckpointError(f"{path}: the file is damaged: {_damage(data)}{tail}") from None
+
+
+def _damage(data: bytes) -> str:
+    """What is wrong with a file torch cannot load: torch's own words ("negative seek value -2739") say little."""
+    if data[:4] == b"PK\x03\x04":  # the start of torch.save's zip archive; its directory is at the end
+        return f"it is cut short ({len(data)} bytes, the end of its archive is missing), or was overwritten in part"
+    if data[:1] == b"\x80":  # a pickle (torch's legacy format) that does not load
+        return f"a pickle that ends early or is corrupt ({len(data)} bytes)"
+    return f"it is not a file written by torch.save (it starts with {data[:8]!r})"
 
 
 def fingerprint(value: Any) -> str:
@@ -143,11 +157,12 @@ class Checkpointer:
         self.last_save = time.perf_counter()
         self.saves += 1
 
-    def load(self, steps: int) -> dict[str, Any] | None:
-        """The checkpoint on disk, checked, or None when there is none. ``steps``: the run's svi.steps."""
+    def load(self, steps: int, advice: str = "") -> dict[str, Any] | None:
+        """The checkpoint on disk, checked, or None when there is none. ``steps``: the run's svi.steps;
+        ``advice``: what to do about a damaged file, said after the error."""
         if not self.path.exists():
             return None
-        state = load_tensors(self.path)
+        state = load_tensors(self.path, advice)
         where = str(self.path)
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a vizoo checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")

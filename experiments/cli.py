@@ -12,7 +12,10 @@ Errors in the input (config, overrides, data) print one line to stderr and exit 
 a non-finite ELBO or gradient during training prints one line naming the step, the parameter and the site,
 and exits with status 1 (metrics.json says "failed"; the last good checkpoint is kept). Ctrl-C during
 training stops cleanly: what finished is written, metrics.json says "interrupted", and the exit status is
-130; ``vizoo run --resume RUN_DIR`` continues it (or a killed run) from its checkpoints.
+130; ``vizoo run --resume RUN_DIR`` continues it (or a killed run) from its checkpoints. A file or folder
+that cannot be written (a read-only or full disk) prints one line naming the path and the errno and exits
+with status 2 when the run folder could not be made, 1 during the work (metrics.json then says "failed"
+when the disk still takes it, and ``--resume`` continues the run once there is room).
 
 ``vizoo run`` is the Python API's ``vizoo.fit(..., out=DIR)`` with a config file: both go through the one
 runner (experiments/run.py: ``prepare``, then ``execute`` with a ``RunWriter``); ``vizoo compare`` is
@@ -27,11 +30,12 @@ import sys
 from pathlib import Path
 
 from ..models import declaration, declared
-from ..models.errors import ConfigError, VizooError
+from ..models.errors import ConfigError, ImpossibleResult, VizooError
 from .compare import CompareOptions, compare
 from .config import bundled_configs, load_config
 from .overview import ReportOptions, write_report
 from .registry import DECLARATIONS, MODELS
+from .report import OutputError, describe_os_error
 from .run import resume_experiment, run_experiment
 from .train import NonFiniteLoss
 
@@ -162,11 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "report":
             return cmd_report(ns)
         return cmd_run(ns)
+    except OutputError as err:  # a read-only or full disk: 2 before the work, 1 during it
+        print(f"vizoo: error: {err}", file=sys.stderr)
+        return err.exit_code
     except VizooError as err:
         print(f"vizoo: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # any other file that cannot be read or written: one line, never a traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"vizoo: error: {where}{describe_os_error(err)}", file=sys.stderr)
+        return 1  # input files are checked, with their own messages, before any work: this one came during it
     except NonFiniteLoss as err:  # training diverged: not bad input, but no traceback either
         print(f"vizoo: training stopped: {err}", file=sys.stderr)
+        return 1
+    except ImpossibleResult as err:  # e.g. an ELBO above the exact log p(x): stopped, never printed as a result
+        print(f"vizoo: run stopped: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vizoo: interrupted", file=sys.stderr)

@@ -39,7 +39,7 @@ from ..guides import auto
 from ..models.errors import ConfigError
 from ..models.spec import GuideSpec, ModelSpec
 from . import report
-from .config import RunConfig, apply_override, bundled_configs, parse_config
+from .config import MAX_SEEDS, RunConfig, apply_override, bundled_configs, parse_config
 from .gaps import gap_split
 from .inference_data import export_arviz
 from .plots import plot_correlation, plot_elbo_time, plot_marginals
@@ -49,6 +49,8 @@ from .run import DTYPES, RunResult, run_experiment
 from .tables import compare_markdown, markdown_table, summarise, write_tables
 
 BASELINES = ("AutoNormal", "AutoDelta")
+MAX_DRAWS = 1_000_000  # posterior draws per method (--draws)
+MAX_POINTS = 100  # data points the posterior pictures show
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -147,8 +149,15 @@ def plan(opts: CompareOptions) -> tuple[ModelSpec, dict[str, Any], str, dict[str
     spec (with any baselines), the raw base config, its source, and guide -> the ELBO it trains with."""
     if not isinstance(opts.seeds, int) or opts.seeds < 1:
         raise ConfigError(f"--seeds must be a whole number >= 1, got {opts.seeds!r}")
+    if opts.seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds={opts.seeds} is larger than the limit of {MAX_SEEDS:,} (a comparison this long would "
+                          "take days; if you meant it, raise MAX_SEEDS in experiments/config.py)")
     if opts.points < 1 or opts.draws < 2:
         raise ConfigError(f"points must be >= 1 and draws >= 2, got points={opts.points}, draws={opts.draws}")
+    for key, value, limit in (("--draws", opts.draws, MAX_DRAWS), ("points", opts.points, MAX_POINTS)):
+        if value > limit:
+            raise ConfigError(f"{key}={value} is larger than the limit of {limit:,} (the pictures and the ArviZ export "
+                              "would not fit in memory)")
     spec = resolve(opts.model)
     raw, source = base_config(spec, opts.data, opts.config)
     raw = copy.deepcopy(raw)

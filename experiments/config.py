@@ -339,9 +339,34 @@ SIZE_LIMITS = {
     "data.doc_length": 1_000_000,
     "data.num_steps": 100_000,
     "data.vocab_size": 1_000_000,
+    "data.min_doc_freq": 1_000_000,
+    "data.subset": 100_000_000,
+    "svi.steps": 1_000_000,
+    "svi.batch_size": 1_000_000,
+    "em.max_iter": 100_000,
+    "eval.refit_steps": 100_000,
+    "eval.train_points": 1_000_000,
+    "checkpoint.every_steps": 1_000_000,
 }
-"""Limits on the other sizes: each is far beyond what runs on one machine in reasonable time, and low enough
-that a typo (an extra three zeros) is refused with a message instead of an allocation failure deep in torch."""
+"""Limits on the other sizes and counts: each is far beyond what runs on one machine in reasonable time, and low
+enough that a typo (an extra three zeros) is refused with a message instead of an allocation failure deep in torch
+or a run that trains for days."""
+MAX_SEED = 2**31 - 1
+"""The largest ``seed``: Pyro and NumPy take seeds up to 2^32 - 1, and a run seeds its guides with seed + 1, + 2, ...
+and a comparison its repeats with seed + 1, + 2, ... (at most MAX_SEEDS), which stay below that."""
+MAX_SEEDS = 1_000
+"""The most seeds of a comparison or a report (``--seeds``)."""
+
+
+LIMIT_REASONS = {
+    "svi.steps": "a run this long would take days",
+    "em.max_iter": "a run this long would take days",
+    "eval.refit_steps": "a run this long would take days",
+    "checkpoint.every_steps": "more steps than a run may have",
+    "data.subset": "more rows than any data set here",
+    "data.min_doc_freq": "more documents than any corpus here",
+}
+"""Why a limit above is there, where it is not memory."""
 
 
 def _check_sizes(cfg: RunConfig) -> None:
@@ -361,8 +386,12 @@ def _check_sizes(cfg: RunConfig) -> None:
     for key, value, limit in checks:
         too_big = [v for v in ints(value) if v > limit]
         if too_big:
-            raise ConfigError(f"{key}={_toml(value)} is larger than the limit of {limit:,} (a size this large would not "
-                              "fit in memory; if you meant it, raise the limit in experiments/config.py)")
+            why = LIMIT_REASONS.get(key, "a size this large would not fit in memory")
+            raise ConfigError(f"{key}={_toml(value)} is larger than the limit of {limit:,} ({why}; if you meant it, "
+                              "raise the limit in experiments/config.py)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, {MAX_SEED:,}] (Pyro's and NumPy's seeds are 0 to 2^32 - 1, "
+                          "and runs add small offsets to it)")
 
 
 def _check_enumeration(cfg: RunConfig, spec: ModelSpec) -> None:

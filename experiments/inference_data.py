@@ -42,6 +42,7 @@ posterior over theta in these groups.
 from __future__ import annotations
 
 import importlib.util
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -203,16 +204,87 @@ def export_arviz(spec: ModelSpec, out_dir: Path, draws: dict[str, dict[str, torc
         table = az.summary(point0, kind="stats", round_to=3)
         parts += [f"### {method}", "", table.to_markdown() if _has_tabulate() else "```\n" + table.to_string() + "\n```", ""]
     report.write_atomic(out_dir / "arviz_summary.md", "\n".join(parts))
-    names = list(data)
-    first = next(iter(data.values()))
-    coords = sum(int(v.size // (v.sizes["chain"] * v.sizes["draw"])) for v in first.data_vars.values())
-    axes = az.plot_forest([data[m] for m in names], model_names=names, combined=True, hdi_prob=0.9,
-                          figsize=(7, 1.5 + 0.22 * coords * len(names)))
-    fig = axes.ravel()[0].figure
-    fig.suptitle(f"az.plot_forest, data point {points[0]}: exact posterior (at each guide's θ) beside each guide (90% HDI)", fontsize=8)
+    fig = forest_figure(draws, points, data, max_coords)
     report.save_png(fig, out_dir / "forest.png")
     plt.close("all")
     return True
+
+
+def _discrete(draws: dict[str, dict[str, torch.Tensor]], site: str) -> bool:
+    """Every method's draws of ``site`` are 0/1 (bits, or one-hot categories)."""
+    return all(bool(((v[site] == 0) | (v[site] == 1)).all()) for v in draws.values() if site in v)
+
+
+def forest_figure(draws: dict[str, dict[str, torch.Tensor]], points: list[int], data: dict[str, Any] | None = None,
+                  max_coords: int = 12):
+    """The forest figure of data point ``points[0]``, methods side by side (each guide's q and the exact posterior at
+    its θ, same colour: exact hollow, q filled). Discrete latents (0/1 bits, one-hot categories): a dot plot of the
+    posterior probability of each bit being 1 (each category), where an interval over {0, 1} would say little.
+    Continuous latents: ``az.plot_forest`` (posterior mean and 90% HDI) of ``data`` (method -> that point's
+    posterior, an xarray Dataset). The legend sits below the panels, outside every axes. Returns the figure."""
+    import arviz as az
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    names = list(draws)
+    sites = list(dict.fromkeys(s for v in draws.values() for s in v))
+    discrete = [s for s in sites if _discrete(draws, s)]
+    continuous = [s for s in sites if s not in discrete and data is not None]
+    guides = list(dict.fromkeys(m.removeprefix("exact | ") for m in names))
+    colour = {g: f"C{i % 10}" for i, g in enumerate(guides)}
+    rows_d = [(s, i) for s in discrete for i in range(min(max_coords, next(v[s] for v in draws.values() if s in v).shape[-1]))]
+    rows_c = sum(min(max_coords, next(v[s] for v in draws.values() if s in v).shape[-1]) for s in continuous)
+    panels = [k for k, n in (("discrete", len(rows_d)), ("continuous", rows_c)) if n]
+    height = 1.6 + 0.1 * len(names) * max(len(rows_d), rows_c) + 0.25 * len(names)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.4, min(height, 14)), dpi=110,
+                             squeeze=False, layout="constrained")
+    handles, labels = [], []
+    for ax, kind in zip(axes[0], panels):
+        if kind == "discrete":
+            width = 0.8 / max(1, len(names))
+            for j, m in enumerate(names):
+                exact = m.startswith("exact | ")
+                ys, ps = [], []
+                for r, (s, i) in enumerate(rows_d):
+                    if s in draws[m]:
+                        ys.append(r - 0.4 + width * (j + 0.5))
+                        ps.append(float(draws[m][s][:, 0, i].mean()))
+                h = ax.scatter(ps, ys, s=22, marker="o" if exact else "D", facecolors="none" if exact else colour[m.removeprefix("exact | ")],
+                               edgecolors=colour[m.removeprefix("exact | ")], linewidths=1.2, zorder=3)
+                handles.append(h)
+                labels.append(m)
+            categorical = {s for s in discrete if all(bool((v[s].sum(-1) == 1).all()) for v in draws.values() if s in v)}
+            ax.set_yticks(range(len(rows_d)), [f"{s} = {i}" if s in categorical else f"{s}[{i}]" for s, i in rows_d], fontsize=7)
+            ax.set_ylim(len(rows_d) - 0.5, -0.5)  # first coordinate on top
+            ax.set_xlim(-0.04, 1.04)
+            ax.set_xlabel("posterior probability: P(bit = 1); for a category, P(z = k)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            for r in range(1, len(rows_d)):
+                ax.axhline(r - 0.5, color="0.85", lw=0.6)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_title("discrete latents: probabilities from the draws", fontsize=8)
+        else:
+            az.plot_forest([data[m][continuous] for m in names], model_names=names, combined=True, hdi_prob=0.9, ax=ax,
+                           textsize=7)
+            legend = ax.get_legend()
+            if legend is not None:
+                if not handles:  # the discrete panel's handles name the same methods
+                    handles = list(legend.legend_handles)
+                    labels = [t.get_text() for t in legend.get_texts()]
+                legend.remove()
+            ax.set_title("continuous latents: mean and 90% HDI", fontsize=8)
+    if not handles:
+        handles = [Line2D([], [], color=colour[m.removeprefix("exact | ")]) for m in names]
+        labels = names
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(2, len(labels)), fontsize=7, frameon=False)
+    marks = " (hollow: exact, filled: q)" if rows_d else ""
+    title = (f"Posterior of data point {points[0]}: the exact posterior at each guide's θ beside the guide's q{marks}, "
+             f"from {next(iter(next(iter(draws.values())).values())).shape[0]} draws")
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=8)  # wrapped to the figure, never clipped
+    return fig
 
 
 def _has_tabulate() -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..models.errors import ConfigError
 from . import report, seeds
 from .compare import CompareOptions, base_config, compare, tiny_overrides
-from .config import DataOptions, EMConfig, EvalConfig, SVIConfig
+from .config import MAX_SEEDS, DataOptions, EMConfig, EvalConfig, SVIConfig
 from .registry import MODELS, resolve
 
 
@@ -44,6 +44,8 @@ def write_report(opts: ReportOptions, log=print) -> Path:
     start, cpu_start = time.perf_counter(), time.process_time()
     if opts.seeds < 1:
         raise ConfigError(f"--seeds must be a whole number >= 1, got {opts.seeds!r}")
+    if opts.seeds > MAX_SEEDS:
+        raise ConfigError(f"--seeds={opts.seeds} is larger than the limit of {MAX_SEEDS:,} (a report this long would take days)")
     names = list(opts.models or MODELS)
     for name in names:
         resolve(name)  # unknown model: one line, before any work
@@ -59,7 +61,7 @@ def write_report(opts: ReportOptions, log=print) -> Path:
     log(f"report: {len(names)} models, {len(experiments)} seed experiments -> {out}")
     sections, numbers = [], {"models": {}, "seeds": {}}
     overview = ["| model | data and size | best guide (ELBO / point) | its total gap | approximation | amortisation | time (s) |",
-                "|---|---|---|---:|---:|---:|---:|"]
+                "|:---|:---|:---|---:|---:|---:|---:|"]  # prose left, numbers right
     for i, name in enumerate(names, 1):
         spec = resolve(name)
         t0 = time.perf_counter()
@@ -170,7 +172,7 @@ def _overview_row(name: str, result) -> str:
 
     def f(key):
         v = best.get(key)
-        return "–" if v is None else f"{v:.4f}"
+        return "–" if v is None else f"{round(v, 4) + 0.0:.4f}"  # no "-0.0000": round first, + 0.0 drops the sign of zero
 
     return (f"| {name} | {result.title.removeprefix(name + ' on ')} | {best['method']} ({f('elbo')}) | {f('total_gap')} | "
             f"{f('approximation_gap')} | {f('amortisation_gap')} | {result.wall_time_s:.0f} |")
@@ -205,14 +207,24 @@ def to_html(md: str, root: Path) -> str:
             i = j + 1
             continue
         if line.startswith("|"):
-            rows = []
+            rows, align = [], []
             while i < len(lines) and lines[i].startswith("|"):
-                if not re.fullmatch(r"\|[-:| ]+\|", lines[i].strip()):
-                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip()[1:-1])]  # "\\|": a pipe in a cell
+                if re.fullmatch(r"\|[-:| ]+\|", lines[i].strip()):  # the alignment row: ":---" left, "---:" right
+                    align = ["left" if c.startswith(":") and not c.endswith(":") else "center" if c.startswith(":")
+                             else "right" if c.endswith(":") else "" for c in cells]
+                else:
+                    rows.append([c.replace("\\|", "|") for c in cells])
                 i += 1
             head, *body = rows
+
+            def td(j: int, c: str) -> str:
+                default = "left" if j == 0 else "right"  # the page's CSS: the first column left, numbers right
+                style = f" style='text-align:{align[j]}'" if j < len(align) and align[j] not in ("", default) else ""
+                return f"<td{style}>{inline(c)}</td>"
+
             out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+                       + "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(r)) + "</tr>" for r in body) + "</table>")
             continue
         m = re.match(r"(#{1,6}) (.*)", line)
         if m:

@@ -105,7 +105,18 @@ def correlations(v: torch.Tensor) -> torch.Tensor:
 
 def plot_correlation(path: Path, draws: dict[str, dict[str, torch.Tensor]], points: list[int]) -> bool:
     """For binary latents: the exact posterior correlation between latent bits at the point (of those drawn) where
-    it is strongest, beside each guide's (zero for mean field by construction). False if there are none."""
+    it is strongest, beside each guide's (zero for mean field by construction). False if there are none.
+    Ticks are the latent bits' indices; the diagonal (each bit with itself, 1 by definition) is grey and marked 1,
+    so the colour scale is spent on the off-diagonal; with few bits every cell carries its value."""
+    fig = correlation_figure(draws, points)
+    if fig is None:
+        return False
+    report.save_png(fig, path)
+    return True
+
+
+def correlation_figure(draws: dict[str, dict[str, torch.Tensor]], points: list[int]):
+    """The figure of :func:`plot_correlation` (not saved), or None without binary latents."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,22 +124,38 @@ def plot_correlation(path: Path, draws: dict[str, dict[str, torch.Tensor]], poin
 
     methods = [m for m in _pairs(draws) if f"exact | {m}" in draws and binary_sites(draws[f"exact | {m}"])]
     if not methods:
-        return False
-    fig, axes = plt.subplots(len(methods), 2, figsize=(6.4, 3.0 * len(methods)), dpi=110, squeeze=False)
+        return None
+    fig, axes = plt.subplots(len(methods), 2, figsize=(7.2, 3.3 * len(methods) + 0.5), dpi=110, squeeze=False,
+                             layout="constrained")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")  # the diagonal (NaN) grey
     for r, method in enumerate(methods):
         site = binary_sites(draws[f"exact | {method}"])[0]
         exact = correlations(draws[f"exact | {method}"][site])
         off = exact - torch.diag_embed(torch.diagonal(exact, dim1=-2, dim2=-1))
         p = int(off.abs().amax((-2, -1)).argmax())
-        for c, (label, v) in enumerate(((f"exact | {method}", exact[p]), (method, correlations(draws[method][site])[p]))):
+        name = method.removeprefix("SVI ")
+        for c, (label, v) in enumerate(((f"exact p(z | x) at {name}'s θ", exact[p]), (f"{method}: q", correlations(draws[method][site])[p]))):
             ax = axes[r, c]
+            k = v.shape[0]
             v = v.clone()
-            v.fill_diagonal_(float("nan"))  # the off-diagonal is the point
-            im = ax.imshow(v.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
-            ax.set_title(f"{label}: corr({site}), data point {points[p]}", fontsize=7)
+            v.fill_diagonal_(float("nan"))  # 1 by definition: grey, marked "1"
+            im = ax.imshow(v.numpy(), vmin=-1, vmax=1, cmap=cmap)
+            ticks = list(range(k)) if k <= 12 else list(range(0, k, max(1, k // 8)))
+            ax.set_xticks(ticks, [str(i) for i in ticks])
+            ax.set_yticks(ticks, [str(i) for i in ticks])
+            ax.set_xlabel(f"{site} index", fontsize=7)
+            ax.set_ylabel(f"{site} index", fontsize=7)
             ax.tick_params(labelsize=6)
-        fig.colorbar(im, ax=axes[r].tolist(), shrink=0.8)
-    fig.suptitle("Posterior correlation of binary latents (from draws): explaining away, which a factorised q cannot hold", fontsize=8)
-    report.save_png(fig, path)
-    return True
-
+            if k <= 8:
+                for i in range(k):
+                    for j in range(k):
+                        text = "1" if i == j else f"{round(float(v[i, j]), 2) + 0.0:.2f}"  # no "-0.00"
+                        ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                                color="white" if i != j and abs(float(v[i, j])) > 0.6 else "black")
+            ax.set_title(f"{label}\ncorr({site}), data point {points[p]}", fontsize=7)
+        bar = fig.colorbar(im, ax=axes[r].tolist(), shrink=0.8)
+        bar.set_label("correlation", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    fig.suptitle("Posterior correlation of binary latents (from draws): explaining away, which a factorised q cannot\n"
+                 "hold; the diagonal is 1 (grey)", fontsize=8)
+    return fig

@@ -3,14 +3,22 @@
 Each file is written to a temporary name in the same folder and renamed into place, so a reader
 never sees half a file. ``metrics.json`` is written last and says ``"status": "complete"`` (or
 ``"interrupted"``); a run folder without it did not finish.
+
+Files get the mode an ordinary ``open(path, "w")`` would give them (0o666 less the process umask), not
+the temporary file's 0o600. A file or folder that cannot be written (a read-only or full disk, no
+permission) is an :class:`OutputError`: one line naming the path and the errno, and no temporary file
+left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import math
 import os
+import re
 import tempfile
 import textwrap
 import time
@@ -20,19 +28,67 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.errors import VizooError
+
+
+class OutputError(VizooError):
+    """A file or folder of the output that cannot be written: one line naming the path and the errno.
+    ``exit_code`` is the CLI's status: 2 when nothing had started (the run folder could not be made), 1 when
+    it happened during the work."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def output_error(path: Path, err: OSError, exit_code: int = 1, what: str = "cannot write") -> OutputError:
+    """``OutputError("cannot write PATH: Read-only file system (EROFS)")`` from an OSError."""
+    return OutputError(f"{what} {path}: {describe_os_error(err)}", exit_code)
+
+
+def describe_os_error(err: OSError) -> str:
+    """"No space left on device (ENOSPC)": the OS's words and the errno's name."""
+    name = errno.errorcode.get(err.errno, str(err.errno)) if err.errno is not None else type(err).__name__
+    return f"{err.strerror or err} ({name})"
+
+
+def file_mode() -> int:
+    """The mode a new ordinary file gets: 0o666 less the process umask. Read from /proc where there is one
+    (no change to the process); else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``, with the mode of an ordinary new
+    file (:func:`file_mode`). An OSError (read-only or full disk, ...) is an :class:`OutputError` naming
+    ``path``; the temporary file is removed on any failure."""
+    path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise output_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, file_mode())  # mkstemp's 0o600 would hide the run's files from other users
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise output_error(path, err) from None
         raise
 
 
@@ -44,17 +100,30 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def make_run_dir(root: Path, name: str) -> Path:
-    """``root/<name>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already."""
-    root.mkdir(parents=True, exist_ok=True)
+    """``root/<name>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already. A folder that cannot
+    be made (read-only disk, no permission) is an :class:`OutputError` with exit code 2: nothing started."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = root / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder under {root}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            path = root / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        where = os.fspath(err.filename) if isinstance(err.filename, (str, os.PathLike)) else root  # the folder that failed
+        raise output_error(where, err, exit_code=2, what="cannot create the run folder") from None
+    raise OutputError(f"cannot create a fresh run folder in {root}: 1000 folders named {name}-{stamp}* exist", 2)
+
+
+def make_dir(path: Path) -> None:
+    """``path.mkdir(exist_ok=True)``; an OSError is an :class:`OutputError` naming the folder."""
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as err:
+        raise output_error(path, err, what="cannot create the folder") from None
 
 
 def to_toml(table: dict[str, Any]) -> str:
@@ -101,8 +170,10 @@ def comparison_table(metrics: dict[str, Any]) -> str:
     em = metrics.get("exact")
     by_elbo = bool(em) and em.get("objective") == "ELBO"
     last = f"ELBO − {em['method']}" if by_elbo else "log p(x) − EM optimum"
+    iwae = any(str(g.get("log_likelihood_method", "")).startswith("IWAE") for g in metrics["guides"].values())
+    log_p = "IWAE estimate of log p(x) / point (a lower bound)" if iwae else "log p(x) / point"
     head = (
-        "| method | estimator | ELBO / point | log p(x) / point | KL(q ‖ p(z|x)) / point | "
+        f"| method | estimator | ELBO / point | {log_p} | KL(q ‖ p(z\\|x)) / point | "  # "\\|": a pipe inside a cell
         f"{last} | steps | time (s) |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )
     rows = [head]
@@ -124,7 +195,21 @@ def comparison_table(metrics: dict[str, Any]) -> str:
             f"{_f(ll, se=g.get('log_likelihood_se'))} | {_f(g.get('kl_per_point'))} | "
             f"{_f(diff, signed=True)} | {g['steps']}{' (interrupted)' if g['interrupted'] else ''} | {g['wall_time_s']:.3f} |"
         )
-    return "\n".join(rows)
+    return drop_empty_columns("\n".join(rows))
+
+
+def drop_empty_columns(table: str, empty: str = "–") -> str:
+    """A Markdown pipe table without the columns whose every body cell is ``empty`` (nothing to show there)."""
+    lines = table.split("\n")
+    if len(lines) < 3:
+        return table
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])] for line in lines]  # "\\|" stays in its cell
+    width = len(cells[0])
+    if any(len(r) != width for r in cells):  # a "|" inside a cell: leave the table alone
+        return table
+    keep = [j for j in range(width) if j == 0 or any(r[j] != empty for r in cells[2:])]
+    return "\n".join("| " + " | ".join(r[j] for j in keep) + " |" if i != 1 else "|" + "|".join(r[j] for j in keep) + "|"
+                     for i, r in enumerate(cells))
 
 
 def heldout_table(metrics: dict[str, Any]) -> str:

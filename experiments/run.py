@@ -22,7 +22,9 @@ The run folder ``<output_dir>/<name>-<timestamp>/`` holds::
     *.png              the model's own pictures (``pictures``: the VAE's reconstructions, samples, latent map)
     report.md          the comparison table
     metrics.json       written last; "status" is "complete" or "interrupted" (Ctrl-C; resumable), or
-                       "failed" (a non-finite step: the error, and the last good checkpoint kept)
+                       "failed" (a non-finite step: the error, and the last good checkpoint kept; or a file
+                       that could not be written, a full or read-only disk: "resumable": true, written
+                       when the disk still takes it)
 
 Every path the run writes is inside the run folder: the folder's name is checked by the config (a plain
 name, never a path), and a resumed folder must hold real sub-folders (no symbolic links out of it).
@@ -30,6 +32,7 @@ name, never a path), and a resumed folder must hold real sub-folders (no symboli
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -42,7 +45,7 @@ import pyro
 import torch
 
 from ..models.datasets import Dataset
-from ..models.errors import ConfigError
+from ..models.errors import ConfigError, DataError, ImpossibleResult
 from ..models.exact.binary import MAX_LATENTS
 from ..models.importance import ImportanceEstimate, log_weights
 from ..models.spec import ModelSpec
@@ -137,12 +140,13 @@ def check_run_dir(run_dir: str | Path) -> Path:
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         try:
-            status = json.loads(metrics.read_text(encoding="utf-8")).get("status")
+            recorded = json.loads(metrics.read_text(encoding="utf-8"))
+            status, resumable = recorded.get("status"), recorded.get("resumable") is True  # failed writing: resumable
         except (ValueError, UnicodeDecodeError, AttributeError):
-            status = None
+            status, resumable = None, False
         if status == "complete":
             raise ConfigError(f"--resume: the run in {given!r} is complete; there is nothing to resume")
-        if status == "failed":
+        if status == "failed" and not resumable:
             raise ConfigError(f"--resume: the run in {given!r} failed (see its metrics.json): resuming would repeat "
                               "the same steps; change the config and start a new run")
     return run_dir
@@ -165,7 +169,9 @@ def load_states(prep: Prepared, run_dir: Path, final: bool) -> dict[str, dict]:
     states = {}
     for g, guide in prep.guides.items():
         ck = Checkpointer(run_dir / "checkpoints" / f"{g}.pt", {**prep.identity, "guide": g})
-        state = ck.load(cfg.svi.steps)
+        advice = (f"guide {g!r} cannot be rebuilt from it: run the config again (vizoo run {run_dir / 'config.toml'})" if final
+                  else f"delete it to train guide {g!r} again from step 0 (vizoo run --resume {run_dir}), or start a new run")
+        state = ck.load(cfg.svi.steps, advice)
         if state is None:
             if final:
                 raise ConfigError(f"{str(run_dir)!r}: guide {g!r} has no checkpoint ({str(ck.path)!r}); "
@@ -196,6 +202,7 @@ def prepare(cfg: RunConfig, spec: ModelSpec, data: Dataset) -> Prepared:
     if cfg.svi.batch_size > num_points:
         raise ConfigError(f"svi.batch_size={cfg.svi.batch_size} is larger than the {num_points} training points")
     init = spec.init_params(x, args, cfg.seed)
+    _check_preprocessing(cfg, data, x, x_test, init)
     pyro.set_rng_seed(cfg.seed)  # network initialisations
     guides = {}
     for g in cfg.guides:  # builder options are checked here, before anything is written
@@ -219,6 +226,8 @@ class RunWriter:
         self.run_dir = Path(run_dir)
         self.new = new
         self.data = data  # in-memory data to save as data.npy
+        self.begun = False  # begin() done: the run's work has started
+        self.metrics: dict[str, Any] | None = None  # the runner's metrics so far, for fail()
 
     @classmethod
     def new(cls, cfg: RunConfig, data: np.ndarray | None = None) -> RunWriter:
@@ -229,15 +238,17 @@ class RunWriter:
         """Sub-folders, the config (and the data given in memory); returns each guide's checkpointer."""
         cfg = prep.cfg
         for sub in ("params", "guides", "checkpoints"):
-            (self.run_dir / sub).mkdir(exist_ok=True)
+            report.make_dir(self.run_dir / sub)
             for stale in (self.run_dir / sub).glob(".*.tmp"):  # a temporary file left by a killed write
-                stale.unlink()
+                with contextlib.suppress(OSError):  # a read-only folder: the first write says so
+                    stale.unlink()
         if self.new:
             if self.data is not None:
                 buf = io.BytesIO()
                 np.save(buf, self.data, allow_pickle=False)
                 report.write_atomic(self.run_dir / DATA_FILE, buf.getvalue())
             report.write_atomic(self.run_dir / "config.toml", report.to_toml(cfg.to_dict()))
+        self.begun = True
         return {g: Checkpointer(self.run_dir / "checkpoints" / f"{g}.pt", {**prep.identity, "guide": g},
                                 cfg.checkpoint.every_steps, cfg.checkpoint.every_seconds)
                 for g in prep.guides if cfg.checkpoint.enabled}
@@ -251,6 +262,23 @@ class RunWriter:
 
     def failed(self, metrics: dict[str, Any]) -> None:
         report.write_json(self.run_dir / "metrics.json", metrics)
+
+    def fail(self, err: report.OutputError) -> report.OutputError:
+        """A write failed (``err``: a full or read-only disk): metrics.json says "failed" (and "resumable") when
+        the disk still takes it; the returned error says in one line what failed, what was kept and what to do.
+        Exit code 2 when the run's work had not started, else 1."""
+        failed = {"status": "failed", "error": str(err), "resumable": True}
+        kept = ""
+        for metrics in ({**(self.metrics or {}), **failed}, failed):  # the short one may fit where the whole did not
+            try:
+                report.write_json(self.run_dir / "metrics.json", metrics)
+                kept = f'; {self.run_dir / "metrics.json"} says "failed"'
+                break
+            except report.OutputError as again:
+                kept = f"; {again} either"
+        if (self.run_dir / "config.toml").is_file():
+            kept += f"; free space or make it writable, then continue with: vizoo run --resume {self.run_dir}"
+        return report.OutputError(f"{err}{kept}", exit_code=1 if self.begun else 2)
 
     def finish(self, prep: Prepared, metrics: dict[str, Any], fits: dict[str, Any], trained: dict[str, Any], text: str) -> None:
         """The pictures, report.md (``text``) and, last, metrics.json."""
@@ -269,7 +297,18 @@ class RunWriter:
 def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, dict] | None = None,
             progress: bool | None = None, log=print) -> RunResult:
     """The runner: exact reference, SVI for each guide (from its checkpoint ``states`` where given), evaluation;
-    everything in memory, and written by ``writer`` when there is one."""
+    everything in memory, and written by ``writer`` when there is one. A write that fails (full or read-only
+    disk) stops the run with one :class:`report.OutputError`, metrics.json saying "failed" when it can."""
+    try:
+        return _execute(prep, writer, states, progress, log)
+    except report.OutputError as err:
+        if writer is None:
+            raise
+        raise writer.fail(err) from None
+
+
+def _execute(prep: Prepared, writer: RunWriter | None, states: dict[str, dict] | None, progress: bool | None,
+             log) -> RunResult:
     cfg, spec, data, x, x_test, init = prep.cfg, prep.spec, prep.data, prep.x, prep.x_test, prep.init
     args = cfg.model_args
     progress = cfg.progress if progress is None else progress
@@ -289,6 +328,8 @@ def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, d
         "exact": None,
         "guides": {},
     }
+    if writer is not None:
+        writer.metrics = metrics  # what a failed write leaves in metrics.json
     log(title + (f"\nrun folder: {writer.run_dir}" if writer is not None else ""))
     for g, state in states.items():
         log(f"resuming {g} from its checkpoint: " + ("finished" if state.get("finished") else f"step {state['step']} of {cfg.svi.steps}"))
@@ -320,6 +361,7 @@ def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, d
         if writer is not None:
             writer.exact(em.params)
         fits[ref.method] = em.params
+        _stop_if_impossible(metrics, writer, cfg.dtype)
         log(f"{ref.method}: {ref.objective}/point = {float(trace[-1]):.4f} after {em.num_iters} iterations ({wall:.2f} s)")
 
     interrupted = False
@@ -335,6 +377,7 @@ def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, d
             raise
         fitted = spec.fitted(model, guide)
         metrics["guides"][g] = _evaluate(spec, enumerable, fitted, guide, x, result, cfg)
+        _stop_if_impossible(metrics, writer, cfg.dtype, g)
         fits[f"SVI {g}"] = fitted
         trained[f"SVI {g}"] = guide
         models[f"SVI {g}"] = model
@@ -362,6 +405,64 @@ def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, d
         writer.finish(prep, metrics, fits, trained, f"{table}\n\n{_notes(metrics)}{fit_notes}")
     log(table + fit_notes)
     return RunResult(None if writer is None else writer.run_dir, metrics, x, fits, trained, models, cfg, spec, data, x_test)
+
+
+def _check_preprocessing(cfg: RunConfig, data: Dataset, x: torch.Tensor, x_test: torch.Tensor | None, init: Any) -> None:
+    """Refuse, before any work, data that overflowed on its way to the model: values beyond the range of
+    ``cfg.dtype`` (float32 ends near 3.4e38), or initial parameters computed from the data that are not finite."""
+    def largest(t: torch.Tensor) -> float:
+        finite = t[torch.isfinite(t)]
+        return float(finite.abs().max()) if finite.numel() else float("nan")
+
+    for rows, given, cast in (("data", data.x, x), ("held-out data", data.x_test, x_test)):
+        if cast is not None and given is not None and torch.isinf(cast).any() and not torch.isinf(given).any():
+            raise DataError(f"dtype={cfg.dtype!r}: the {rows} overflow it (largest |value| {largest(given):.3g}); "
+                            "use dtype = 'float64', or rescale the data")
+    state = init.state_dict() if hasattr(init, "state_dict") else {}
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise DataError(f"the initial parameters computed from the data are not finite ({name}): the data's values "
+                            f"(largest |value| {largest(x):.3g}) overflow {cfg.dtype} arithmetic; rescale the data, "
+                            "or set data.standardise = true")
+
+
+ROUND_OFF = {"float64": 1e-6, "float32": 1e-4}
+"""Relative slack for round-off when an ELBO is checked against the exact log p(x) at the same parameters. The
+bound is exact (log p(x) - ELBO = KL(q || p(z|x)) >= 0), so only round-off can put the ELBO above: float64
+keeps ~1e-16 per operation and float32 ~1e-7, and torch's pairwise sums over up to 10^6 points and the
+log-sum-exp over z lose a few dozen times that. The slack is far above that round-off and far below a real
+violation."""
+
+
+def _stop_if_impossible(metrics: dict[str, Any], writer: RunWriter | None, dtype: str, guide: str | None = None) -> None:
+    """Stop the run, instead of reporting it, when a number the runner just computed is impossible: the exact
+    reference's objective NaN, or (``guide``) an exact ELBO NaN, above the exact log p(x) at the same parameters
+    beyond round-off, or a negative KL. metrics.json then says "failed" (when there is a writer).
+    (A guide's log p(x) above EM's is possible: different parameters, and EM finds a local optimum.)"""
+    problem = ""
+    if guide is None:
+        ref = metrics["exact"]
+        key = "log_likelihood_per_point" if "log_likelihood_per_point" in ref else "elbo_per_point"
+        if ref[key] != ref[key]:
+            problem = f"{ref['method']}: {ref['objective']}/point is NaN after {ref['iterations']} iterations"
+    else:
+        m = metrics["guides"][guide]
+        if "kl_per_point" in m:  # exact, by enumeration: ELBO <= log p(x), with equality iff q = p(z|x)
+            elbo, logp, kl = m["final_elbo_per_point"], m["log_likelihood_per_point"], m["kl_per_point"]
+            slack = ROUND_OFF[dtype] * max(1.0, abs(logp))
+            if elbo != elbo or logp != logp or kl != kl:
+                problem = f"guide {guide!r}: exact ELBO/point = {elbo}, log p(x)/point = {logp}, KL/point = {kl} (NaN)"
+            elif elbo - logp > slack or kl < -slack:
+                problem = (f"guide {guide!r}: the exact ELBO/point {elbo:.10g} is above the exact log p(x)/point "
+                           f"{logp:.10g} at the same parameters (KL/point {kl:.3g}; round-off allows {slack:.1e}), "
+                           "which the bound rules out")
+    if not problem:
+        return
+    message = f"impossible result, not reported: {problem}"
+    metrics.update(status="failed", error=message, **({"failed_guide": guide} if guide else {}))
+    if writer is not None:
+        writer.failed(metrics)
+    raise ImpossibleResult(message)
 
 
 def _output_dir(path: str) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -242,23 +243,7 @@ def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dic
         after_m = float(gmm_exact.elbo(x, params, q)) / n
         rows.append({"iteration": t, "log p(x; θ_t)": log_p, "ELBO after E-step": after_e, "ELBO after M-step": after_m,
                      "log p(x; θ_t+1)": float(gmm_exact.log_evidence(x, params)) / n})
-    fig, ax = report.axes(figsize=(7, 4))
-    ts = [r["iteration"] for r in rows]
-    ax.plot(ts + [ts[-1] + 1], [r["log p(x; θ_t)"] for r in rows] + [rows[-1]["log p(x; θ_t+1)"]], "k-", lw=1.4,
-            label="log p(x; θ_t) / point")
-    xs, ys = [], []
-    for r in rows:  # the staircase: E-step up to the curve at t, M-step along to t + 1 (below the curve there)
-        xs += [r["iteration"], r["iteration"] + 1]
-        ys += [r["ELBO after E-step"], r["ELBO after M-step"]]
-    ax.plot(xs, ys, "-", color="C1", lw=1, alpha=0.7)
-    ax.plot([r["iteration"] for r in rows], [r["ELBO after E-step"] for r in rows], "o", color="C0",
-            label="ELBO after E-step (q = posterior): touches log p(x)")
-    ax.plot([r["iteration"] + 1 for r in rows], [r["ELBO after M-step"] for r in rows], "s", color="C1",
-            label="ELBO after M-step (same q, new θ): below log p(x)")
-    ax.set_xlabel("EM iteration t")
-    ax.set_ylabel("nats per data point")
-    report.finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title} (GMM, K = {p.num_components}, {p.data})",
-                   legend_loc="lower right")
+    em_as_vi_figure(rows, out_dir / f"{exp.name}.png", f"{exp.title} (GMM, K = {p.num_components}, {p.data})")
     touch = max(abs(r["ELBO after E-step"] - r["log p(x; θ_t)"]) for r in rows)
     below = min(r["log p(x; θ_t+1)"] - r["ELBO after M-step"] for r in rows)
     rise = min(r["ELBO after M-step"] - r["ELBO after E-step"] for r in rows)
@@ -266,6 +251,54 @@ def em_as_vi(exp: SeedExperiment, out_dir: Path, tiny: bool = False, **_) -> dic
                f"M-step raises it (smallest rise {rise:.2e}), and log p(x; θ_t+1) stays above it by at least "
                f"{below:.2e}: the KL that the next E-step removes.")
     return {"figure": f"{exp.name}.png", "table": _table(rows, list(rows[0])), "caption": caption, "rows": rows}
+
+
+def em_as_vi_figure(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Two panels on a half-step axis (the E-step of iteration t at t, its M-step at t + 0.5). Top: log p(x; θ) and
+    the ELBO after each step: the E-step lifts the bound onto log p(x), the M-step raises both. Bottom, log scale:
+    the differences that the top panel cannot show once EM settles: the M-step's rise of the bound, and the gap
+    log p(x; θ_t+1) − ELBO that the M-step opens and the next E-step closes (after an E-step the gap is round-off,
+    drawn at 1e-16)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, low) = plt.subplots(2, 1, figsize=(7, 6.4), dpi=120, sharex=True, layout="constrained",
+                                   gridspec_kw={"height_ratios": [3, 2]})
+    ts = [r["iteration"] for r in rows]
+    xs = [x for t in ts for x in (t, t + 0.5)] + [ts[-1] + 1]
+    log_p = [v for r in rows for v in (r["log p(x; θ_t)"], r["log p(x; θ_t+1)"])] + [rows[-1]["log p(x; θ_t+1)"]]
+    # log p(x; θ) changes only at the M-step: a step function, level between E-step t and M-step t
+    top.step(xs, log_p, where="post", color="k", lw=1.4, label="log p(x; θ) / point")
+    ys = [v for r in rows for v in (r["ELBO after E-step"], r["ELBO after M-step"])]
+    top.plot(xs[:-1], ys, "-", color="0.6", lw=0.8)
+    top.plot(ts, [r["ELBO after E-step"] for r in rows], "o", color="C0", ms=6, mfc="none", mew=1.5,
+             label="ELBO after the E-step (q = posterior, at t): touches log p(x)")
+    top.plot([t + 0.5 for t in ts], [r["ELBO after M-step"] for r in rows], "s", color="C1", ms=5,
+             label="ELBO after the M-step (same q, new θ, at t + ½): raised, below log p(x)")
+    if len(rows) > 2:  # zoom past the poor start (it would flatten every later step): note it off the scale
+        report.fit_ylim(top, [v for r in rows[1:] for v in (r["ELBO after E-step"], r["log p(x; θ_t+1)"])])
+        if rows[0]["log p(x; θ_t)"] < top.get_ylim()[0]:
+            top.text(0.02, 0.95, f"zoomed past the start: at t = 0, log p(x) = {rows[0]['log p(x; θ_t)']:.3f} (below the axis)",
+                     transform=top.transAxes, fontsize=7, va="top")
+    top.set_ylabel("nats per data point")
+    top.legend(fontsize=7, loc="lower right")
+    top.grid(alpha=0.3)
+    floor = 1e-16
+    low.semilogy([t + 0.5 for t in ts], [max(r["ELBO after M-step"] - r["ELBO after E-step"], floor) for r in rows], "s-",
+                 color="C1", ms=4, lw=1, label="M-step's rise of the bound: ELBO after M − ELBO after E")
+    low.semilogy([t + 0.5 for t in ts], [max(r["log p(x; θ_t+1)"] - r["ELBO after M-step"], floor) for r in rows], "^-",
+                 color="C2", ms=4, lw=1, label="gap after the M-step: log p(x; θ_t+1) − ELBO (the next E-step closes it)")
+    low.semilogy(ts, [max(abs(r["ELBO after E-step"] - r["log p(x; θ_t)"]), floor) for r in rows], "o", color="C0",
+                 mfc="none", ms=5, label="gap after the E-step: |log p(x; θ_t) − ELBO| (round-off; floor 1e-16)")
+    low.set_xlabel("EM iteration: E-step at t, M-step at t + ½")
+    low.set_ylabel("nats per point (log scale)")
+    low.set_xticks(range(ts[-1] + 2))
+    low.legend(fontsize=6.5, loc="upper right")
+    low.grid(alpha=0.3, which="both")
+    top.set_title(textwrap.fill(title, int(13 * fig.get_figwidth())), fontsize=9)
+    report.save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- gap split from a comparison
@@ -277,21 +310,37 @@ def gap_split(exp: SeedExperiment, out_dir: Path, tiny: bool = False, progress: 
     result = compare(CompareOptions(p.model, p.data or None, 1 if tiny else p.seeds, (), overrides, str(out_dir / "compare"),
                                     progress, draws=200, points=2, config=p.config or None), log=log)
     rows = [e for e in result.summary if e.get("approximation_gap") is not None and e["kind"] != "reference"]
-    fig, ax = report.axes(figsize=(6.5, 3.8))
-    names = [e["method"] for e in rows]
-    approx = [e["approximation_gap"] for e in rows]
-    amort = [e["amortisation_gap"] for e in rows]
-    ax.bar(names, approx, color="C0", label="approximation gap KL(q* ‖ p)")
-    ax.bar(names, amort, bottom=approx, color="C1", label="amortisation (or optimisation) gap ELBO(q*) − ELBO(q)")
-    ax.errorbar(names, [e["total_gap"] for e in rows], yerr=[e.get("total_gap_sd") or 0 for e in rows], fmt="k_", ms=18,
-                label="total gap KL(q ‖ p), mean ± sd over seeds")
-    ax.set_ylabel("nats per data point")
-    report.finish(fig, ax, out_dir / f"{exp.name}.png", f"{exp.title}: {result.title}", legend_loc="upper right")
+    per_seed = [[r["total_gap"] for r in result.rows if r["method"] == e["method"] and r.get("total_gap") is not None]
+                for e in rows]
+    gap_split_figure(rows, per_seed, out_dir / f"{exp.name}.png", f"{exp.title}: {result.title}")
     caption = "; ".join(f"{e['method']}: total {e['total_gap']:.4f} = approximation {e['approximation_gap']:.4f} + "
                         f"amortisation {e['amortisation_gap']:.4f}" for e in rows)
     return {"figure": f"{exp.name}.png", "table": _table(rows, ["method", "total_gap", "approximation_gap", "amortisation_gap"]),
             "caption": caption + " (nats per point, at each guide's own parameters).", "rows": rows,
             "compare_dir": str(result.out_dir)}
+
+
+def gap_split_figure(rows: list[dict[str, Any]], per_seed: list[list[float]], path: Path, title: str) -> None:
+    """One stacked bar per guide (approximation + amortisation gap, means over seeds) and each seed's total gap as a
+    tick, joined by its min-max range over seeds: a KL divergence is >= 0, and so is every end of the range and the
+    axis (a mean ± sd bar would reach below 0 where the seeds spread)."""
+    fig, ax = report.axes(figsize=(6.5, 3.8))
+    names = [e["method"] for e in rows]
+    approx = [e["approximation_gap"] for e in rows]
+    amort = [e["amortisation_gap"] for e in rows]
+    ax.bar(names, approx, color="C0", label="approximation gap KL(q* ‖ p), mean over seeds")
+    ax.bar(names, amort, bottom=approx, color="C1", label="amortisation (or optimisation) gap ELBO(q*) − ELBO(q)")
+    seeds_n = max((len(v) for v in per_seed), default=0)
+    for i, values in enumerate(per_seed):
+        if len(values) > 1:
+            ax.vlines(i, min(values), max(values), color="k", lw=1.4, zorder=3,
+                      label="total gap: min–max over seeds" if i == 0 else None)
+        ax.plot([i] * len(values), values, "k_", ms=16, mew=1.6, zorder=4,
+                label=f"total gap KL(q ‖ p), each of {seeds_n} seed{'s' if seeds_n > 1 else ''}" if i == 0 else None)
+    top = max([a + b for a, b in zip(approx, amort)] + [v for vs in per_seed for v in vs] + [1e-12])
+    ax.set_ylim(0, 1.25 * top)  # the support of a KL divergence: nothing below 0
+    ax.set_ylabel("KL divergence, nats per data point (≥ 0)")
+    report.finish(fig, ax, path, title, legend_loc="upper right")
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:

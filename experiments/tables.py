@@ -59,12 +59,15 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
     """Markdown: one row per method, every column as mean ± sd over seeds."""
     heldout = list(dict.fromkeys(k for e in summary for k in e if k.startswith("heldout ") and not k.endswith(("_sd", "_se"))))
     keys = list(COLUMNS) + heldout
-    head = "| method | " + " | ".join(list(COLUMNS.values()) + heldout) + " |"
+    headers = dict(COLUMNS)
+    if any(e.get("log_p_se") is not None for e in summary):  # importance sampled: an IWAE estimate, not log p(x)
+        headers["log_p"] = "IWAE estimate of log p(x) / point (a lower bound)"
+    head = "| method | " + " | ".join([headers[k] for k in COLUMNS] + heldout) + " |"
     rows = [head, "|---|" + "---:|" * len(keys)]
     for e in summary:
         name = e["method"] + (f" ({e['estimator']})" if e.get("estimator") else "")
         rows.append(f"| {name} | " + " | ".join(_cell(e, k) for k in keys) + " |")
-    return "\n".join(rows)
+    return report.drop_empty_columns("\n".join(rows))  # a column with nothing in it (no exact reference) goes
 
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[str, Any]], markdown: str) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import math
 import signal
+import sys
 import threading
 import time
 from typing import NamedTuple
@@ -169,6 +170,17 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+def show_bar(progress: bool, stream=None) -> bool:
+    """Whether to draw a progress bar: asked for, and the stream (stderr) is a terminal. Redirected to a file or a
+    pipe (``make run > log``) a bar would write a line of carriage-return updates per refresh; the runs' own log
+    lines (one per model, seed and guide) are the progress there."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(progress) and stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def make_elbo(cfg: SVIConfig, max_plate_nesting: int = 1) -> ELBO:
     """The estimator. ``max_plate_nesting`` matters to TraceEnum_ELBO (where enumerated dims start); the
     others find the nesting from the model (the factorial HMM nests two plates)."""
@@ -247,7 +259,7 @@ def train_svi(
 
     interrupted = False
     clean = True  # no step was cut in half (a second Ctrl-C raises mid-step): the state is one to save
-    bar = tqdm(total=cfg.steps, initial=len(trace), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=len(trace), desc=desc, disable=not show_bar(progress), leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for step in range(len(trace), cfg.steps):

@@ -141,6 +141,59 @@ def test_csv_with_missing_value_names_row_and_column(tmp_path, capsys):
     assert "first at row 1, column 1" in capsys.readouterr().err
 
 
+def _numbers(rows: int) -> list[str]:
+    return [f"{i},{2 * i + 1}" for i in range(rows)]
+
+
+HOSTILE_FILES = {
+    "empty npy": ("x.npy", b"", "is an empty or damaged .npy file (it holds no array)"),
+    "cut-off npy": ("x.npy", None, "is an empty or damaged .npy file (cut short"),
+    "text cell": ("x.csv", "\n".join(_numbers(10) + ["hello,3"] + _numbers(5)) + "\n",
+                  "the cell at row 10, column 0 (line 11) is not a number: 'hello'"),
+    "text cell after a header": ("x.csv", "a,b\n" + "\n".join(_numbers(10) + ["4, hello "]) + "\n",
+                                 "the cell at row 10, column 1 (line 12) is not a number: ' hello '"),
+    "ragged rows": ("x.csv", "1,2\n3,4,5\n", "row 1 (line 2) has 3 columns, the first row has 2"),
+    "empty csv": ("x.csv", "", "holds no data rows (an empty CSV file, or a header only)"),
+    "header only": ("x.csv", "a,b\n", "holds no data rows (an empty CSV file, or a header only)"),
+    "folder": ("x.csv", "folder", "is a folder, not a file: give a .npy or .csv file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_a_hostile_data_file_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
+    """Each gave a traceback, a warning before the message, or a misleading one ("non-finite ... nan" for a text
+    cell, "no such file" for a folder). Now: one line naming the file, and what is wrong where; no warning."""
+    import warnings
+
+    name, content, message = HOSTILE_FILES[case]
+    data = tmp_path / name
+    if content == "folder":
+        data.mkdir()
+    elif content is None:
+        np.save(data, np.zeros((100, 2)))
+        data.write_bytes(data.read_bytes()[:300])
+    else:
+        data.write_bytes(content) if isinstance(content, bytes) else data.write_text(content)
+    path = write(tmp_path, "c.toml", f'[data]\nname = "file"\npath = "{data}"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Empty input file" UserWarning leaked before the message
+        code = main(["run", path, "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"vizoo: error: data.path {str(data)!r}") and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hostile_data_files_through_the_command_line(tmp_path):
+    """The empty .npy as a new user met it: python -m vizoo.experiments.cli, no traceback, exit 2."""
+    (tmp_path / "x.npy").write_bytes(b"")
+    out = vizoo("run", "gmm_synthetic", "--out", str(tmp_path / "runs"), "--no-progress",
+                "--set", "data.name='file'", "--set", f"data.path='{tmp_path / 'x.npy'}'")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "is an empty or damaged .npy file" in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_run_writes_a_complete_run_folder(tmp_path):
     out = vizoo("run", str(FAITHFUL), "--out", str(tmp_path), "--no-progress", "--set", "svi.steps=30")
     assert out.returncode == 0, out.stderr

@@ -249,3 +249,22 @@ def test_gaussian_m_step_is_exact_despite_the_singular_statistics():
         new = fhmm.m_step(y, q, params, lengths)
         assert float(fhmm.elbo(y, new, q).sum()) >= float(fhmm.elbo(y, params, q).sum()) - 1e-9
         params = new
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("exact", [True, False])
+def test_m_step_takes_nan_padded_data(kind, exact):
+    """m_step is public: handed the NaN-padded data (as the data sets hold it) with its lengths, it returns the
+    same finite parameters as on the zero-padded data fit_em gives it (0 * NaN is NaN, so the padding must be
+    zeroed, not masked). A NaN inside a sequence is refused, naming it."""
+    y, params, lengths = tiny_data(kind, 2, 2)
+    q = fhmm.forward_backward(y, params, lengths) if exact else random_q("factorised", y, 2, 2, lengths, seed=1)
+    padded = fhmm.m_step(y, q, params, lengths)
+    zeroed = fhmm.m_step(torch.nan_to_num(y), q, params, lengths)
+    for u, v in zip(padded, zeroed):
+        if u is not None:
+            assert torch.isfinite(u).all()
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+    y[0, 1, 2] = float("nan")  # sequence 0 has length 4: this is a hole, not padding
+    with pytest.raises(ValueError, match=r"y has NaN inside sequence 0 at step 1 \(its length is 4\)"):
+        fhmm.m_step(y, q, params, lengths)

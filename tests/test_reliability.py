@@ -5,17 +5,22 @@
 * Tensor files load only with ``weights_only=True``: a crafted pickle is refused and nothing in it runs.
   A checkpoint of another run, of changed data, or of the wrong shapes is refused before any work.
 * Paths: a run's name is never a path, and a run writes nothing outside its run folder.
+* A read-only or full disk is one line naming the path and the errno (exit 2 before the work, 1 during
+  it), leaves no temporary file, and metrics.json says "failed" when the disk still takes it. Files get
+  the mode the process umask gives an ordinary file, not mkstemp's 0o600.
 * Sizes and non-finite config values are refused before any work; a combination that does not fit in
   memory is one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
 import re
+import stat
 
 import pyro
 import pyro.distributions as dist
@@ -25,6 +30,7 @@ from conftest import Killed, kill_after, run_dirs, tiny_config
 from pyro.nn import PyroModule
 from torch import nn
 from vizoo.experiments import checkpoint as ck
+from vizoo.experiments import report
 from vizoo.experiments.cli import main
 from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.run import run_experiment
@@ -160,8 +166,10 @@ def test_a_crafted_pickle_is_refused_and_nothing_in_it_runs(killed_run, tmp_path
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncate", "cannot be loaded as a tensor file"),
-    ("text", "cannot be loaded as a tensor file"),
+    ("truncate", r"the file is damaged: it is cut short \(\d+ bytes, .*; delete it to train guide 'mean_field' again "
+                 r"from step 0 \(vizoo run --resume .*\), or start a new run$"),
+    ("empty", r"the file is damaged: it is empty; delete it to train guide 'mean_field' again"),
+    ("text", r"the file is damaged: it is not a file written by torch\.save \(.*\); delete it to train guide"),
     ("other_seed", "its config_sha256 .* is not this run's"),
     ("shape", r"model\.\w+ has shape \(4, 2, 7\) torch\.float64, the run's has \("),
     ("step", r"step 99 is outside 0\.\.svi\.steps=12"),
@@ -174,6 +182,8 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_before_any_work(killed_run, 
     state = ck.load_tensors(path)
     if damage == "truncate":
         path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
     elif damage == "text":
         path.write_text("not a checkpoint")
     else:
@@ -196,7 +206,21 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_before_any_work(killed_run, 
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert re.search(message, err), err
+    assert str(path) in err
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_deleting_a_damaged_checkpoint_retrains_that_guide(killed_run, capsys):
+    """What the message says to do works: without the file, --resume trains that guide again from step 0."""
+    run_dir, cfg = killed_run
+    path = run_dir / "checkpoints" / f"{cfg.guides[0]}.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert "delete it" in capsys.readouterr().err
+    path.unlink()
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["guides"][cfg.guides[0]]["steps"] == 12
 
 
 # --------------------------------------------------------------------------- paths
@@ -257,6 +281,106 @@ def test_resume_arguments_are_checked(argv, message, capsys, tmp_path, monkeypat
     assert "\n" not in err and message in err
 
 
+# --------------------------------------------------------------------------- read-only and full disks; file modes
+
+
+class Disk:
+    """Every write of ``report.write_atomic`` ends with ``os.fsync``: this one fails, like a full (ENOSPC) or
+    read-only (EROFS) disk, for the files ``fails(path)`` picks, from the first such file on (``sticky``) or
+    for those files only."""
+
+    def __init__(self, monkeypatch, code: int, fails, sticky: bool):
+        self.code, self.fails, self.sticky, self.broken = code, fails, sticky, False
+        self.real = os.fsync
+        monkeypatch.setattr(os, "fsync", self.fsync)
+
+    def fsync(self, fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if self.fails(path) or (self.sticky and self.broken):
+            self.broken = True
+            raise OSError(self.code, os.strerror(self.code))
+        self.real(fd)
+
+
+def tiny_cli(out):
+    return ["run", "gmm_synthetic", "--out", str(out), "--no-progress", "--set", "svi.steps=12",
+            "--set", "checkpoint.every_steps=4", "--set", "data.num_points=200"]
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    out = tmp_path / "runs"
+    assert main(tiny_cli(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err == f"vizoo: error: cannot create the run folder {out}: Read-only file system (EROFS)"
+    assert tree(tmp_path) == set()
+
+
+def test_a_read_only_disk_before_any_work_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """The run folder is made, its config cannot be written: exit 2, no temporary file, nothing trained."""
+    Disk(monkeypatch, errno.EROFS, lambda path: True, sticky=True)
+    out = tmp_path / "runs"
+    assert main(tiny_cli(out)) == 2
+    err = capsys.readouterr().err.strip()
+    (run_dir,) = run_dirs(out)
+    assert "\n" not in err and err.startswith(f"vizoo: error: cannot write {run_dir / 'config.toml'}: Read-only file system (EROFS)")
+    assert f"cannot write {run_dir / 'metrics.json'}: Read-only file system (EROFS) either" in err
+    assert [p for p in tree(run_dir) if p.is_file()] == []  # no temporary file, no checkpoint
+
+
+@pytest.mark.parametrize("sticky", [True, False], ids=["disk_full", "checkpoints_only"])
+def test_a_full_disk_during_the_run_is_one_line_exit_1_and_says_failed(tmp_path, capsys, monkeypatch, sticky):
+    """The first checkpoint cannot be written (ENOSPC). Exit 1 with one line naming it and the errno; no temporary
+    file is left; metrics.json says "failed" when the disk still takes it (and says so when it does not); once
+    there is room, --resume finishes the run."""
+    disk = Disk(monkeypatch, errno.ENOSPC, lambda path: "/checkpoints/" in path, sticky=sticky)
+    out = tmp_path / "runs"
+    assert main(tiny_cli(out)) == 1
+    err = capsys.readouterr().err.strip()
+    (run_dir,) = run_dirs(out)
+    assert disk.broken and "\n" not in err
+    assert re.match(rf"vizoo: error: cannot write {re.escape(str(run_dir))}/checkpoints/\w+\.pt: No space left on device \(ENOSPC\); ", err)
+    assert f"continue with: vizoo run --resume {run_dir}" in err
+    assert not [p for p in tree(tmp_path) if p.name.endswith(".tmp")]
+    if sticky:
+        assert f"cannot write {run_dir / 'metrics.json'}: No space left on device (ENOSPC) either" in err
+        assert not (run_dir / "metrics.json").exists()
+        return
+    assert f'{run_dir / "metrics.json"} says "failed"' in err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["resumable"] is True and "ENOSPC" in metrics["error"]
+    monkeypatch.undo()  # room again
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"
+
+
+def test_write_atomic_removes_its_temporary_file_on_failure(tmp_path, monkeypatch):
+    Disk(monkeypatch, errno.ENOSPC, lambda path: True, sticky=True)
+    with pytest.raises(report.OutputError, match=r"cannot write .*a\.txt: No space left on device \(ENOSPC\)$"):
+        report.write_atomic(tmp_path / "a.txt", "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_get_the_mode_of_the_process_umask(tmp_path, umask):
+    """Like open(path, "w"): 0o666 less the umask (mkstemp's 0o600 would hide a report from a web server)."""
+    old = os.umask(umask)
+    try:
+        if umask == 0o022:  # one whole run: config, checkpoints, parameters, PNGs, report, metrics
+            run_dir = run_experiment(tiny_config("gmm", tmp_path / "runs"), log=lambda *_: None).run_dir
+            files = [p for p in tree(run_dir) if p.is_file()]
+            assert {p.suffix for p in files} >= {".toml", ".pt", ".png", ".md", ".json"}
+        else:
+            report.write_atomic(tmp_path / "a.txt", "x")
+            files = [tmp_path / "a.txt"]
+    finally:
+        os.umask(old)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~umask)}
+
+
 # --------------------------------------------------------------------------- sizes and config values
 
 
@@ -315,3 +439,125 @@ def test_a_data_file_holding_a_pickle_is_refused_and_nothing_in_it_runs(tmp_path
     assert not marker.exists() and not out.exists()
     np.load(path, allow_pickle=True)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+# --------------------------------------------------------------------------- counts, hostile data, impossible results
+
+
+@pytest.mark.parametrize("config, key, value, limit", [
+    ("gmm_synthetic", "svi.steps", "100000000000", "1,000,000"),
+    ("gmm_synthetic", "em.max_iter", "10000000", "100,000"),
+    ("lda_synthetic", "svi.batch_size", "100000000", "1,000,000"),
+    ("diagnosis_std", "eval.refit_steps", "100000000", "100,000"),
+    ("diagnosis_std", "eval.train_points", "100000000", "1,000,000"),
+    ("gmm_synthetic", "checkpoint.every_steps", "100000000", "1,000,000"),
+    ("gmm_faithful", "data.subset", "10000000000", "100,000,000"),
+    ("lda_synthetic", "data.min_doc_freq", "10000000000", "1,000,000"),
+])
+def test_a_huge_count_is_refused_before_any_work(tmp_path, capsys, config, key, value, limit):
+    assert main(["run", config, "--out", str(tmp_path), "--set", "em.enabled=false", "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{key}={value} is larger than the limit of {limit} (" in err
+    assert tree(tmp_path) == set()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "9223372036854775807"])
+def test_a_seed_outside_what_pyro_takes_is_refused_before_any_work(tmp_path, capsys, seed):
+    assert main(["run", "gmm_synthetic", "--out", str(tmp_path), "--set", f"seed={seed}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"seed={seed} must be in [0, 2,147,483,647]" in err
+    assert tree(tmp_path) == set()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "gmm", "--seeds", "1000000"], "--seeds=1000000 is larger than the limit of 1,000"),
+    (["compare", "gmm", "--draws", "1000000000"], "--draws=1000000000 is larger than the limit of 1,000,000"),
+    (["report", "--seeds", "1000000"], "--seeds=1000000 is larger than the limit of 1,000"),
+])
+def test_huge_comparison_counts_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+    assert tree(tmp_path) == set()
+
+
+def _file_run(tmp_path, values, *sets):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", values)
+    out = tmp_path / "runs"
+    argv = ["run", "gmm_synthetic", "--out", str(out), "--no-progress", "--set", "data.name='file'",
+            "--set", f"data.path='{tmp_path / 'x.npy'}'", "--set", "svi.steps=5", "--set", "em.max_iter=5"]
+    for s in sets:
+        argv += ["--set", s]
+    return main(argv), out
+
+
+def test_data_near_the_largest_float_is_refused_not_standardised_to_zero(tmp_path, capsys):
+    """Values around 1e300: the column's sd overflows to inf and standardising made every value 0 (the run then
+    'completed' above EM's optimum). Refused, with the column, before any work."""
+    import numpy as np
+
+    values = np.random.default_rng(0).normal(size=(50, 2)) * 1e300 + 1e300
+    code, out = _file_run(tmp_path, values)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"vizoo: error: data.path '{tmp_path / 'x.npy'}': standardising the data overflows in column 0")
+    assert "sd inf" in err and "rescale the data" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("sets, message", [
+    (("data.standardise=false",), "the initial parameters computed from the data are not finite (scales)"),
+    (("data.standardise=false", "dtype='float32'"), "dtype='float32': the data overflow it (largest |value| 1e+300)"),
+])
+def test_data_that_overflows_on_its_way_to_the_model_is_refused(tmp_path, capsys, sets, message):
+    import numpy as np
+
+    values = np.linspace(-1.0, 1.0, 100).reshape(50, 2) * 1e300
+    code, out = _file_run(tmp_path, values, *sets)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def _lifted_gmm(monkeypatch, lift: float):
+    """The gmm, whose exact ELBO is reported ``lift`` x |log p(x)| above its exact log p(x): what a bug (or an
+    overflow) in an ELBO would give."""
+    import dataclasses
+
+    from vizoo.experiments import registry
+
+    spec = registry.MODELS["gmm"]
+    exact = spec.exact
+
+    def elbo(x, params, q):
+        logp = exact.log_evidence(x, params)
+        return logp + lift * logp.abs()
+
+    monkeypatch.setitem(registry.MODELS, "gmm", dataclasses.replace(spec, exact=dataclasses.replace(exact, elbo=elbo)))
+
+
+def test_an_elbo_above_the_exact_log_likelihood_stops_the_run(tmp_path, capsys, monkeypatch):
+    """ELBO <= log p(x) exactly (their difference is a KL); an ELBO above it beyond round-off (1e-6 relative in
+    float64) is impossible: the run stops with one line and exit 1, metrics.json says "failed", and no report
+    is written. Within round-off it completes."""
+    _lifted_gmm(monkeypatch, 1e-4)
+    out = tmp_path / "runs"
+    argv = ["run", "gmm_synthetic", "--out", str(out), "--no-progress", "--set", "svi.steps=5", "--set", "em.max_iter=5",
+            "--set", "data.num_points=60", "--set", "guides=['mean_field']"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("vizoo: run stopped: impossible result, not reported: guide 'mean_field': "
+                                              "the exact ELBO/point")
+    assert "is above the exact log p(x)/point" in err and "round-off allows" in err
+    (run_dir,) = run_dirs(out)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["failed_guide"] == "mean_field" and "impossible result" in metrics["error"]
+    assert not (run_dir / "report.md").exists()
+
+    _lifted_gmm(monkeypatch, 1e-9)  # round-off: reported as it is
+    out2 = tmp_path / "runs2"
+    assert main(argv[:2] + ["--out", str(out2)] + argv[4:]) == 0
+    (run_dir,) = run_dirs(out2)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 
 @dataclass(frozen=True)
 class DataOptions:
@@ -74,9 +76,18 @@ class Dataset(NamedTuple):
 
 
 def standardise(x: Tensor) -> Tensor:
-    """Centre each column and scale it to unit variance (columns with zero variance are only centred)."""
-    std = x.std(0, unbiased=False)
-    return (x - x.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
+    """Centre each column and scale it to unit variance (columns with zero variance are only centred). A mean or
+    standard deviation that overflows (values near the largest float, ~1e308) is a :class:`DataError`: it would
+    otherwise turn every value into 0 or NaN without a word."""
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    out = (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    bad = ~(torch.isfinite(mean) & torch.isfinite(std) & torch.isfinite(out).all(0))
+    if bad.any():
+        col = int(bad.nonzero()[0, 0])
+        raise DataError(f"standardising the data overflows in column {col} (largest |value| "
+                        f"{float(x[:, col].abs().max()):.3g}, mean {float(mean[col]):.3g}, sd {float(std[col]):.3g}): "
+                        "rescale the data (e.g. divide it by a power of ten) so that its values are far from 1e308")
+    return out
 
 
 def scaled(x: Tensor, features: tuple[str, ...], standardised: bool) -> tuple[Tensor, tuple[str, ...]]:

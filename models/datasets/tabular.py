@@ -78,38 +78,78 @@ def load_std(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
 
 
 def from_file(path: str, standardised: bool = True) -> Dataset:
-    """A user's data matrix: ``.npy`` (2-D array) or ``.csv`` (numbers only, optional header row)."""
+    """A user's data matrix: ``.npy`` (2-D array) or ``.csv`` (numbers only, optional header row; an empty cell is
+    a missing value, NaN, which validation refuses with its row and column)."""
     p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        raise DataError(f"data.path {path!r} is a folder, not a file: give a .npy or .csv file")
     if not p.is_file():
         raise DataError(f"data.path: no such file: {path!r}")
+    if p.suffix not in (".npy", ".csv"):
+        raise DataError(f"data.path must end in .npy or .csv, got {path!r}")
     try:
-        if p.suffix == ".npy":
-            values = np.load(p, allow_pickle=False)
-        elif p.suffix == ".csv":
-            values = np.genfromtxt(p, delimiter=",", skip_header=_csv_has_header(p), dtype=np.float64, ndmin=2)
-        else:
-            raise DataError(f"data.path must end in .npy or .csv, got {path!r}")
+        values = _read_npy(p, path) if p.suffix == ".npy" else _read_csv(p, path)
     except (ValueError, OSError) as err:
+        if isinstance(err, DataError):
+            raise
         raise DataError(f"data.path {path!r} could not be read as a number matrix: {err}") from None
     if values.dtype.kind not in "iuf":  # complex would lose its imaginary part in float64 (with only a warning)
         raise DataError(f"data.path {path!r} holds dtype {values.dtype}, not real numbers")
     x = torch.as_tensor(values)
     features = tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0))
     if x.dim() == 2 and x.numel() and torch.isfinite(x).all():  # anything else is refused by validation
-        x, features = scaled(x.to(torch.float64), features, standardised)
+        try:
+            x, features = scaled(x.to(torch.float64), features, standardised)
+        except DataError as err:
+            raise DataError(f"data.path {path!r}: {err}") from None
     return Dataset(x, f"file {p.name} {tuple(x.shape)}", features)
+
+
+def _read_npy(p: Path, path: str) -> np.ndarray:
+    """The array in a .npy file, never unpickled; an empty or cut-off file is a :class:`DataError`."""
+    try:
+        return np.load(p, allow_pickle=False)
+    except EOFError:
+        raise DataError(f"data.path {path!r} is an empty or damaged .npy file (it holds no array)") from None
+    except ValueError as err:
+        if "not fully written" in str(err) or "Failed to read all data" in str(err):
+            raise DataError(f"data.path {path!r} is an empty or damaged .npy file (cut short: {err})") from None
+        raise
+
+
+def _read_csv(p: Path, path: str) -> np.ndarray:
+    """A CSV of numbers as a float64 (rows, columns) array. A first row that is not all numbers is a header; an
+    empty cell is NaN (refused later, with its row and column); any other cell that is not a number, rows of
+    different lengths and a file with no data rows are a :class:`DataError` naming the row, the column and the text."""
+    with p.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        lines = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]  # blank lines skipped
+    if lines and not _all_numbers(lines[0][1]):
+        lines = lines[1:]  # the header
+    if not lines:
+        raise DataError(f"data.path {path!r} holds no data rows (an empty CSV file, or a header only)")
+    width = len(lines[0][1])
+    values = np.empty((len(lines), width), dtype=np.float64)
+    for r, (line, row) in enumerate(lines):
+        if len(row) != width:
+            raise DataError(f"data.path {path!r}: row {r} (line {line}) has {len(row)} columns, the first row has {width}")
+        for c, text in enumerate(row):
+            try:
+                values[r, c] = float(text) if text.strip() else np.nan
+            except ValueError:
+                raise DataError(f"data.path {path!r}: the cell at row {r}, column {c} (line {line}) is not a number: "
+                                f"{text!r}") from None
+    return values
+
+
+def _all_numbers(row: list[str]) -> bool:
+    try:
+        [float(v) for v in row if v.strip()]
+        return True
+    except ValueError:
+        return False
 
 
 def load_file(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
     """``data.name = "file"``: the matrix at ``opts.path`` (:func:`from_file`), standardised when ``opts.standardise``."""
     return from_file(opts.path, opts.standardise)
-
-
-def _csv_has_header(p: Path) -> int:
-    with p.open() as f:
-        first = f.readline().split(",")
-    try:
-        [float(v) for v in first if v.strip()]
-        return 0
-    except ValueError:
-        return 1

@@ -157,10 +157,28 @@ def _lengths(y: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     if lengths is None:
         lengths = sequence_lengths(y)
     else:
-        lengths = torch.as_tensor(lengths, dtype=torch.long)
-        if lengths.shape != (y.shape[0],) or (lengths < 1).any() or (lengths > y.shape[1]).any():
-            raise ValueError(f"lengths must be (N,) = ({y.shape[0]},) integers in [1, {y.shape[1]}], got {lengths.tolist()}")
+        lengths = _checked_lengths(y, lengths)
     return torch.nan_to_num(y, nan=0.0), lengths
+
+
+def _checked_lengths(y: Tensor, lengths: Tensor) -> Tensor:
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    if lengths.shape != (y.shape[0],) or (lengths < 1).any() or (lengths > y.shape[1]).any():
+        raise ValueError(f"lengths must be (N,) = ({y.shape[0]},) integers in [1, {y.shape[1]}], got {lengths.tolist()}")
+    return lengths
+
+
+def _padding_zeroed(y: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """(y with every step past its sequence's end set to 0, lengths): NaN padding (or anything else there) never
+    reaches a sum, where 0 * NaN would still be NaN. A NaN inside a sequence is a ValueError naming it."""
+    lengths = _checked_lengths(y, lengths)
+    mask = step_mask(lengths, y.shape[1])
+    inside = torch.isnan(y).any(-1) & mask
+    if inside.any():
+        n, t = map(int, torch.nonzero(inside)[0])
+        raise ValueError(f"y has NaN inside sequence {n} at step {t} (its length is {int(lengths[n])}); only the "
+                         "padding past a sequence's end may be NaN")
+    return torch.where(mask[..., None], y, torch.zeros((), dtype=y.dtype)), lengths
 
 
 def step_mask(lengths: Tensor, num_steps: int) -> Tensor:
@@ -531,7 +549,11 @@ def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths
     y_t E[s_t]^T W) / sum_n T_n, from the joint table (the cross-chain terms of E[s s^T] need it).
     Bernoulli: no closed form; the expected log-likelihood is concave in (W, b) (a logistic regression
     on the L^M joint states with soft counts), so L-BFGS with a Wolfe line search from the current values
-    raises it: a generalised EM step."""
+    raises it: a generalised EM step.
+
+    ``y`` may be NaN-padded past each sequence's end (``lengths``): the padding is zeroed here (a NaN inside a
+    sequence is a ValueError)."""
+    y, lengths = _padding_zeroed(y, lengths)
     mask = step_mask(lengths, y.shape[1])
     m, l = params.num_chains, params.num_states
     dtype = y.dtype
