@@ -343,10 +343,11 @@ def load(run_dir: str | os.PathLike, verbose: bool = False) -> FitResult:
 
 def compare(model: str, data: str | None = None, *, seeds: int = 3, guides: Sequence[str] = (), steps: int | None = None,
             out: str | os.PathLike | None = None, progress: bool = False, draws: int = 1000, points: int = 3,
-            config: str | None = None, verbose: bool = False, **options: Any) -> compare_module.CompareResult:
+            config: str | None = None, restarts: int = 8, verbose: bool = False, **options: Any) -> compare_module.CompareResult:
     """Compare the model's guides (and Pyro's baselines where they apply) with the exact reference over
     ``seeds`` seeds (:func:`experiments.compare.compare`, what ``vizoo compare`` runs); returns its
-    ``CompareResult`` (rows, summary, markdown, runs). ``data``: one of the model's data sets. ``options``: config
+    ``CompareResult`` (rows, summary, markdown, runs). ``data``: one of the model's data sets. ``restarts``:
+    random starts per point in the gap split's search for q*. ``options``: config
     tables as in :func:`fit`. ``out``: the folder for the comparison's folder; default None keeps nothing on
     disk (the comparison's files are written to a temporary folder, removed afterwards, and ``out_dir`` is None)."""
     overrides = []
@@ -360,11 +361,11 @@ def compare(model: str, data: str | None = None, *, seeds: int = 3, guides: Sequ
         guides = [guides]
     if out is not None:
         opts = compare_module.CompareOptions(model, data, seeds, tuple(guides), tuple(overrides), os.fspath(out),
-                                             progress, draws, points, config)
+                                             progress, draws, points, config, restarts)
         return compare_module.compare(opts, log=log)
     with tempfile.TemporaryDirectory(prefix="vizoo-compare-") as tmp:
         opts = compare_module.CompareOptions(model, data, seeds, tuple(guides), tuple(overrides), tmp, progress,
-                                             draws, points, config)
+                                             draws, points, config, restarts)
         result = compare_module.compare(opts, log=log)
     return dataclasses.replace(result, out_dir=None)
 

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the base config, e.g. --set svi.steps=200")
     cmp.add_argument("--draws", type=int, default=1000, help="posterior draws per method for the pictures and ArviZ")
+    cmp.add_argument("--restarts", type=int, default=8, help="random starts per point when searching for the family's "
+                     "best member q* of the gap split (default 8; beside the prior, the guide's q and the mode)")
     cmp.add_argument("--out", default="runs", help="folder for the comparison's folder (default: runs)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep = sub.add_parser("report", help="compare guides for every registered model, run the seed experiments, "
@@ -136,7 +138,7 @@ def _load_run_config(ns: argparse.Namespace):
 def cmd_compare(ns: argparse.Namespace) -> int:
     guides = tuple(g.strip() for g in ns.guides.split(",") if g.strip())
     result = compare(CompareOptions(ns.model, ns.data, ns.seeds, guides, tuple(ns.overrides), ns.out,
-                                    not ns.no_progress, ns.draws))
+                                    not ns.no_progress, ns.draws, restarts=ns.restarts))
     print(f"comparison: {result.out_dir / 'compare.md'}")
     return 130 if result.interrupted else 0
 

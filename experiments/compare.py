@@ -40,7 +40,7 @@ from ..models.errors import ConfigError
 from ..models.spec import GuideSpec, ModelSpec
 from . import report
 from .config import MAX_SEEDS, RunConfig, apply_override, bundled_configs, parse_config
-from .gaps import gap_split
+from .gaps import SearchOptions, gap_split
 from .inference_data import export_arviz
 from .plots import plot_correlation, plot_elbo_time, plot_marginals
 from .posterior_draws import posterior_draws, select_points
@@ -51,6 +51,7 @@ from .tables import compare_markdown, markdown_table, summarise, write_tables
 BASELINES = ("AutoNormal", "AutoDelta")
 MAX_DRAWS = 1_000_000  # posterior draws per method (--draws)
 MAX_POINTS = 100  # data points the posterior pictures show
+MAX_RESTARTS = 1_000  # random starts per point in the search for q* (each is one climb over every point)
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -70,6 +71,7 @@ class CompareOptions:
     draws: int = 1000
     points: int = 3
     config: str | None = None  # a bundled config of the model to start from, instead of the default choice
+    restarts: int = 8  # random starts per point in the search for the family's best member q* (gaps.SearchOptions)
 
 
 @dataclass
@@ -154,7 +156,10 @@ def plan(opts: CompareOptions) -> tuple[ModelSpec, dict[str, Any], str, dict[str
                           "take days; if you meant it, raise MAX_SEEDS in experiments/config.py)")
     if opts.points < 1 or opts.draws < 2:
         raise ConfigError(f"points must be >= 1 and draws >= 2, got points={opts.points}, draws={opts.draws}")
-    for key, value, limit in (("--draws", opts.draws, MAX_DRAWS), ("points", opts.points, MAX_POINTS)):
+    if not isinstance(opts.restarts, int) or isinstance(opts.restarts, bool) or opts.restarts < 0:
+        raise ConfigError(f"--restarts must be a whole number >= 0, got {opts.restarts!r}")
+    for key, value, limit in (("--draws", opts.draws, MAX_DRAWS), ("points", opts.points, MAX_POINTS),
+                              ("--restarts", opts.restarts, MAX_RESTARTS)):
         if value > limit:
             raise ConfigError(f"{key}={value} is larger than the limit of {limit:,} (the pictures and the ArviZ export "
                               "would not fit in memory)")
@@ -227,7 +232,7 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
                 warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
                 results.append(run_experiment(cfg, progress=opts.progress, log=lambda *a: None, spec=spec))
         title = results[0].metrics["title"]
-        mine = seed_rows(spec, results, seed)
+        mine = seed_rows(spec, results, seed, SearchOptions(restarts=opts.restarts, seed=seed))
         rows += mine
         runs.append(results)
         if k == 0:
@@ -254,8 +259,9 @@ def _num(v: float | None) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
 
-def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int) -> list[dict[str, Any]]:
-    """The table's rows for one seed: the reference fit, then every guide."""
+def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int,
+              search: SearchOptions = SearchOptions()) -> list[dict[str, Any]]:
+    """The table's rows for one seed: the reference fit, then every guide (``search``: how q* is looked for)."""
     m0 = results[0].metrics
     x = results[0].x
     rows = []
@@ -278,8 +284,8 @@ def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int) -> list[dict
                    "wall_time_s": gm["wall_time_s"], "steps": gm["steps"], **_heldout(m, f"SVI {g}")}
             gs = spec.guides[g]
             if m["enumerable"] and gs.optimum is not None:
-                row.update(gap_split(spec, gs.optimum, x, res.fits[f"SVI {g}"], res.trained[f"SVI {g}"],
-                                     elbo_q=gm["final_elbo_per_point"]))
+                row.update(gap_split(spec, gs, x, res.fits[f"SVI {g}"], res.trained[f"SVI {g}"],
+                                     elbo_q=gm["final_elbo_per_point"], options=search))
             elif row["log_p"] is not None:
                 row["total_gap"] = row["log_p"] - row["elbo"]  # both estimated: IWAE - ELBO
             if getattr(res.trained[f"SVI {g}"], "point_mass", False):

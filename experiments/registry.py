@@ -12,6 +12,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..guides import binary as binary_guides
 from ..guides import declared as declared_guides
 from ..guides import fhmm as fhmm_guides
@@ -43,16 +45,25 @@ from ..models.spec import ELBOS, ExactReference, GuideSpec, ModelSpec
 from . import vae_eval, vae_pictures
 
 _GMM_WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is discrete"
-_NOISY_OR_OPTIMUM = lambda s, p, start=None: noisy_or_exact.best_mean_field(s, p, init=start).probs  # noqa: E731
-_LFDM_OPTIMUM = lambda x, p, start=None: lfdm_exact.best_mean_field(x, p, init=start).probs  # noqa: E731
+
+
+def _binary_family(exact) -> dict[str, Any]:
+    """A binary model's mean-field family: CAVI from any start, random and mode starts, the branch-and-bound
+    certificate (:func:`models.exact.binary.certify_mean_field`)."""
+    return {"optimum": lambda x, p, start=None: exact.best_mean_field(x, p, init=start).probs,
+            "random_start": exact.random_start, "mode_start": exact.mode_start, "certify": exact.certify}
+
+
 _GMM_OPTIMUM = lambda x, p, start=None: gmm_exact.posterior(x, p)  # noqa: E731  mean field is exact: one optimum
 _PPCA_OPTIMUM = lambda x, dec, start=None: ppca.best_diagonal(x, dec.ppca())  # noqa: E731  closed form
 
 
-def _fhmm_optimum(family: str):
+def _fhmm_family(family: str) -> dict[str, Any]:
+    """Ghahramani & Jordan's fixed points of one family, from a q (its marginals) or from random marginals."""
     def optimum(y, p, start=None):
-        return fhmm_exact.fit_mean_field(y, p, family, init=None if start is None else start.marginals.clone()).q
-    return optimum
+        init = start if start is None or isinstance(start, torch.Tensor) else start.marginals
+        return fhmm_exact.fit_mean_field(y, p, family, init=None if init is None else init.clone()).q
+    return {"optimum": optimum, "random_start": fhmm_exact.random_start}
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -110,17 +121,18 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(d_n) = prod_i Bern(b_ni), free b per observation", noisy_or_guides.mean_field,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_NOISY_OR_OPTIMUM,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(noisy_or_exact),
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(d_n | s_n) = prod_i Bern(sigmoid(MLP(s_n))_i)", noisy_or_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_NOISY_OR_OPTIMUM,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(noisy_or_exact),
                 ),
             },
             exact=ExactReference(
                 log_evidence=noisy_or_exact.log_evidence,
                 elbo=noisy_or_exact.elbo,
                 kl=noisy_or_exact.kl_to_posterior,
+                point_elbo=noisy_or_exact.point_elbo,
                 draws=lambda x, p, s, gen: {"d": noisy_or_exact.draws(x, p, s, gen)},
                 fit=lambda x, init, args, max_iter, tol: noisy_or_exact.fit_em(x, init, max_iter, tol),
                 method="generalised EM",
@@ -146,17 +158,18 @@ MODELS: dict[str, ModelSpec] = {
             guides={
                 "mean_field": GuideSpec(
                     "mean_field", "q(z_d) = prod_k Bern(b_dk), free b per document", lfdm_guides.mean_field,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_LFDM_OPTIMUM,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(lfdm_exact),
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(z_d | x_d) = prod_k Bern(sigmoid(MLP(log(1 + x_d)))_k)", lfdm_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, optimum=_LFDM_OPTIMUM,
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(lfdm_exact),
                 ),
             },
             exact=ExactReference(
                 log_evidence=lfdm_exact.log_evidence,
                 elbo=lfdm_exact.elbo,
                 kl=lfdm_exact.kl_to_posterior,
+                point_elbo=lfdm_exact.point_elbo,
                 draws=lambda x, p, s, gen: {"z": lfdm_exact.draws(x, p, s, gen)},
                 fit=lambda x, init, args, max_iter, tol: lfdm_exact.fit_em(x, init, max_iter, tol),
                 method="generalised EM",
@@ -221,23 +234,24 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "completely factorised: q(s) = prod_t prod_m Cat(s_t^m), free per sequence and step",
                     fhmm_guides.mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=_fhmm_optimum("factorised"),
+                    **_fhmm_family("factorised"),
                 ),
                 "structured_mean_field": GuideSpec(
                     "structured_mean_field", "independent Markov chains q(s) = prod_m q(s^m_{1:T}), free pseudo-emissions "
                     "per sequence, step and chain (forward-backward per chain)",
                     fhmm_guides.structured_mean_field, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=_fhmm_optimum("structured"),
+                    **_fhmm_family("structured"),
                 ),
                 "amortised": GuideSpec(
                     "amortised", "the structured family, pseudo-emissions from a bidirectional GRU over y",
                     fhmm_guides.amortised, fhmm_guides.VALID_ELBOS, fhmm_guides.WHY_NOT,
-                    optimum=_fhmm_optimum("structured"),
+                    **_fhmm_family("structured"),
                 ),
             },
             exact=ExactReference(
                 log_evidence=lambda y, params: fhmm_exact.log_evidence(y, params),
                 elbo=lambda y, params, q: fhmm_exact.elbo(y, params, q).sum(),
+                point_elbo=fhmm_exact.elbo,
                 kl=lambda y, params, q: fhmm_exact.kl(y, params, q).sum(),
                 draws=lambda y, params, s, gen: {"s": fhmm_exact.draws(y, params, s, gen)},
                 fit=lambda y, init, args, max_iter, tol: fhmm_exact.fit_em(y, init, max_iter, tol),
@@ -312,15 +326,19 @@ def declared_spec(decl: declaration.Declaration) -> ModelSpec:
             log_evidence=lambda x, p: backend.log_evidence(decl, p, x),
             elbo=lambda x, p, q: backend.elbo(decl, p, x, q),
             kl=lambda x, p, q: backend.kl_to_posterior(decl, p, x, q),
+            point_elbo=(lambda x, p, q: declared_exact.point_elbo(decl, p, x, q)) if decl.discrete else None,
             draws=lambda x, p, s, gen: backend.draws(decl, p, x, s, gen),
             fit=lambda x, init, args, max_iter, tol: backend.fit_em(decl, x, init, max_iter, tol),
             method=method,
         )
-    optimum = None
+    family: dict[str, Any] = {}
     if decl.discrete:
-        optimum = lambda x, p, start=None: declared_exact.best_mean_field(decl, p, x, init=start).probs  # noqa: E731
+        family = {"optimum": lambda x, p, start=None: declared_exact.best_mean_field(decl, p, x, init=start).probs,
+                  "random_start": lambda x, p, gen: declared_exact.random_start(decl, x, gen),
+                  "mode_start": lambda x, p: declared_exact.mode_start(decl, p, x),
+                  "certify": lambda x, p, q, lower, **kw: declared_exact.certify(decl, p, x, q, lower, **kw)}
     elif linear_gaussian.applies(decl):
-        optimum = lambda x, p, start=None: linear_gaussian.best_mean_field(decl, p, x)  # noqa: E731  closed form
+        family = {"optimum": lambda x, p, start=None: linear_gaussian.best_mean_field(decl, p, x)}  # closed form
     sets = {"synthetic": partial(declared.synthetic, decl)}
     if decl.data:
         sets[declared.data_name(decl)] = partial(declared.mapped, decl)
@@ -342,9 +360,9 @@ def declared_spec(decl: declaration.Declaration) -> ModelSpec:
         init_params=partial(declared.init_params, decl),
         guides={
             "mean_field": GuideSpec("mean_field", "q(z_n) = prod_g q(z_ng), free parameters per point and group",
-                                    partial(declared_guides.mean_field, decl), valid, why_not, optimum=optimum),
+                                    partial(declared_guides.mean_field, decl), valid, why_not, **family),
             "amortised": GuideSpec("amortised", "q(z_n | x_n) = prod_g q(z_ng | MLP(x_n)_g), one network for every group",
-                                   partial(declared_guides.amortised, decl), valid, why_not, optimum=optimum),
+                                   partial(declared_guides.amortised, decl), valid, why_not, **family),
         },
         exact=exact_ref,
         importance=None if exact_ref is not None else partial(declared.importance_metrics, decl),

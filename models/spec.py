@@ -32,6 +32,11 @@ class GuideSpec:
     gap, ELBO(optimum) <= log p(x), and of the amortisation gap, ELBO(optimum) - ELBO(amortised q). Exact models
     only. Coordinate ascent finds a local optimum: ``start`` (a q in ``probs`` form, e.g. the trained guide's)
     starts it there instead of at the prior, so it ends at least as high as ``start``; closed forms ignore it.
+    random_start(x, params, generator) -> a random start for ``optimum`` (families that climb; None for closed
+    forms, whose optimum is unique); mode_start(x, params) -> a start at each point's posterior mode (optional).
+    certify(x, params, q, lower, tol=..., max_boxes=...) -> a :class:`models.exact.binary.Certificate` bounding
+    the family's global optimum per point (optional; binary mean field by branch and bound).
+    The search over these starts, per point, is :mod:`models.exact.restarts`, run by the gap split.
     """
 
     name: str
@@ -41,6 +46,9 @@ class GuideSpec:
     why_not: str = ""
     learnable: Callable[..., nn.Module] | None = None
     optimum: Callable[..., Any] | None = None
+    random_start: Callable[..., Any] | None = None
+    mode_start: Callable[..., Any] | None = None
+    certify: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class ExactReference:
         posterior is intractable)
     log_evidence(x, params) -> log p(x) (scalar, summed over points); None when intractable
     elbo(x, params, q) / kl(x, params, q): ELBO(q) and KL(q || p(z|x)) for a guide's table q (enumerable only)
+    point_elbo(x, params, q) -> (N,): ELBO_n(q) per point (the per-point search for the family's best member)
     draws(x, params, num_samples, generator) -> {site: (S, N, ...)}: exact posterior draws of the model's latent
         sites for a few points, in the sites' own layout (the comparison's pictures and ArviZ export)
     """
@@ -61,6 +70,7 @@ class ExactReference:
     log_evidence: Callable[..., Tensor] | None = None
     elbo: Callable[..., Tensor] | None = None
     kl: Callable[..., Tensor] | None = None
+    point_elbo: Callable[..., Tensor] | None = None
     draws: Callable[..., dict[str, Tensor]] | None = None
     method: str = "exact EM"
     objective: str = "log p(x)"

@@ -170,6 +170,15 @@ def log_evidence(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: 
     return posterior(log_lik, prior_logits, num_points, width).log_evidence.sum()
 
 
+def point_elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
+    """ELBO_n(q) = E_q[log p(x_n, z)] + H(q_n) per point: (N,), exactly, for a mean-field table probs: (N, K)."""
+    check_enumerable(prior_logits.shape[-1])
+    expected = torch.zeros(probs.shape[0], dtype=probs.dtype)
+    for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
+        expected = expected + weighted(torch.exp(log_q_table(configs, probs)), table).sum(-1)
+    return expected - (torch.special.xlogy(probs, probs) + torch.special.xlogy(1 - probs, 1 - probs)).sum(-1)
+
+
 def elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
     """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly, for a mean-field table probs: (N, K)."""
     check_enumerable(prior_logits.shape[-1])
@@ -200,6 +209,20 @@ def full_table(log_lik: LogLik, prior_logits: Tensor, num_points: int) -> tuple[
         )
     configs = configurations(k, dtype=prior_logits.dtype)
     return configs, log_lik(configs) + log_prior(configs, prior_logits)
+
+
+def random_probs(shape: tuple[int, ...], generator: torch.Generator, dtype=torch.float64, scale: float = 3.0) -> Tensor:
+    """Random starts for coordinate ascent: b = sigmoid(scale eps), eps ~ N(0, 1). With scale 3 about a third of
+    the draws lie beyond 0.9 or below 0.1, so starts reach the narrow basins near the cube's corners that
+    uniform draws rarely do."""
+    return torch.sigmoid(scale * torch.randn(shape, generator=generator, dtype=dtype))
+
+
+def mode_start(log_lik: LogLik, prior_logits: Tensor, num_points: int, soft: float = 1e-3) -> Tensor:
+    """Each point's most probable configuration argmax_c p(c | x_n), as a start for coordinate ascent: (N, K),
+    its bits pulled ``soft`` in from 0 and 1 (the climb then decides)."""
+    configs, table = full_table(log_lik, prior_logits, num_points)
+    return configs[table.argmax(-1)].clamp(soft, 1 - soft)
 
 
 class MeanFieldOptimum(NamedTuple):
@@ -254,6 +277,151 @@ def best_mean_field(
     run = em.iterate(sweep, probs, max_iter=max_sweeps, tol=tol, rule="gain", scale=num_points,
                      initial=bound(probs), name="binary.best_mean_field")
     return MeanFieldOptimum(run.state, run.trace)
+
+
+MAX_CERTIFIED_LATENTS = 10
+"""Largest K for which :func:`certify_mean_field` is offered: each box costs O(K 2^K) per point."""
+
+
+class Certificate(NamedTuple):
+    """A bound on the family's *global* optimum per point, from :func:`certify_mean_field`.
+
+    upper     : (N,) an upper bound (to ``tol``) on max_b ELBO_n(b) over the whole cube [0, 1]^K
+    best      : (N,) the best ELBO_n known: the q the search was given, or a box centre that beat it
+    centre    : (N, K) the q given, or that better centre: a start in the basin of a better optimum
+    certified : (N,) bool, upper <= ELBO(q given) + tol: q is the global optimum to 2 tol
+    boxes     : how many boxes the search bounded
+    """
+
+    upper: Tensor
+    best: Tensor
+    centre: Tensor
+    certified: Tensor
+    boxes: int
+
+
+def _multilinear_coefficients(table: Tensor, centre: Tensor) -> Tensor:
+    """All mixed partial derivatives of f(b) = sum_c q_b(c) table(c) at b = centre, by a fast transform.
+
+    f is multilinear in b, so f(m + d) = sum_S coef_S prod_{k in S} d_k exactly, over subsets S of the K
+    latents, with coef_S = d^|S| f / prod_{k in S} db_k at m. table: (B, 2^K) in :func:`configurations`' order
+    (bit k of the column index is z_k); centre: (B, K). Returns coef: (B, 2^K), column S (bit k: k in S);
+    column 0 is f(m), column 2^k is df/db_k. O(K 2^K) per box."""
+    b, k = centre.shape
+    coef = table
+    for j in range(k):  # a loop over latents (one butterfly stage each), not over data
+        view = coef.reshape(b, 2 ** (k - j - 1), 2, 2**j)
+        t0, t1 = view[:, :, 0], view[:, :, 1]
+        m = centre[:, j, None, None]
+        coef = torch.stack(((1 - m) * t0 + m * t1, t1 - t0), 2).reshape(b, 2**k)
+    return coef
+
+
+class _Boxes(NamedTuple):
+    """What :func:`_box_tests` finds for a batch of boxes: each (B,)."""
+
+    value: Tensor  # the ELBO at the box's centre
+    upper: Tensor  # an upper bound on the ELBO over the box
+    empty: Tensor  # bool: no stationary point in the box (some partial derivative has one sign throughout)
+    concave: Tensor  # bool: the ELBO is strictly concave on the box (at most one stationary point)
+
+
+def _box_tests(table: Tensor, lo: Tensor, hi: Tensor, subsets: Tensor) -> _Boxes:
+    """Bounds on the mean-field ELBO over boxes [lo, hi] (B, K) of points with log-joint tables (B, 2^K).
+
+    ELBO(b) = f(b) + g(b), f multilinear (:func:`_multilinear_coefficients`), g(b) = sum_k H(b_k) concave, g'(b) =
+    log((1 - b) / b). With m the centre, d = b - m, |d_k| <= r_k and A_S = |coef_S| prod_{k in S} r_k:
+
+    * value bound: g lies below its tangent and f's expansion is exact, so
+      ELBO(b) <= ELBO(m) + sum_k |f_k(m) + g'(m_k)| r_k + sum_{|S| >= 2} A_S;
+    * stationary points: over the box, df/db_k stays within f_k(m) +- R_k, R_k = sum_{S ni k, |S| >= 2} A_S / r_k,
+      and g'(b_k) within [g'(hi_k), g'(lo_k)]; when the sum's interval excludes 0 for some k, the box holds no
+      stationary point;
+    * concavity: the Hessian is f's off-diagonal part, |d2f/db_k db_j| <= sum_{S >= {k, j}} A_S / (r_k r_j), plus
+      the diagonal -1 / (b_k (1 - b_k)); strict diagonal dominance over the whole box makes it negative definite.
+    """
+    m, r = (lo + hi) / 2, (hi - lo) / 2
+    coef = _multilinear_coefficients(table, m)
+    k = m.shape[1]
+    single = 2 ** torch.arange(k, device=m.device)
+    value = coef[:, 0] - (torch.special.xlogy(m, m) + torch.special.xlogy(1 - m, 1 - m)).sum(-1)
+    slope = coef[:, single]  # df/db_k at m
+    weight = coef.abs() * torch.exp(torch.log(r) @ subsets.T)  # A_S: (B, 2^K)
+    higher = weight * (subsets.sum(-1) >= 2)
+    upper = value + ((slope + torch.log1p(-m) - torch.log(m)).abs() * r).sum(-1) + higher.sum(-1)
+    spread = (higher @ subsets) / r  # R_k
+    g_lo, g_hi = torch.log1p(-lo) - torch.log(lo), torch.log1p(-hi) - torch.log(hi)  # +inf at 0, -inf at 1
+    empty = ((slope - spread + g_hi > 0) | (slope + spread + g_lo < 0)).any(-1)
+    pair = torch.einsum("bs,sk,sj->bkj", higher, subsets, subsets) / (r[:, :, None] * r[:, None, :])
+    pair = pair * (1 - torch.eye(k, dtype=pair.dtype, device=pair.device))
+    nearest = torch.minimum(torch.maximum(torch.full_like(lo, 0.5), lo), hi)  # the point of [lo, hi] closest to 1/2
+    curvature = 1 / (nearest * (1 - nearest))  # min over the box of 1 / (b (1 - b))
+    concave = (curvature > pair.sum(-1)).all(-1)
+    return _Boxes(value, upper, empty, concave)
+
+
+@torch.no_grad()
+def certify_mean_field(table: Tensor, probs: Tensor, lower: Tensor, tol: float = 1e-8, max_boxes: int = 1_000_000,
+                       chunk: int | None = None) -> Certificate:
+    r"""Branch and bound over b in [0, 1]^K for each point's mean-field ELBO: a certificate of the global optimum.
+
+    table: (N, 2^K) log p(x_n, c) in :func:`configurations`' order; probs: (N, K) the best q known per point (a
+    converged CAVI fixed point, e.g. the best of several climbs) and lower: (N,) its ELBO. The entropy makes the
+    ELBO fall steeply at the cube's faces, so the global maximum is an interior stationary point. Every point
+    starts with the whole cube; each round tests every live box (:func:`_box_tests`) and drops it when
+
+    * its value bound is at most the best value known for its point plus ``tol``, or
+    * it holds no stationary point, or
+    * the ELBO is strictly concave on it and it contains the point's q: its only stationary point is q itself;
+
+    the rest are halved along their widest side. All points' boxes are processed together (one tensor of boxes
+    with an owner index). A point is certified when none of its boxes is left and no box centre beat ``lower``
+    by more than ``tol``: then no b anywhere in the cube beats q by more than 2 ``tol``. A centre that does beat
+    it is returned (``centre``) as a start in a better basin. When ``max_boxes`` runs out first, ``upper`` is still
+    a valid bound (to ``tol``), just looser. Points whose table has an infinite entry are left uncertified."""
+    n, c = table.shape
+    k = c.bit_length() - 1
+    if 2**k != c or k < 1:
+        raise ValueError(f"table must have 2^K columns, got {c}")
+    if k > MAX_CERTIFIED_LATENTS:
+        raise ValueError(f"certifying the mean-field optimum is offered up to K = {MAX_CERTIFIED_LATENTS}, got K = {k}")
+    dtype, device = table.dtype, table.device
+    subsets = configurations(k, dtype=dtype).to(device)
+    lower = lower.to(dtype)
+    finite = torch.isfinite(table).all(-1)
+    best = torch.where(finite, lower, torch.full_like(lower, math.inf))
+    centre = probs.to(dtype).clone()
+    upper = torch.where(finite, torch.full_like(best, -math.inf), torch.full_like(best, math.inf))
+    owner = torch.arange(n, device=device)[finite]
+    lo = torch.zeros(len(owner), k, dtype=dtype, device=device)
+    hi = torch.ones(len(owner), k, dtype=dtype, device=device)
+    chunk = chunk or max(1, CHUNK_ELEMENTS // (c * k))
+    boxes = 0
+    while len(owner):
+        parts = [_box_tests(table[owner[i:i + chunk]], lo[i:i + chunk], hi[i:i + chunk], subsets)
+                 for i in range(0, len(owner), chunk)]
+        t = _Boxes(*(torch.cat(f) for f in zip(*parts)))
+        boxes += len(owner)
+        new_best = best.scatter_reduce(0, owner, t.value, "amax")
+        gained = (t.value >= new_best[owner]) & (t.value > best[owner])  # a centre that is its point's new best
+        centre[owner[gained]] = ((lo + hi) / 2)[gained]
+        best = new_best
+        holds_q = ((probs[owner] >= lo) & (probs[owner] <= hi)).all(-1)
+        live = (t.upper > best[owner] + tol) & ~t.empty & ~(t.concave & holds_q)
+        if boxes >= max_boxes:  # out of budget: the live boxes' bounds still bound their points' optimum
+            upper = upper.scatter_reduce(0, owner[live], t.upper[live], "amax")
+            break
+        owner, lo, hi = owner[live], lo[live], hi[live]
+        split = (hi - lo).argmax(-1)  # halve along the widest side
+        rows = torch.arange(len(owner), device=device)
+        mid = (lo[rows, split] + hi[rows, split]) / 2
+        lo2, hi1 = lo.clone(), hi.clone()
+        lo2[rows, split] = mid
+        hi1[rows, split] = mid
+        owner, lo, hi = torch.cat([owner, owner]), torch.cat([lo, lo2]), torch.cat([hi1, hi])
+    upper = torch.maximum(upper, best)
+    certified = (upper <= lower + tol) & finite
+    return Certificate(upper, best, centre, certified, boxes)
 
 
 class GEMResult(NamedTuple):
@@ -387,6 +555,10 @@ class Reference:
         """ELBO of the mean-field q with q(z_nk = 1) = probs[n, k], exactly: a scalar."""
         return elbo(self._lik(x, params), params.prior_logits, probs, x.shape[1])
 
+    def point_elbo(self, x: Tensor, params: Any, probs: Tensor) -> Tensor:
+        """ELBO_n of the mean-field q per point: (N,)."""
+        return point_elbo(self._lik(x, params), params.prior_logits, probs, x.shape[1])
+
     def kl_to_posterior(self, x: Tensor, params: Any, probs: Tensor) -> Tensor:
         """KL(q || p(z | x)), exactly: a scalar."""
         return kl_to_posterior(self._lik(x, params), params.prior_logits, probs, x.shape[1])
@@ -394,6 +566,19 @@ class Reference:
     def best_mean_field(self, x: Tensor, params: Any, **kwargs) -> MeanFieldOptimum:
         """The best mean-field q per point (CAVI by enumeration): the approximation gap's reference."""
         return best_mean_field(self._lik(x, params), params.prior_logits, x.shape[0], **kwargs)
+
+    def certify(self, x: Tensor, params: Any, probs: Tensor, lower: Tensor, **kwargs) -> Certificate:
+        """Branch and bound on every point's mean-field ELBO (:func:`certify_mean_field`): probs (N, K), lower (N,)."""
+        _, table = full_table(self._lik(x, params), params.prior_logits, x.shape[0])
+        return certify_mean_field(table, probs, lower, **kwargs)
+
+    def mode_start(self, x: Tensor, params: Any) -> Tensor:
+        """(N, K) each point's posterior mode, softened: a start for :meth:`best_mean_field`."""
+        return mode_start(self._lik(x, params), params.prior_logits, x.shape[0])
+
+    def random_start(self, x: Tensor, params: Any, generator: torch.Generator) -> Tensor:
+        """(N, K) a random start for :meth:`best_mean_field` (:func:`random_probs`)."""
+        return random_probs((x.shape[0], params.prior_logits.shape[-1]), generator, params.prior_logits.dtype)
 
     def draws(self, x: Tensor, params: Any, num_samples: int, generator: torch.Generator) -> Tensor:
         """(S, N, K) exact posterior draws of z_n, by enumerating all 2^K configurations (for a few points)."""

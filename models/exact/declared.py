@@ -344,6 +344,63 @@ def entropy(decl: Declaration, q: Mapping[str, Tensor]) -> Tensor:
     return total
 
 
+def point_elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
+    """ELBO_n(q) = E_q[log p(x_n, z)] + H(q_n) per point, exactly: (N,)."""
+    expected = torch.zeros(x.shape[0], dtype=params.dtype)
+    for values, table in log_joint_chunks(decl, params, x):
+        expected = expected + binary.weighted(torch.exp(log_q(decl, q, values)), table).sum(-1)
+    for g in decl.latents:
+        p = q[g.name]
+        h = torch.special.xlogy(p, p) + (torch.special.xlogy(1 - p, 1 - p) if g.family == "bernoulli" else 0)
+        expected = expected - h.sum(-1)
+    return expected
+
+
+def random_start(decl: Declaration, x: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+    """A random q in the guides' family, for a restart of :func:`best_mean_field`: bits as in
+    :func:`binary.random_probs` (spread towards 0 and 1, where narrow basins lie), categories softmax(3 eps).
+    {group: (N, size)}."""
+    n = x.shape[0]
+    return {g.name: binary.random_probs((n, g.size), generator, x.dtype) if g.family == "bernoulli"
+            else torch.softmax(3 * torch.randn(n, g.size, generator=generator, dtype=x.dtype), -1)
+            for g in decl.latents}
+
+
+def _full_table(decl: Declaration, params: DeclaredParams, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Every configuration and the whole (N, C) table of log p(x_n, c), refused beyond ``binary.MAX_TABLE``."""
+    check_enumerable(decl)
+    n = x.shape[0]
+    if n * decl.num_configurations > binary.MAX_TABLE:
+        raise ValueError(f"the full table, N x C = {n} x {decl.num_configurations:,}, is more than the limit "
+                         f"{binary.MAX_TABLE:,}: use fewer points")
+    values = configurations(decl, 0, decl.num_configurations, params.dtype)
+    return values, log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
+
+
+def mode_start(decl: Declaration, params: DeclaredParams, x: Tensor, soft: float = 1e-3) -> dict[str, Tensor]:
+    """Each point's most probable joint configuration, as a softened q: a start for :func:`best_mean_field`."""
+    values, table = _full_table(decl, params, x)
+    best = table.argmax(-1)
+    return {g.name: (values[g.name][best].clamp(soft, 1 - soft) if g.family == "bernoulli"
+                     else (1 - soft) * encode(g, values[g.name][best], params.dtype) + soft / g.size)
+            for g in decl.latents}
+
+
+def certify(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor], lower: Tensor,
+            **kwargs) -> binary.Certificate | None:
+    """Branch and bound on the mean-field optimum (:func:`binary.certify_mean_field`) when every latent group is
+    bernoulli: the groups' bits, concatenated in order, number the configurations exactly as the binary engine
+    does (group 0's bits lowest). None for declarations with categorical groups or too many bits."""
+    bits = sum(g.size for g in decl.latents)
+    if any(g.family != "bernoulli" for g in decl.latents) or bits > binary.MAX_CERTIFIED_LATENTS:
+        return None
+    _, table = _full_table(decl, params, x)
+    probs = torch.cat([q[g.name] for g in decl.latents], -1)
+    cert = binary.certify_mean_field(table, probs, lower, **kwargs)
+    parts = cert.centre.split([g.size for g in decl.latents], -1)  # back to the family's form, group by group
+    return cert._replace(centre={g.name: part for g, part in zip(decl.latents, parts)})
+
+
 def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
     """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly: a scalar."""
     expected = torch.zeros((), dtype=params.dtype)
@@ -376,13 +433,8 @@ def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor, init: 
     Starts at ``init`` (group -> (N, size)) or at fair bits and uniform categories; stops when a sweep gains less
     than ``tol`` per point. Returns the tables (group -> (N, size)) and the ELBO after each sweep.
     """
-    check_enumerable(decl)
     n = x.shape[0]
-    if n * decl.num_configurations > binary.MAX_TABLE:
-        raise ValueError(f"the best mean field holds the full table, N x C = {n} x {decl.num_configurations:,}, more than "
-                         f"the limit {binary.MAX_TABLE:,}: use fewer points")
-    values = configurations(decl, 0, decl.num_configurations, params.dtype)
-    table = log_likelihood(decl, params, x, values) + log_prior(decl, params, values)  # (N, C)
+    values, table = _full_table(decl, params, x)  # (N, C)
     q = {g.name: (torch.full((n, g.size), 0.5 if g.family == "bernoulli" else 1.0 / g.size, dtype=params.dtype)
                   if init is None else init[g.name].clone()) for g in decl.latents}
 

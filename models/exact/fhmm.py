@@ -446,6 +446,13 @@ class MeanFieldFit(NamedTuple):
     converged: bool
 
 
+def random_start(y: Tensor, params: FHMMParams, generator: torch.Generator) -> Tensor:
+    """Random starting marginals (N, T, M, L) for :func:`fit_mean_field`: softmax(3 eps), eps ~ N(0, 1), so
+    starts spread towards the simplex's corners as well as its middle."""
+    shape = (y.shape[0], y.shape[1], params.num_chains, params.num_states)
+    return torch.softmax(3 * torch.randn(shape, generator=generator, dtype=y.dtype), -1)
+
+
 def fit_mean_field(
     y: Tensor, params: FHMMParams, family: str = "factorised", lengths: Tensor | None = None,
     max_sweeps: int = 200, tol: float = 1e-10, init: Tensor | None = None,
