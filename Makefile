@@ -15,6 +15,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gmm.py
 	$(BIN)/python benchmarks/bench_binary.py
+	$(BIN)/python benchmarks/bench_gaps.py
 	$(BIN)/python benchmarks/bench_lda.py
 	$(BIN)/python benchmarks/bench_fhmm.py
 	$(BIN)/python benchmarks/bench_vae.py

@@ -43,7 +43,7 @@ class SearchOptions:
     seed: int = 0
     certify: bool = True
     tol: float = 1e-8
-    max_boxes: int = 400_000
+    max_boxes: int = 4_000_000
     rounds: int = 3
 
 
@@ -72,21 +72,30 @@ def family_best(spec: ModelSpec, g: GuideSpec, x: torch.Tensor, params: Any, q: 
     if g.random_start is None or spec.exact.point_elbo is None:  # a closed form: one optimum
         return FamilyBest(g.optimum(x, params), None, None, {"closed_form": True})
     gen = torch.Generator(device=x.device).manual_seed(options.seed)
-    starts: dict[str, Any] = {"prior": None}
-    if q is not None:
-        starts["guide"] = q
-    if g.mode_start is not None:
-        starts["mode"] = g.mode_start(x, params)
-    for i in range(options.restarts):
-        starts[f"random {i + 1}"] = g.random_start(x, params, gen)
 
     def climb(start):
         return g.optimum(x, params, start=start)
 
+    def climb_all(starts: list) -> list:  # same-form starts: one climb over S copies of the data, when it fits
+        if len(starts) < 2:
+            return [climb(s) for s in starts]
+        try:
+            many = g.optimum(x.repeat(len(starts), *[1] * (x.dim() - 1)), params, start=restarts.concat(starts))
+        except ValueError:  # the copies exceed a table limit: one climb at a time
+            return [climb(s) for s in starts]
+        return restarts.split(many, len(starts))
+
     def point_elbo(qq):
         return spec.exact.point_elbo(x, params, qq)
 
-    search = restarts.best_of(climb, point_elbo, starts)
+    optima: dict[str, Any] = {"prior": climb(None)}
+    if q is not None:
+        optima["guide"] = climb(q)
+    names = (["mode"] if g.mode_start is not None else []) + [f"random {i + 1}" for i in range(options.restarts)]
+    starts = ([g.mode_start(x, params)] if g.mode_start is not None else []) + \
+        [g.random_start(x, params, gen) for _ in range(options.restarts)]
+    optima.update(zip(names, climb_all(starts)))
+    search = restarts.best_of(point_elbo, optima)
     firmness = search.statistics()
     two = [search.start_elbo[search.labels.index(k)].mean() for k in ("prior", "guide") if k in search.labels]
     firmness["two_start_mean"] = float(max(two))  # what the better of the prior and guide starts gave, in total

@@ -26,23 +26,30 @@ from vizoo.experiments.gaps import SearchOptions, family_best, gap_split
 from vizoo.experiments.registry import MODELS
 from vizoo.models.datasets import DataOptions
 from vizoo.models.exact import binary, restarts
+from vizoo.models.exact import fhmm as fhmm_exact
 from vizoo.models.exact import lfdm as lfdm_exact
 from vizoo.models.exact import noisy_or as noisy_or_exact
 
 
-def test_pick_takes_each_point_from_its_own_start():
+def test_pick_takes_each_point_from_its_own_start_and_split_undoes_concat():
     a, b = torch.zeros(3, 2), torch.ones(3, 2)
     assert torch.equal(restarts.pick([a, b], torch.tensor([0, 1, 0])), torch.tensor([[0.0, 0], [1, 1], [0, 0]]))
     d = restarts.pick([{"g": a}, {"g": b}], torch.tensor([1, 1, 0]))
     assert torch.equal(d["g"][:, 0], torch.tensor([1.0, 1, 0]))
+    v = fhmm_exact.Variational(torch.rand(3, 4, 2, 2), torch.rand(3, 3, 2, 2, 2), torch.rand(3))
+    w = fhmm_exact.Variational(*(t + 1 for t in v))
+    both = restarts.split(restarts.concat([v, w, v]), 3)
+    assert all(torch.equal(x, y) for x, y in zip(both[1], w)) and all(torch.equal(x, y) for x, y in zip(both[2], v))
+    picked = restarts.pick([v, w], torch.tensor([1, 0, 1]))
+    assert torch.equal(picked.entropy, torch.stack([w.entropy[0], v.entropy[1], w.entropy[2]]))
 
 
 def test_best_of_is_per_point_and_beats_the_better_start_in_total():
     """Two starts, each better on different points: the old rule (the start with the higher total) loses the
     points where the other is better; the per-point q* has every point's maximum."""
     values = [torch.tensor([0.0, -5.0, 0.0]), torch.tensor([-1.0, 0.0, -1.0])]
-    starts = {"prior": torch.zeros(3, 1), "guide": torch.ones(3, 1)}  # a q that names its start: 0 or 1
-    search = restarts.best_of(lambda s: s, lambda q: torch.where(q[:, 0] > 0, values[1], values[0]), starts)
+    optima = {"prior": torch.zeros(3, 1), "guide": torch.ones(3, 1)}  # a q that names its start: 0 or 1
+    search = restarts.best_of(lambda q: torch.where(q[:, 0] > 0, values[1], values[0]), optima)
     assert torch.equal(search.elbo, torch.tensor([0.0, 0.0, 0.0]))
     assert torch.equal(search.q[:, 0], torch.tensor([0.0, 1.0, 0.0]))  # point 1 from the guide's start
     total_rule = max(v.sum() for v in values)

@@ -326,7 +326,7 @@ class _Boxes(NamedTuple):
     concave: Tensor  # bool: the ELBO is strictly concave on the box (at most one stationary point)
 
 
-def _box_tests(table: Tensor, lo: Tensor, hi: Tensor, subsets: Tensor) -> _Boxes:
+def _box_tests(table: Tensor, lo: Tensor, hi: Tensor, subsets: Tensor, holds_q: Tensor) -> _Boxes:
     """Bounds on the mean-field ELBO over boxes [lo, hi] (B, K) of points with log-joint tables (B, 2^K).
 
     ELBO(b) = f(b) + g(b), f multilinear (:func:`_multilinear_coefficients`), g(b) = sum_k H(b_k) concave, g'(b) =
@@ -339,6 +339,7 @@ def _box_tests(table: Tensor, lo: Tensor, hi: Tensor, subsets: Tensor) -> _Boxes
       stationary point;
     * concavity: the Hessian is f's off-diagonal part, |d2f/db_k db_j| <= sum_{S >= {k, j}} A_S / (r_k r_j), plus
       the diagonal -1 / (b_k (1 - b_k)); strict diagonal dominance over the whole box makes it negative definite.
+      Tested only for the boxes that hold the point's q (``holds_q``: (B,) bool), the only ones it can drop.
     """
     m, r = (lo + hi) / 2, (hi - lo) / 2
     coef = _multilinear_coefficients(table, m)
@@ -352,11 +353,14 @@ def _box_tests(table: Tensor, lo: Tensor, hi: Tensor, subsets: Tensor) -> _Boxes
     spread = (higher @ subsets) / r  # R_k
     g_lo, g_hi = torch.log1p(-lo) - torch.log(lo), torch.log1p(-hi) - torch.log(hi)  # +inf at 0, -inf at 1
     empty = ((slope - spread + g_hi > 0) | (slope + spread + g_lo < 0)).any(-1)
-    pair = torch.einsum("bs,sk,sj->bkj", higher, subsets, subsets) / (r[:, :, None] * r[:, None, :])
-    pair = pair * (1 - torch.eye(k, dtype=pair.dtype, device=pair.device))
-    nearest = torch.minimum(torch.maximum(torch.full_like(lo, 0.5), lo), hi)  # the point of [lo, hi] closest to 1/2
-    curvature = 1 / (nearest * (1 - nearest))  # min over the box of 1 / (b (1 - b))
-    concave = (curvature > pair.sum(-1)).all(-1)
+    concave = torch.zeros_like(empty)
+    if holds_q.any():
+        h, rr, lo_q, hi_q = higher[holds_q], r[holds_q], lo[holds_q], hi[holds_q]
+        pair = torch.einsum("bs,sk,sj->bkj", h, subsets, subsets) / (rr[:, :, None] * rr[:, None, :])
+        pair = pair * (1 - torch.eye(k, dtype=pair.dtype, device=pair.device))
+        nearest = torch.minimum(torch.maximum(torch.full_like(lo_q, 0.5), lo_q), hi_q)  # the point closest to 1/2
+        curvature = 1 / (nearest * (1 - nearest))  # min over the box of 1 / (b (1 - b))
+        concave[holds_q] = (curvature > pair.sum(-1)).all(-1)
     return _Boxes(value, upper, empty, concave)
 
 
@@ -398,7 +402,8 @@ def certify_mean_field(table: Tensor, probs: Tensor, lower: Tensor, tol: float =
     chunk = chunk or max(1, CHUNK_ELEMENTS // (c * k))
     boxes = 0
     while len(owner):
-        parts = [_box_tests(table[owner[i:i + chunk]], lo[i:i + chunk], hi[i:i + chunk], subsets)
+        holds_q = ((probs[owner] >= lo) & (probs[owner] <= hi)).all(-1)
+        parts = [_box_tests(table[owner[i:i + chunk]], lo[i:i + chunk], hi[i:i + chunk], subsets, holds_q[i:i + chunk])
                  for i in range(0, len(owner), chunk)]
         t = _Boxes(*(torch.cat(f) for f in zip(*parts)))
         boxes += len(owner)
@@ -406,7 +411,6 @@ def certify_mean_field(table: Tensor, probs: Tensor, lower: Tensor, tol: float =
         gained = (t.value >= new_best[owner]) & (t.value > best[owner])  # a centre that is its point's new best
         centre[owner[gained]] = ((lo + hi) / 2)[gained]
         best = new_best
-        holds_q = ((probs[owner] >= lo) & (probs[owner] <= hi)).all(-1)
         live = (t.upper > best[owner] + tol) & ~t.empty & ~(t.concave & holds_q)
         if boxes >= max_boxes:  # out of budget: the live boxes' bounds still bound their points' optimum
             upper = upper.scatter_reduce(0, owner[live], t.upper[live], "amax")

@@ -16,8 +16,9 @@ one still unfound, and there the amortisation gap ELBO(q*) - ELBO(q) is a lower 
 certificate (:func:`models.exact.binary.certify_mean_field`, branch and bound) close that question for K
 small enough.
 
-Plain torch; no Pyro. The family is given by two functions: ``climb(start) -> q`` and ``point_elbo(q) -> (N,)``;
-a q is a tensor with the points first, a dict of them, or a NamedTuple of them (every family here).
+Plain torch; no Pyro. The caller climbs (often all random starts at once, as one climb over S copies of the
+data: :func:`concat`, :func:`split`) and hands the optima with ``point_elbo(q) -> (N,)``; a q is a tensor with
+the points first, a dict of them, or a NamedTuple of them (every family here).
 """
 
 from __future__ import annotations
@@ -46,6 +47,31 @@ def pick(qs: list[Any], choice: Tensor) -> Any:
     raise TypeError(f"cannot pick per point from a q of type {type(first).__name__}")
 
 
+def concat(qs: list[Any]) -> Any:
+    """Stack S qs of N points each into one q of S N points (points of q 0 first): for one climb over S copies."""
+    first = qs[0]
+    if isinstance(first, Tensor):
+        return torch.cat(qs)
+    if isinstance(first, Mapping):
+        return {k: concat([q[k] for q in qs]) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(concat([getattr(q, f) for q in qs]) for f in first._fields))
+    raise TypeError(f"cannot stack qs of type {type(first).__name__}")
+
+
+def split(q: Any, parts: int) -> list[Any]:
+    """The inverse of :func:`concat`: S qs of N points each from one of S N points."""
+    if isinstance(q, Tensor):
+        return list(q.chunk(parts))
+    if isinstance(q, Mapping):
+        pieces = {k: split(v, parts) for k, v in q.items()}
+        return [{k: v[i] for k, v in pieces.items()} for i in range(parts)]
+    if isinstance(q, tuple) and hasattr(q, "_fields"):
+        pieces = [split(getattr(q, f), parts) for f in q._fields]
+        return [type(q)(*(p[i] for p in pieces)) for i in range(parts)]
+    raise TypeError(f"cannot split a q of type {type(q).__name__}")
+
+
 class Search(NamedTuple):
     """The per-point best of several climbs.
 
@@ -66,10 +92,10 @@ class Search(NamedTuple):
 
 
 @torch.no_grad()
-def best_of(climb: Callable[[Any], Any], point_elbo: Callable[[Any], Tensor], starts: Mapping[str, Any]) -> Search:
-    """Climb from every start (name -> q, or None for the family's default start) and keep, per point, the best."""
-    labels = tuple(starts)
-    qs = [climb(starts[name]) for name in labels]
+def best_of(point_elbo: Callable[[Any], Tensor], optima: Mapping[str, Any]) -> Search:
+    """Keep, per point, the best of the optima that climbs from several starts reached (start name -> q)."""
+    labels = tuple(optima)
+    qs = [optima[name] for name in labels]
     values = torch.stack([point_elbo(q) for q in qs])  # (S, N)
     choice = values.argmax(0)
     return Search(pick(qs, choice), values.gather(0, choice[None])[0], values, labels)
