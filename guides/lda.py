@@ -18,6 +18,16 @@ CAVI's optimum. They differ in where gamma and phi come from:
 
 lambda (bayesian topics) is a free global parameter in both: there is one per corpus, nothing to amortise.
 
+``local = "cavi"`` gives both guides Hoffman et al.'s (2013) schedule for the local factors: for the
+step's documents, q(theta_d) and q(z_d) are set by CAVI's document updates iterated to convergence per
+document (:func:`models.exact.lda.doc_step`), then lambda takes the natural step. The two guides differ
+only in where each document's iterations start: ``mean_field`` from gamma = 1 (Hoffman et al.'s SVI,
+scikit-learn's online LDA; gamma_d is kept for :meth:`variational` only); ``amortised`` from the
+network's gamma, and the network is fitted (least squares on the
+proportions, in :meth:`after_step`) to the converged gamma of each step's documents, so no parameter
+grows with the corpus and the start improves as training goes on. Nothing local then takes a
+gradient step, and the counts are touched only through their non-zero entries (x may be sparse).
+
 Valid estimators: Trace_ELBO and TraceGraph_ELBO (score-function gradients for z, reparameterised
 Dirichlet samples for theta and beta) and TraceEnum_ELBO (z summed out exactly in the guide: only theta
 and beta are sampled; the configs use it). Not TraceMeanField_ELBO: z is discrete.
@@ -44,6 +54,7 @@ WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and z is dis
 
 
 TOPIC_STEPS = ("natural", "gradient")
+LOCAL_STEPS = {"mean_field": ("gradient", "cavi"), "amortised": ("network", "cavi")}
 LEARNING_OFFSET, LEARNING_DECAY = 10.0, 0.7  # rho_t = (tau_0 + t)^(-kappa), as Hoffman et al. and scikit-learn
 
 
@@ -54,14 +65,19 @@ class _Topics(PyroModule):
     Monte Carlo gradient (beta is sampled, and the reparameterised gradient of E[log beta] is noisy).
     topic_step="natural": lambda takes Hoffman et al.'s stochastic natural-gradient step after each
     optimiser step, lambda <- (1 - rho_t) lambda + rho_t (eta + (D / B) sum_{d in batch} n_dv phi_dvk),
-    with the phi the guide used in that step (rho_t = (10 + t)^-0.7); the optimiser moves the rest. The
+    with the phi the guide used in that step (rho_t = (tau_0 + t)^-kappa, by default (10 + t)^-0.7);
+    the optimiser moves the rest. The
     natural gradient of the ELBO in lambda is exact given phi, so this is SVI as Hoffman et al. (2013)
     define it for conjugate global parameters; the train loop calls :meth:`after_step`.
     """
 
-    def _init_topics(self, init: LDAParams, topic_step: str = "natural") -> None:
+    def _init_topics(self, init: LDAParams, topic_step: str = "natural", learning_offset: float = LEARNING_OFFSET,
+                     learning_decay: float = LEARNING_DECAY) -> None:
         if topic_step not in TOPIC_STEPS:
             raise ValueError(f"topic_step must be one of {TOPIC_STEPS}, got {topic_step!r}")
+        if not (learning_offset >= 0 and 0.5 < learning_decay <= 1):
+            raise ValueError(f"learning_offset must be >= 0 and learning_decay in (0.5, 1], got {learning_offset}, {learning_decay}")
+        self.learning_offset, self.learning_decay = float(learning_offset), float(learning_decay)
         self.num_topics = init.num_topics
         self.eta = init.eta
         self.register_buffer("alpha", init.alpha.detach().clone())
@@ -80,7 +96,7 @@ class _Topics(PyroModule):
         guide's calls since the last step (averaged over particles)."""
         if not self.natural or not self._stats:
             return
-        rho = (LEARNING_OFFSET + float(self.topic_steps)) ** -LEARNING_DECAY
+        rho = (self.learning_offset + float(self.topic_steps)) ** -self.learning_decay
         target = self.eta + torch.stack(self._stats).mean(0)
         self.lam.mul_(1 - rho).add_(rho * target)
         self.topic_steps += 1
@@ -91,7 +107,24 @@ class _Topics(PyroModule):
             with pyro.plate("topics", self.num_topics):
                 pyro.sample("beta", dist.Dirichlet(self.lam))
 
-    def _sample_z(self, x: Tensor, pos: Tensor, weight: Tensor, logits: Tensor) -> None:
+    def _e_log_topics(self, params_beta: Tensor | None = None) -> Tensor:
+        """E[log beta]: (K, V) under q(beta) (bayesian topics)."""
+        return exact._expected_log_dirichlet(self.lam)
+
+    def _local_cavi(self, x, docs: Tensor, pos: Tensor, local: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+        """Converged CAVI for documents ``docs`` from gamma ``start``: (B, K), topics at q(beta) fixed;
+        returns gamma: (B, K) and the phi logits: (E_B, K) of their entries (no gradient)."""
+        if self.lam is None:
+            raise ValueError("local = 'cavi' needs bayesian topics (q(beta) = Dir(lambda))")
+        e = corpus_entries(x)
+        rows = e if docs.shape[0] == e.num_docs else e.rows(docs)
+        log_beta = self._e_log_topics()
+        step = exact.doc_step(rows, self.alpha, log_beta, start.detach(), self.doc_tol, self.max_doc_iters, topic_stats=False)
+        self.doc_iters = float(step.iters.double().mean())
+        gamma = step.gamma
+        return gamma, torch.digamma(gamma)[local] + log_beta[:, e.word[pos]].T
+
+    def _sample_z(self, x, pos: Tensor, weight: Tensor, logits: Tensor) -> None:
         """z for the step's entries ``pos`` (E_B,), with their ELBO weights and phi logits: (E_B, K)."""
         e = corpus_entries(x)
         if self.natural and self.training:  # (D / B) sum_d n_dv phi_dvk: (K, V), for after_step
@@ -106,35 +139,65 @@ class _Topics(PyroModule):
 
 
 class MeanField(_Topics):
-    """Free gamma: (D, K), phi logits: (E, K) and (bayesian) lambda: (K, V)."""
+    """Free gamma: (D, K), phi logits: (E, K) and (bayesian) lambda: (K, V).
 
-    def __init__(self, x: Tensor, init: LDAParams, gamma: Tensor, phi_logits: Tensor, topic_step: str = "natural"):
+    local="cavi": gamma is set by converged CAVI document updates (from gamma = 1, as Hoffman et al. and
+    scikit-learn's online LDA; a warm start from its last value locks documents into early topics)
+    each time the document is in the step, and phi is CAVI's optimum for it (not stored)."""
+
+    def __init__(self, x, init: LDAParams, gamma: Tensor, phi_logits: Tensor | None, topic_step: str = "natural",
+                 local: str = "gradient", doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
+                 learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY):
         super().__init__()
-        self._init_topics(init, topic_step)
-        self.gamma = PyroParam(gamma.detach().clone(), constraint=constraints.positive)
-        self.phi_logits = nn.Parameter(phi_logits.detach().clone())
+        self._init_topics(init, topic_step, learning_offset, learning_decay)
+        self.local, self.doc_tol, self.max_doc_iters = local, doc_tol, max_doc_iters
+        if local == "cavi":  # a parameter the optimiser never moves (no gradient reaches it): CAVI does
+            self.gamma = nn.Parameter(gamma.detach().clone())
+            self.phi_logits = None
+        else:
+            self.gamma = PyroParam(gamma.detach().clone(), constraint=constraints.positive)
+            self.phi_logits = nn.Parameter(phi_logits.detach().clone())
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
+    def forward(self, x, subsample_size: int | None = None) -> None:
         self._sample_topics()
-        with pyro.plate("docs", x.shape[0], subsample_size=subsample_size) as docs:
-            pyro.sample("theta", dist.Dirichlet(self.gamma[docs]))
-        pos, _, weight = batch_entries(corpus_entries(x), docs, x.shape[0])
-        self._sample_z(x, pos, weight, self.phi_logits[pos])
+        e = corpus_entries(x)
+        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size) as docs:
+            pos, local, weight = batch_entries(e, docs, e.num_docs)
+            if self.local == "cavi":  # Hoffman et al.'s local step: each document from gamma = 1, to convergence
+                gamma, logits = self._local_cavi(x, docs, pos, local, torch.ones_like(self.gamma[docs]))
+                gamma = gamma + 0.0 * self.gamma[docs]  # zero gradient: keeps the ELBO differentiable for train_svi
+                if self.training:
+                    with torch.no_grad():
+                        self.gamma[docs] = gamma
+            else:
+                gamma, logits = self.gamma[docs], self.phi_logits[pos]
+            pyro.sample("theta", dist.Dirichlet(gamma))
+        self._sample_z(x, pos, weight, logits)
 
     @torch.no_grad()
-    def variational(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def variational(self, x) -> tuple[Tensor, Tensor]:
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
+        if self.local == "cavi":
+            e = corpus_entries(x)
+            return self.gamma.detach(), torch.softmax(torch.digamma(self.gamma)[e.doc] + self._e_log_topics()[:, e.word].T, -1)
         return self.gamma.detach(), torch.softmax(self.phi_logits, -1).detach()
 
 
 class Amortised(_Topics):
     """gamma_d = alpha + N_d softmax(MLP(log(1 + x_d))); phi_dv = softmax_k(digamma(gamma_dk) + U_vk)."""
 
-    def __init__(self, x: Tensor, init: LDAParams, hidden: Sequence[int], word_topic: Tensor, refine: int = 0,
-                 topic_step: str = "natural"):
+    def __init__(self, x, init: LDAParams, hidden: Sequence[int], word_topic: Tensor, refine: int = 0,
+                 topic_step: str = "natural", local: str = "network", doc_tol: float = exact.DOC_TOL,
+                 max_doc_iters: int = exact.MAX_DOC_ITERS, learning_offset: float = LEARNING_OFFSET,
+                 learning_decay: float = LEARNING_DECAY, net_lr: float = 1e-3):
         super().__init__()
-        self._init_topics(init, topic_step)
-        self.net = MLP(x.shape[1], hidden, init.num_topics).to(x.dtype)
+        self._init_topics(init, topic_step, learning_offset, learning_decay)
+        self.local, self.doc_tol, self.max_doc_iters = local, doc_tol, max_doc_iters
+        e = corpus_entries(x)
+        self.net = MLP(e.num_words, hidden, init.num_topics).to(e.count.dtype)
+        self._fit: list[tuple] = []  # (x, docs, converged proportions) of the step, for after_step
+        # the network's own optimiser (local="cavi": fitted to the converged proportions, not by the ELBO)
+        self.net_optim = torch.optim.Adam(self.net.parameters(), lr=net_lr) if local == "cavi" else None
         # U: (V, K). Bayesian topics: E_q[log beta]^T of the guide's own lambda (tied, no new parameter);
         # point topics: a learned table (the guide cannot see the model's beta).
         self.word_topic = None if init.bayesian else nn.Parameter(word_topic.detach().clone())
@@ -146,14 +209,36 @@ class Amortised(_Topics):
             return self.word_topic
         return exact._expected_log_dirichlet(self.lam).T
 
-    def local_params(self, x: Tensor, docs: Tensor, pos: Tensor, local: Tensor) -> tuple[Tensor, Tensor]:
+    def proportions(self, x, docs: Tensor) -> Tensor:
+        """The network's topic proportions softmax(f(log(1 + x_d))): (B, K) for documents ``docs``. The
+        first layer is a sparse product on the documents' non-zero entries: nothing (B, V) is formed."""
+        e = corpus_entries(x)
+        rows = e if docs.shape[0] == e.num_docs else e.rows(docs)
+        layers = list(self.net)
+        inputs = torch.sparse_coo_tensor(torch.stack([rows.doc, rows.word]), torch.log1p(rows.count),
+                                         (rows.num_docs, rows.num_words), check_invariants=False)
+        h = torch.sparse.mm(inputs, layers[0].weight.T) + layers[0].bias
+        for layer in layers[1:]:
+            h = layer(h)
+        return torch.softmax(h, -1)
+
+    def local_params(self, x, docs: Tensor, pos: Tensor, local: Tensor) -> tuple[Tensor, Tensor]:
         """gamma: (B, K) of documents ``docs`` and the phi logits: (E_B, K) of their entries ``pos``
         (``local``: each entry's document within ``docs``): the network's proportions, then
         ``refine`` steps of CAVI's document updates phi <- softmax(digamma(gamma) + U), gamma <- alpha +
-        sum_v n_dv phi_dv (differentiable; the same map for every document)."""
+        sum_v n_dv phi_dv (differentiable; the same map for every document), or (local="cavi") CAVI's
+        document updates to convergence, without gradient."""
         e = corpus_entries(x)
-        counts = x[docs] if docs.shape[0] < x.shape[0] else x
-        gamma = self.alpha + counts.sum(-1, keepdim=True) * torch.softmax(self.net(torch.log1p(counts)), -1)
+        lengths = torch.zeros(docs.shape[0], dtype=e.count.dtype).index_add_(0, local, e.count[pos])[:, None]
+        props = self.proportions(x, docs)
+        gamma = self.alpha + lengths * props
+        if self.local == "cavi":
+            gamma, logits = self._local_cavi(x, docs, pos, local, gamma)
+            if self.training and torch.is_grad_enabled():  # an SVI step (not variational())
+                self._fit.append((x, docs, (gamma - self.alpha) / lengths))
+            # a zero-weight term: the network gets an exact zero gradient from the ELBO (it is fitted in
+            # after_step), and the ELBO stays differentiable, as train_svi's differentiable_loss requires
+            return gamma + 0.0 * props, logits
         u = self.word_table()[e.word[pos]]  # (E_B, K)
         n = e.count[pos][:, None]
         for _ in range(self.refine):
@@ -161,19 +246,36 @@ class Amortised(_Topics):
             gamma = self.alpha + torch.zeros_like(gamma).index_add_(0, local, n * phi)
         return gamma, torch.digamma(gamma)[local] + u
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
+    def forward(self, x, subsample_size: int | None = None) -> None:
         self._sample_topics()
-        with pyro.plate("docs", x.shape[0], subsample_size=subsample_size) as docs:
-            pos, local, weight = batch_entries(corpus_entries(x), docs, x.shape[0])
+        e = corpus_entries(x)
+        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size) as docs:
+            pos, local, weight = batch_entries(e, docs, e.num_docs)
             gamma, logits = self.local_params(x, docs, pos, local)
             pyro.sample("theta", dist.Dirichlet(gamma))
         self._sample_z(x, pos, weight, logits)
 
+    def after_step(self) -> None:
+        """The natural step of lambda; with local="cavi", also one step of the network's own optimiser
+        towards the converged proportions of the step's documents (least squares, as the "posterior"
+        start's pre-fit)."""
+        super().after_step()
+        if self.net_optim is None or not self._fit:
+            self._fit = []
+            return
+        with torch.enable_grad():
+            loss = sum(((self.proportions(x, docs) - target) ** 2).sum(-1).mean() for x, docs, target in self._fit)
+            self.net_optim.zero_grad()
+            loss.backward()
+            self.net_optim.step()
+            self.net_optim.zero_grad(set_to_none=True)
+        self._fit = []
+
     @torch.no_grad()
-    def variational(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def variational(self, x) -> tuple[Tensor, Tensor]:
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
         e = corpus_entries(x)
-        gamma, logits = self.local_params(x, torch.arange(x.shape[0]), torch.arange(e.doc.shape[0]), e.doc)
+        gamma, logits = self.local_params(x, torch.arange(e.num_docs), torch.arange(e.doc.shape[0]), e.doc)
         return gamma, torch.softmax(logits, -1)
 
 
@@ -182,47 +284,69 @@ def _log_topics(init: LDAParams) -> Tensor:
     return exact._expected_log_dirichlet(init.lam) if init.bayesian else torch.log(init.beta)
 
 
-def _doc_fixed_point(x: Tensor, init: LDAParams) -> Tensor:
+def _doc_fixed_point(x, init: LDAParams) -> Tensor:
     """gamma: (D, K) at CAVI's fixed point with the topics at ``init`` (the E-step of the initial parameters)."""
-    k = init.num_topics
-    fit = exact.fit_cavi(x, init.alpha, k, beta=torch.exp(_log_topics(init)), max_sweeps=20, doc_iters=10, tol=1e-6)
-    return fit.state.gamma
+    return exact.fixed_topics_gamma(x, init.alpha, _log_topics(init))
 
 
-def mean_field(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average", topic_step: str = "natural") -> MeanField:
+def _check_local(kind: str, local: str, init: LDAParams) -> None:
+    if local not in LOCAL_STEPS[kind]:
+        raise ValueError(f"local must be one of {LOCAL_STEPS[kind]} for the {kind} guide, got {local!r}")
+    if local == "cavi" and not init.bayesian:
+        raise ValueError("local = 'cavi' needs bayesian topics (model_args.topics = 'bayesian')")
+
+
+def mean_field(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
+               baseline: str = "average", topic_step: str = "natural", local: str = "gradient",
+               doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
+               learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY) -> MeanField:
     """Free gamma and phi per document and entry. start="uniform": phi uniform and gamma = alpha + N_d / K
     (CAVI's start); "posterior": gamma and phi at CAVI's document fixed point for the initial topics.
+    local="gradient": gamma and phi move by the optimiser; "cavi": Hoffman et al.'s SVI, gamma by
+    converged CAVI document updates each time its document is drawn (``doc_tol``, ``max_doc_iters``),
+    lambda by the natural step with rho_t = (learning_offset + t)^-learning_decay.
     ``hidden`` and ``baseline`` do not apply (TraceGraph_ELBO uses no baseline for z here)."""
     if baseline != "average":
         raise ValueError(f"baseline={baseline!r} does not apply to LDA's guides (only the default 'average')")
+    _check_local("mean_field", local, init)
     e = corpus_entries(x)
     k = init.num_topics
     if start == "posterior":
-        gamma = _doc_fixed_point(x, init)
+        gamma = _doc_fixed_point(e, init)
         logits = torch.digamma(gamma)[e.doc] + _log_topics(init)[:, e.word].T
     else:
-        gamma = init.alpha + x.sum(-1, keepdim=True) / k
-        logits = torch.zeros(e.doc.shape[0], k, dtype=x.dtype)
-    return MeanField(x, init, gamma, logits, topic_step)
+        gamma = init.alpha + e.lengths[:, None] / k
+        logits = torch.zeros(e.doc.shape[0], k, dtype=e.count.dtype)
+    return MeanField(x, init, gamma, None if local == "cavi" else logits, topic_step, local, doc_tol, max_doc_iters,
+                     learning_offset, learning_decay)
 
 
-def amortised(x: Tensor, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-              baseline: str = "average", refine: int = 0, topic_step: str = "natural") -> Amortised:
+def amortised(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
+              baseline: str = "average", refine: int = 0, topic_step: str = "natural", local: str = "network",
+              doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
+              learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY,
+              net_lr: float = 1e-3) -> Amortised:
     """gamma from an MLP (``hidden`` sizes) on log(1 + x_d); phi by CAVI's update with a learned word
     table U, which starts at E[log beta] of the initial topics. start="posterior" first fits the network
-    to CAVI's document fixed point at the initial topics (least squares on the proportions)."""
+    to CAVI's document fixed point at the initial topics (least squares on the proportions).
+    local="network": then ``refine`` differentiable CAVI document updates, the network trained by the
+    ELBO's gradient; "cavi": CAVI document updates to convergence from the network's gamma, the network
+    fitted to where they converge (its own Adam, ``net_lr``), lambda by the natural step."""
     if baseline != "average":
         raise ValueError(f"baseline={baseline!r} does not apply to LDA's guides (only the default 'average')")
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
-    guide = Amortised(x, init, hidden, _log_topics(init).T, refine, topic_step)
+    _check_local("amortised", local, init)
+    guide = Amortised(x, init, hidden, _log_topics(init).T, refine, topic_step, local, doc_tol, max_doc_iters,
+                      learning_offset, learning_decay, net_lr)
     if start == "posterior":
-        target = _doc_fixed_point(x, init)
-        target = (target - init.alpha) / x.sum(-1, keepdim=True)
+        e = corpus_entries(x)
+        target = _doc_fixed_point(e, init)
+        target = (target - init.alpha) / e.lengths[:, None]
         optim = torch.optim.Adam(guide.net.parameters(), lr=0.01)
+        every = torch.arange(e.num_docs)
         for _ in range(300):
-            props = torch.softmax(guide.net(torch.log1p(x)), -1)  # the network's part (before refinement)
+            props = guide.proportions(e, every)  # the network's part (before refinement)
             loss = ((props - target) ** 2).sum(-1).mean()
             optim.zero_grad()
             loss.backward()

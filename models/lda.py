@@ -155,9 +155,13 @@ class LDAParams:
 _ENTRIES: dict[int, tuple[weakref.ref, int, Entries]] = {}
 
 
-def corpus_entries(x: Tensor) -> Entries:
-    """The non-zero entries of ``x``, computed once per count matrix: cached while that very tensor is
-    alive and unmodified (a weak reference and its version counter, never just its address)."""
+def corpus_entries(x) -> Entries:
+    """The non-zero entries of ``x`` (D, V): a dense or sparse (COO, CSR) tensor, or already :class:`Entries`.
+
+    Computed once per count tensor: cached while that very tensor is alive and unmodified (a weak
+    reference and its version counter, never just its address)."""
+    if isinstance(x, Entries):
+        return x
     hit = _ENTRIES.get(id(x))
     if hit is not None and hit[0]() is x and hit[1] == x._version:
         return hit[2]
@@ -166,6 +170,20 @@ def corpus_entries(x: Tensor) -> Entries:
     e = exact.entries(x)
     _ENTRIES[id(x)] = (weakref.ref(x), x._version, e)
     return e
+
+
+def counts_shape(x) -> tuple[int, int]:
+    """(D, V) of a count tensor (dense or sparse) or of its :class:`Entries`."""
+    if isinstance(x, Entries):
+        return x.num_docs, x.num_words
+    return tuple(x.shape)
+
+
+def doc_rows(x, docs: Tensor) -> Tensor:
+    """The dense (B, V) counts of documents ``docs`` (B,): a minibatch, never the corpus, when x is sparse."""
+    if isinstance(x, Tensor) and x.layout == torch.strided:
+        return x[docs] if docs.shape[0] < x.shape[0] else x
+    return corpus_entries(x).rows(docs).dense()
 
 
 def batch_entries(e: Entries, docs: Tensor, num_docs: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,12 +201,13 @@ def batch_entries(e: Entries, docs: Tensor, num_docs: int) -> tuple[Tensor, Tens
 
 def model(x: Tensor, params: LDAParams, subsample_size: int | None = None) -> None:
     r"""LDA on counts x: (D, V); ``subsample_size`` documents per step (None: all)."""
-    num_docs, vocab = x.shape
     e = corpus_entries(x)
+    num_docs, vocab = e.num_docs, e.num_words
+    dtype = e.count.dtype
     if params.bayesian:
         with pyro.plate("topics", params.num_topics):
-            beta = pyro.sample("beta", dist.Dirichlet(torch.full((vocab,), params.eta, dtype=x.dtype)))
-        log_beta = torch.log(beta.clamp_min(torch.finfo(x.dtype).tiny))
+            beta = pyro.sample("beta", dist.Dirichlet(torch.full((vocab,), params.eta, dtype=dtype)))
+        log_beta = torch.log(beta.clamp_min(torch.finfo(dtype).tiny))
     else:
         log_beta = torch.log(params.beta)
     with pyro.plate("docs", num_docs, subsample_size=subsample_size) as docs:
@@ -262,8 +281,9 @@ def init_params(x: Tensor, args: LDAArgs, seed: int) -> LDAParams:
     """Starting point shared by CAVI and every guide: lambda from :func:`models.exact.lda.initial_lambda`
     (bayesian), or point topics equal to its normalised rows."""
     k = args.num_topics
-    alpha = torch.full((k,), args.alpha_value, dtype=x.dtype)
-    lam = exact.initial_lambda(x, k, args.eta_value, seed)
+    e = corpus_entries(x)
+    alpha = torch.full((k,), args.alpha_value, dtype=e.count.dtype)
+    lam = exact.initial_lambda(e, k, args.eta_value, seed)
     if args.topics == "point":
         return LDAParams(alpha, beta=lam / lam.sum(-1, keepdim=True))
     return LDAParams(alpha, eta=args.eta_value, lam=lam)
@@ -287,30 +307,39 @@ def synthetic(opts: DataOptions, args: LDAArgs, seed: int) -> Dataset:
 
 class CAVIFit(NamedTuple):
     """params: the fitted parameters (lambda, or the point topics); elbo: the ELBO per document at the
-    start and after each sweep (never decreasing); converged: stopped by the tolerance."""
+    start and after each sweep (never decreasing after the restarted sweeps); converged: stopped by the
+    tolerance; doc_iters: the
+    mean number of document updates per document in each sweep."""
 
     params: LDAParams
     elbo: list[float]
     converged: bool
+    doc_iters: list[float] = []
 
     @property
     def num_iters(self) -> int:
         return len(self.elbo) - 1
 
 
-def fit_cavi(x: Tensor, init: LDAParams, max_iter: int = 100, tol: float = 1e-8, doc_iters: int = 20) -> CAVIFit:
+def fit_cavi(x, init: LDAParams, max_iter: int = 100, tol: float = 1e-8, doc_tol: float = exact.DOC_TOL,
+             max_doc_iters: int = exact.MAX_DOC_ITERS, restart_sweeps: int = 10) -> CAVIFit:
     """Closed-form CAVI (bayesian topics) or variational EM (point topics) from ``init``; see
-    :func:`models.exact.lda.fit_cavi`. ``tol``: stop when a sweep gains less than this per token."""
+    :func:`models.exact.lda.fit_cavi`. ``tol``: stop when a sweep gains less than this per token; each
+    sweep iterates every document to ``doc_tol`` (mean absolute change of gamma_d) first; the first
+    ``restart_sweeps`` (counted in ``max_iter``) restart every document from gamma = 1, the rest warm-start."""
     k = init.num_topics
+    e = corpus_entries(x)
+    restarts = min(restart_sweeps, max_iter)
+    kw = {"max_sweeps": max_iter - restarts, "doc_tol": doc_tol, "max_doc_iters": max_doc_iters, "tol": tol,
+          "restart_sweeps": restarts}
     if init.bayesian:
-        r = exact.fit_cavi(x, init.alpha, k, eta=init.eta, lam=init.lam, max_sweeps=max_iter, doc_iters=doc_iters, tol=tol)
+        r = exact.fit_cavi(e, init.alpha, k, eta=init.eta, lam=init.lam, **kw)
         params = LDAParams(init.alpha, eta=init.eta, lam=r.state.lam)
     else:
-        r = exact.fit_cavi(x, init.alpha, k, beta=init.beta, update_beta=True, max_sweeps=max_iter,
-                           doc_iters=doc_iters, tol=tol)
+        r = exact.fit_cavi(e, init.alpha, k, beta=init.beta, update_beta=True, **kw)
         params = LDAParams(init.alpha, beta=torch.exp(r.state.log_beta))
-    d = x.shape[0]
-    return CAVIFit(params, [v / d for v in r.elbo], r.converged)
+    d = e.num_docs
+    return CAVIFit(params, [v / d for v in r.elbo], r.converged, list(r.doc_iters))
 
 
 def closed_form_elbo(x: Tensor, params: LDAParams, gamma: Tensor, phi: Tensor) -> Tensor:
@@ -327,61 +356,73 @@ def closed_form_elbo(x: Tensor, params: LDAParams, gamma: Tensor, phi: Tensor) -
 # evaluation shared by every method (CAVI, each guide, scikit-learn in the benchmark)
 
 
-def split_halves(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+def split_halves(x, seed: int) -> tuple[Entries, Entries]:
     """Split each document's tokens at random into an observed half (floor(N_d / 2) tokens) and a
-    held-out half (the rest, at least one token). x: (D, V) counts; returns two (D, V) count matrices.
+    held-out half (the rest, at least one token). x: (D, V) counts, dense or sparse; returns the two
+    halves as :class:`Entries` (use ``.dense()`` for small corpora).
 
     A bag of words has no order, so "the first half" is a uniformly random half (seeded), the same
-    for every method evaluated."""
+    for every method evaluated. The draw depends only on the entries in row-major order, so a dense and
+    a sparse copy of one corpus split identically."""
+    e = corpus_entries(x)
     gen = torch.Generator().manual_seed(seed)
-    doc, word = x.nonzero(as_tuple=True)
-    n = x[doc, word].long()
-    tok_doc, tok_word = torch.repeat_interleave(doc, n), torch.repeat_interleave(word, n)
+    n = e.count.long()
+    tok_entry = torch.repeat_interleave(torch.arange(e.doc.shape[0]), n)
+    tok_doc = e.doc[tok_entry]
     order = torch.argsort(torch.rand(tok_doc.shape[0], generator=gen, dtype=torch.float64))
     order = order[torch.argsort(tok_doc[order], stable=True)]  # grouped by document, random within
-    tok_doc, tok_word = tok_doc[order], tok_word[order]
-    lengths = torch.bincount(tok_doc, minlength=x.shape[0])
+    tok_doc, tok_entry = tok_doc[order], tok_entry[order]
+    lengths = torch.bincount(tok_doc, minlength=e.num_docs)
     start = torch.cumsum(lengths, 0) - lengths
     rank = torch.arange(tok_doc.shape[0]) - start[tok_doc]
     first = rank < (lengths // 2)[tok_doc]
-    observed, held = torch.zeros_like(x), torch.zeros_like(x)
-    ones = torch.ones(tok_doc.shape[0], dtype=x.dtype)
-    observed.index_put_((tok_doc[first], tok_word[first]), ones[first], accumulate=True)
-    held.index_put_((tok_doc[~first], tok_word[~first]), ones[~first], accumulate=True)
-    return observed, held
+    halves = []
+    for mask in (first, ~first):
+        count = torch.zeros_like(e.count).index_add_(0, tok_entry[mask], torch.ones(int(mask.sum()), dtype=e.count.dtype))
+        keep = count > 0
+        rowptr = torch.zeros_like(e.rowptr)
+        rowptr[1:] = torch.cumsum(torch.bincount(e.doc[keep], minlength=e.num_docs), 0)
+        halves.append(Entries(e.doc[keep], e.word[keep], count[keep], rowptr, e.num_words))
+    return halves[0], halves[1]
 
 
-def document_completion(x: Tensor, topics: Tensor, alpha: Tensor, seed: int = 0) -> dict[str, float]:
+def document_completion(x, topics: Tensor, alpha: Tensor, seed: int = 0) -> dict[str, float]:
     r"""Held-out per-word perplexity by document completion (Wallach et al. 2009), topics fixed.
 
-    For each document of x: (D, V), split its tokens (:func:`split_halves`); infer q(theta_d) = Dir(gamma_d)
-    on the observed half by CAVI with the topics: (K, V) fixed; score the held-out half with the
+    For each document of x: (D, V) (dense or sparse), split its tokens (:func:`split_halves`); infer
+    q(theta_d) = Dir(gamma_d) on the observed half by CAVI with the topics: (K, V) fixed, every document
+    iterated to convergence (mean change of gamma_d < 1e-4); score the held-out half with the
     posterior-mean proportions, log p(w) = sum_v n_dv log sum_k E[theta_dk] beta_kv; report
-    perplexity = exp(-log p / number of held-out tokens).
+    perplexity = exp(-log p / number of held-out tokens). Touches only the non-zero entries.
     """
     observed, held = split_halves(x, seed)
-    topics = topics.to(x.dtype)
-    fit = exact.fit_cavi(observed, alpha.to(x.dtype), topics.shape[0], beta=topics, max_sweeps=50, doc_iters=10, tol=1e-7)
-    gamma = fit.state.gamma
+    topics = topics.to(held.count.dtype)
+    gamma = exact.fixed_topics_gamma(observed, alpha.to(topics.dtype), torch.log(topics), tol=1e-4, max_iters=1000)
     mean = gamma / gamma.sum(-1, keepdim=True)
-    doc, word = held.nonzero(as_tuple=True)
-    log_p = (held[doc, word] * torch.log((mean[doc] * topics[:, word].T).sum(-1))).sum()
-    tokens = float(held.sum())
+    log_p = (held.count * torch.log((mean[held.doc] * topics[:, held.word].T).sum(-1))).sum()
+    tokens = float(held.count.sum())
     return {"perplexity": math.exp(-float(log_p) / tokens), "log_lik_per_token": float(log_p) / tokens,
             "heldout_tokens": tokens}
 
 
-def npmi(x: Tensor, topics: Tensor, num_words: int = 10) -> Tensor:
+def npmi(x, topics: Tensor, num_words: int = 10) -> Tensor:
     r"""Each topic's coherence: the mean NPMI of its top ``num_words`` words over all pairs (K,).
 
     NPMI(i, j) = log(p(i, j) / (p(i) p(j))) / -log p(i, j), with p the fraction of documents of
-    x: (D, V) that contain the word(s) (Bouma 2009; Lau et al. 2014); -1 for pairs never seen together.
+    x: (D, V) (dense or sparse) that contain the word(s) (Bouma 2009; Lau et al. 2014); -1 for pairs
+    never seen together. Only the top words' columns are made dense: (D, K num_words).
     """
-    present = (x > 0).to(torch.float64)
+    e = corpus_entries(x)
     k, n = topics.shape[0], min(num_words, topics.shape[1])
     top = torch.argsort(topics, dim=1, descending=True, stable=True)[:, :n]  # (K, n)
-    sub = present[:, top.reshape(-1)].reshape(x.shape[0], k, n)
-    joint = torch.einsum("dki,dkj->kij", sub, sub) / x.shape[0]  # (K, n, n)
+    column = torch.full((e.num_words,), -1, dtype=torch.long)
+    words = torch.unique(top)
+    column[words] = torch.arange(words.shape[0])
+    hit = column[e.word] >= 0
+    present = torch.zeros(e.num_docs, words.shape[0], dtype=torch.float64)
+    present[e.doc[hit], column[e.word[hit]]] = 1.0
+    sub = present[:, column[top.reshape(-1)]].reshape(e.num_docs, k, n)
+    joint = torch.einsum("dki,dkj->kij", sub, sub) / e.num_docs  # (K, n, n)
     p = torch.diagonal(joint, dim1=-2, dim2=-1)  # (K, n)
     pmi = torch.log(joint) - torch.log(p[:, :, None] * p[:, None, :])
     score = torch.where(joint > 0, pmi / -torch.log(joint).clamp_max(-1e-12), torch.full_like(pmi, -1.0))
@@ -389,11 +430,38 @@ def npmi(x: Tensor, topics: Tensor, num_words: int = 10) -> Tensor:
     return score[:, pairs].mean(-1) if n > 1 else torch.zeros(k, dtype=torch.float64)
 
 
-def heldout_metrics(x_train: Tensor, x_test: Tensor, fitted: LDAParams, seed: int, **_options) -> dict[str, float]:
-    """Document-completion perplexity on x_test and mean NPMI (top 10 words) over the whole corpus."""
+def stack_entries(*parts) -> Entries:
+    """The documents of several corpora (dense, sparse or :class:`Entries`, one vocabulary), one after another."""
+    es = [corpus_entries(p) for p in parts]
+    offsets = torch.cumsum(torch.tensor([0] + [e.num_docs for e in es]), 0)          # documents before each part
+    starts = torch.cumsum(torch.tensor([0] + [e.count.shape[0] for e in es]), 0)     # entries before each part
+    rowptr = torch.cat([es[0].rowptr[:1]] + [e.rowptr[1:] + starts[i] for i, e in enumerate(es)])
+    return Entries(torch.cat([e.doc + offsets[i] for i, e in enumerate(es)]), torch.cat([e.word for e in es]),
+                   torch.cat([e.count for e in es]), rowptr, es[0].num_words)
+
+
+def topic_usage(x, fitted: LDAParams) -> dict[str, object]:
+    """Whether all K topics are in use: each topic's share of the corpus's tokens under q (sum_dv n_dv
+    phi_dvk / N, from CAVI's document step with the topics fixed: (K,)), and the largest cosine
+    similarity between two topics' word distributions (1.0: a duplicated topic)."""
+    e = corpus_entries(x)
+    topics = fitted.topics().detach().to(e.count.dtype)
+    alpha = fitted.alpha.detach().to(topics.dtype)
+    k = topics.shape[0]
+    gamma = exact.fixed_topics_gamma(e, alpha, torch.log(topics))
+    share = (gamma - alpha).sum(0) / e.count.sum()
+    unit = topics / topics.norm(dim=-1, keepdim=True)
+    cos = unit @ unit.T - 2 * torch.eye(k, dtype=topics.dtype)
+    return {"topic_shares": [float(v) for v in share], "min_share": float(share.min()),
+            "max_cosine": float(cos.max()) if k > 1 else 0.0}
+
+
+def heldout_metrics(x_train, x_test, fitted: LDAParams, seed: int, **_options) -> dict[str, float]:
+    """Document-completion perplexity on x_test and mean NPMI (top 10 words) over the whole corpus
+    (x_train and x_test dense or sparse)."""
     topics = fitted.topics().detach()
     out = document_completion(x_test, topics, fitted.alpha.detach(), seed)
-    out["npmi"] = float(npmi(torch.cat([x_train, x_test]), topics).mean())
+    out["npmi"] = float(npmi(stack_entries(x_train, x_test), topics).mean())
     return out
 
 

@@ -301,3 +301,17 @@ def test_top_words():
         top_words(weights, vocab[:3])
     with pytest.raises(DataError, match="must be 2-D"):
         top_words(weights[0], vocab)
+
+
+def test_sparse_news_equals_dense_and_healthtweets_is_sparse(tmp_path):
+    dense = news(subset=200, cache_dir=tmp_path)
+    sparse = news(subset=200, cache_dir=tmp_path, sparse=True)  # from the cache written just before
+    assert sparse.counts.layout == torch.sparse_csr and sparse.vocab == dense.vocab
+    torch.testing.assert_close(sparse.counts.to_dense(), dense.counts)
+    tweets = corpora.healthtweets(subset=2000)
+    counts = tweets.counts
+    assert counts.layout == torch.sparse_csr and counts.shape == (len(tweets.titles), len(tweets.vocab))
+    values = counts.values()
+    assert (values >= 1).all() and (values == values.round()).all()
+    assert ((counts.crow_indices()[1:] - counts.crow_indices()[:-1]) >= 1).all()  # no empty tweet
+    assert not {"http", "https"} & set(tweets.vocab)  # links removed before tokenising

@@ -159,7 +159,7 @@ def test_point_topic_variational_em_never_decreases():
 def test_document_completion_and_npmi():
     truth = lda.true_params(4, 60, 0, alpha=0.3)
     x, _ = lda.simulate(truth, 200, 40, 1)
-    observed, held = lda.split_halves(x, seed=0)
+    observed, held = (half.dense() for half in lda.split_halves(x, seed=0))
     torch.testing.assert_close(observed + held, x)
     assert (held.sum(1) >= 1).all() and (observed.sum(1) == torch.div(x.sum(1), 2, rounding_mode="floor")).all()
     unigram = (x.sum(0) / x.sum())[None, :]
@@ -238,3 +238,46 @@ def test_natural_step_is_hoffmans_update(corpus, batch):
     rho = lda_guides.LEARNING_OFFSET ** -lda_guides.LEARNING_DECAY
     torch.testing.assert_close(guide.lam, (1 - rho) * init.lam + rho * (init.eta + stats), rtol=1e-12, atol=1e-12)
     assert int(guide.topic_steps) == 1
+
+
+# --- sparse counts end to end, converged local steps, live topics (issue 22) ---------------------------
+
+
+def test_sparse_and_dense_paths_agree(corpus):
+    x, truth = corpus
+    init = lda.init_params(x, lda.LDAArgs(num_topics=3), 0)
+    dense = lda.fit_cavi(x, init, max_iter=20, tol=0.0)
+    sparse = lda.fit_cavi(x.to_sparse_csr(), init, max_iter=20, tol=0.0)
+    torch.testing.assert_close(sparse.params.lam, dense.params.lam, rtol=1e-12, atol=1e-12)
+    m_dense = lda.heldout_metrics(x[:80], x[80:], dense.params, 0)
+    m_sparse = lda.heldout_metrics(x[:80].to_sparse_csr(), x[80:].to_sparse(), dense.params, 0)
+    for key in ("perplexity", "npmi", "heldout_tokens"):
+        assert m_sparse[key] == pytest.approx(m_dense[key], rel=1e-12)
+    # the guides: the same minibatch entries, network inputs and q from dense and sparse counts
+    for build, kw in ((lda_guides.amortised, {"refine": 3}), (lda_guides.amortised, {"local": "cavi"}),
+                      (lda_guides.mean_field, {"start": "posterior"})):
+        qs = [build(c, init, **kw) for c in (x, x.to_sparse_csr())]
+        qs[1].load_state_dict(qs[0].state_dict())
+        for a, b in zip(qs[0].variational(x), qs[1].variational(x.to_sparse_csr())):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["cavi", "amortised", "mean_field"])
+def test_every_true_topic_stays_alive(kind):
+    """A synthetic corpus whose truth has K live topics: each fitted topic carries >= 1/(4K) of the tokens
+    and no two fitted topics are near-duplicates (cosine < 0.9)."""
+    k = 5
+    truth = lda.true_params(k, 100, 3, alpha=0.3)
+    x, _ = lda.simulate(truth, 400, 60, 4)
+    x = x.to_sparse_csr()
+    init = lda.init_params(x, lda.LDAArgs(num_topics=k), 0)
+    if kind == "cavi":
+        fitted = lda.fit_cavi(x, init, max_iter=40, tol=1e-7).params
+    else:
+        pyro.set_rng_seed(0)
+        model = lda.LDA(init)
+        guide = (lda_guides.amortised if kind == "amortised" else lda_guides.mean_field)(x, init, local="cavi")
+        train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=60, batch_size=100), seed=1, progress=False)
+        fitted = guide.topic_params(model.params).detach()
+    use = lda.topic_usage(x, fitted)
+    assert use["min_share"] > 1 / (4 * k) and use["max_cosine"] < 0.9, use

