@@ -18,6 +18,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_gaps.py
 	$(BIN)/python benchmarks/bench_lda.py
 	$(BIN)/python benchmarks/bench_fhmm.py
+	$(BIN)/python benchmarks/bench_pos_tagger.py
 	$(BIN)/python benchmarks/bench_vae.py
 	$(BIN)/python benchmarks/bench_declared.py
 	$(BIN)/python benchmarks/bench_report.py

