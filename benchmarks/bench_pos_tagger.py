@@ -5,13 +5,15 @@ Data: the first ``--sentences`` sentences of the OANC sample of Debian's python3
 WSJ sample, else synthetic sentences), K = 45 tags (Berg-Kirkpatrick et al.'s setting), every method from the same
 initial parameters (models.pos_tagger.init_params, seed 0). Gold tags are used only to score.
 
-Part 1 (methods): exact EM (Baum-Welch with the L-BFGS M-step, ``--em-iters`` iterations) and SVI (Analytic_ELBO,
+Part 1 (methods): exact EM (Baum-Welch with the L-BFGS M-step, ``--em-iters`` iterations); variational Bayes for
+  the transitions (Johnson 2007: q(A) Dirichlet per row, W and pi point estimates, ``--em-iters`` iterations) with
+  concentrations 0.1 and 1, scored by the argmax of its q(t); and SVI (Analytic_ELBO,
   Adam, ``--svi-steps`` steps) with the three guides. Each method's induced tags are the argmax of the exact
   posterior marginals at its own parameters ("posterior"), and for the guides also the argmax of their q ("q");
   scored by many-to-one, one-to-one and V-measure. Also: log p(w) per token at each method's parameters, the gap
   split per token at the guide's parameters (total = KL(q || p), approximation = KL(q* || p) with q* the family's
-  best member: the mean-field fixed point climbed from the guide's q and from uniform, or the exact posterior for
-  the chain family), seconds per EM iteration and per SVI step.
+  best member, experiments.gaps.family_best: per sentence the best fixed point from the prior, the guide's q and 4
+  random starts, or the exact posterior for the chain family), seconds per EM iteration and per SVI step.
 Part 2 (features): EM alone with the feature kinds switched on one group at a time: word identity only (the
   classical HMM), + suffixes, + shape flags (capitalised, digit, hyphen), all.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 import pyro
 import torch
 from vizoo.experiments.config import SVIConfig
+from vizoo.experiments.gaps import SearchOptions, family_best
 from vizoo.experiments.registry import MODELS
 from vizoo.experiments.train import train_svi
 from vizoo.models import pos_tagger as tagger
@@ -37,6 +40,7 @@ from vizoo.models.datasets import DataOptions, tagged
 from vizoo.models.exact import pos_tagger as exact
 
 ROOT = Path(__file__).resolve().parents[1]
+VB_CONCENTRATIONS = (0.1, 1.0)  # Dirichlet concentrations of the transition rows for variational Bayes
 FEATURE_SETS = {
     "word (plain HMM)": ("word",),
     "word + suffixes": ("word", "suffix1", "suffix2", "suffix3"),
@@ -82,6 +86,17 @@ def part1(x, gold, args, em_iters, svi_steps) -> dict:
     out["exact EM"] = {**scores(x, fit.params, gold), "iterations": fit.num_iters, "seconds_per_iteration": per_iter,
                        "converged": fit.converged}
     print("exact EM", out["exact EM"], flush=True)
+    for alpha in VB_CONCENTRATIONS:  # Johnson (2007): variational Bayes with a sparse Dirichlet on the transitions
+        start = time.perf_counter()
+        vb = exact.fit_vb(x, init._replace(concentration=torch.tensor(alpha, dtype=x.dtype)), max_iter=em_iters, tol=0.0)
+        per_iter = (time.perf_counter() - start) / max(vb.num_iters, 1)
+        with torch.no_grad():
+            words, lengths, _ = exact.word_ids(x)
+            chain, _ = exact.vb_e_step(x, vb.params, vb.beta, lengths)
+        out[f"VB, Dir({alpha}) transitions"] = {
+            "q": tagger.evaluate(chain.marginals.argmax(-1), gold), "bound_per_token": vb.elbo[-1] * x.shape[0] / tokens,
+            "iterations": vb.num_iters, "seconds_per_iteration": per_iter, "converged": vb.converged}
+        print("VB", alpha, out[f"VB, Dir({alpha}) transitions"], flush=True)
     for name in ("mean_field", "structured_mean_field", "amortised"):
         g = spec.guides[name]
         pyro.set_rng_seed(0)
@@ -96,12 +111,7 @@ def part1(x, gold, args, em_iters, svi_steps) -> dict:
             q = guide.probs(x, params)
             elbo = float(spec.exact.elbo(x, params, q))
             total = float(spec.exact.kl(x, params, q))
-            best = g.optimum(x, params, start=q)
-            if g.random_start is not None:  # the factorised family climbs: keep the better of two starts per sentence
-                uniform = g.optimum(x, params)
-                take = (exact.elbo(x, params, uniform) > exact.elbo(x, params, best)).long()
-                best = type(best)(*(torch.where(take.reshape(-1, *[1] * (b.dim() - 1)).bool(), u, b)
-                                    for b, u in zip(best, uniform)))
+            best = family_best(spec, g, x, params, q, SearchOptions(restarts=4)).q  # q*: per sentence, several starts
             approx = float(spec.exact.kl(x, params, best))
         out[f"SVI {name}"] = {**scores(x, params, gold, q), "steps": svi_steps, "seconds_per_step": per_step,
                               "elbo_per_token": elbo / tokens, "total_gap_per_token": total / tokens,

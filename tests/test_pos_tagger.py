@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pyro
@@ -219,3 +220,68 @@ def test_the_real_corpora_load_and_their_tags_stay_aside():
         log_p = float(spec.exact.log_evidence(data.x, init))
         total = float(spec.exact.elbo(data.x, init, q)) + float(spec.exact.kl(data.x, init, q))
     assert math.isclose(total, log_p, rel_tol=1e-10)
+
+
+# --- variational Bayes for the Dirichlet transitions (Johnson 2007) -------------------------------------------
+
+
+def test_the_vb_bound_is_its_definition_by_enumeration():
+    """At any q(A) = Dir(beta) and the optimal chain q(t), the closed-form bound of ``vb_e_step`` equals
+    E_q[log p(w, t | A)] + H[q(t)] - KL(q(A) || p(A)) + log p(W) computed independently: every tag path of every
+    sentence enumerated, E[log A] by digamma, the KL by torch.distributions."""
+    x, params = tiny(seed=4, lengths=(3, 1, 4))
+    params = params._replace(concentration=torch.tensor(0.5, dtype=torch.float64))
+    k = params.num_tags
+    beta = 0.3 + torch.rand(k, k, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    words, lengths, _ = exact.word_ids(x)
+    _, bound = exact.vb_e_step(x, params, beta, lengths)
+    e_log_a = exact.expected_log_dirichlet(beta)
+    log_pi, log_e = torch.log_softmax(params.init_logits, -1), exact.log_emission(params)
+    total = 0.0
+    for n in range(x.shape[0]):
+        length = int(lengths[n])
+        paths = torch.tensor(list(itertools.product(range(k), repeat=length)), dtype=torch.long)
+        steps = torch.arange(length)
+        score = log_pi[paths[:, 0]] + log_e[words[n, :length]][steps, paths].sum(1) + e_log_a[paths[:, :-1], paths[:, 1:]].sum(1)
+        q = torch.softmax(score, 0)  # the optimal q(t) given q(A): proportional to exp E_q(A)[log p(w, t | A)]
+        total = total + (q * score).sum() - (q * torch.log(q)).sum()
+    prior = torch.distributions.Dirichlet(torch.full((k,), 0.5, dtype=torch.float64))
+    kl = torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta), prior).sum()
+    log_p_w = -0.5 * (params.weights**2).sum() / params.weight_scale**2
+    torch.testing.assert_close(bound, total - kl + log_p_w, rtol=0, atol=1e-10)
+
+
+def test_vb_never_lowers_its_bound_and_stays_below_the_marginal_likelihood():
+    """Coordinate ascent raises the bound at every iteration (the driver raises on a fall), q(A) holds every
+    transition once; and at the end the bound is below log p(w | pi, W) + log p(W) with A integrated out,
+    estimated by averaging p(w | A) over 200,000 draws of A from its prior (one short sentence, K = 2; every
+    path enumerated per draw, checked against forward-backward on the first draws)."""
+    args = tagger.TaggerArgs(num_tags=4)
+    data = tagger.synthetic(DataOptions(name="synthetic", num_points=40, num_steps=8, vocab_size=40), args, 3)
+    x = tagger.validate_data(data.x, args)
+    init = tagger.init_params(x, args, 0)._replace(concentration=torch.tensor(0.5, dtype=torch.float64))
+    fit = exact.fit_vb(x, init, max_iter=12, tol=0.0, on_decrease="raise")
+    assert fit.num_iters == 12 and fit.elbo[-1] > fit.elbo[0] + 0.1
+    _, lengths, _ = exact.word_ids(x)
+    assert float(fit.beta.sum()) == pytest.approx(0.5 * 16 + float((lengths - 1).sum()), abs=1e-8)
+
+    x1, params = tiny(seed=2, num_tags=2, lengths=(3,))
+    params = params._replace(concentration=torch.tensor(0.7, dtype=torch.float64))
+    fitted = (fit1 := exact.fit_vb(x1, params, max_iter=30, tol=0.0, lbfgs_iters=5)).params
+    torch.manual_seed(0)
+    draws = torch.distributions.Dirichlet(torch.full((2, 2), 0.7, dtype=torch.float64)).sample((200_000,))
+    words, _, _ = exact.word_ids(x1)
+    log_e = exact.log_emission(fitted)[words[0, :3]]  # (3, 2)
+    log_pi = torch.log_softmax(fitted.init_logits, -1)
+    paths = torch.tensor(list(itertools.product(range(2), repeat=3)))
+    scores = (log_pi[paths[:, 0]] + log_e[torch.arange(3), paths].sum(1))[None] + \
+        torch.log(draws)[:, paths[:, :-1], paths[:, 1:]].sum(-1)  # (S, P): log p(w, t | A_s)
+    per_draw = torch.logsumexp(scores, -1)  # log p(w | A_s)
+    check = torch.stack([exact.forward_backward(x1, fitted._replace(trans_logits=torch.log(a))).log_evidence[0]
+                         for a in draws[:200]])
+    torch.testing.assert_close(per_draw[:200], check, rtol=0, atol=1e-10)
+    weights = torch.exp(per_draw - per_draw.max())
+    estimate = float(per_draw.max() + torch.log(weights.mean()))
+    se = float(weights.std() / weights.mean() / math.sqrt(len(weights)))  # of the log, by the delta method
+    log_p_w = float(-0.5 * (fitted.weights**2).sum() / fitted.weight_scale**2)
+    assert fit1.elbo[-1] <= estimate + log_p_w + 4 * se, (fit1.elbo[-1], estimate + log_p_w, se)

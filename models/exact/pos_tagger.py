@@ -35,8 +35,9 @@ factorised q(t) = prod_i q(t_i) (:func:`factorised`), a Markov chain with free p
 
 **Fits**, all on :func:`models.exact.em.iterate`: the factorised family's coordinate ascent
 (:func:`fit_mean_field`: each q_i = softmax(log theta[w_i] + q_{i-1} log A + log A q_{i+1}), even steps then
-odd steps), and EM (:func:`fit_em`: Baum-Welch; the M-step is closed form for pi and A and, for W, L-BFGS on
-the expected complete-data log-likelihood, concave in W, as Berg-Kirkpatrick et al.'s Algorithm 1).
+odd steps), EM (:func:`fit_em`: Baum-Welch; the M-step is closed form for pi and A and, for W, L-BFGS on
+the expected complete-data log-likelihood, concave in W, as Berg-Kirkpatrick et al.'s Algorithm 1), and
+variational Bayes for the Dirichlet transitions (:func:`fit_vb`, Johnson 2007: q(A) Dirichlet per row).
 :func:`brute_force` enumerates every tag path of one short sentence, the tests' reference.
 """
 
@@ -217,13 +218,16 @@ def _chain_chunk(log_init: Tensor, log_trans: Tensor, log_unary: Tensor, lengths
     return Chain(log_z, marginals, transitions)
 
 
-def chain(log_init: Tensor, log_trans: Tensor, log_unary: Tensor, lengths: Tensor, chunk: int = CHUNK) -> Chain:
+def chain(log_init: Tensor, log_trans: Tensor, log_unary: Tensor, lengths: Tensor, chunk: int = CHUNK,
+          normalise: bool = True) -> Chain:
     """The chain q(t) proportional to exp(log_init[t_1] + sum_i log_trans[t_i, t_{i+1}] + sum_i log_unary[i, t_i])
-    for every sentence: log_init (K,), log_trans (K, K) (normalised here), log_unary (N, T, K), lengths (N,).
+    for every sentence: log_init (K,), log_trans (K, K) (normalised here unless ``normalise`` is False: variational
+    Bayes passes E_q[log A], whose rows sum to less than one), log_unary (N, T, K), lengths (N,).
 
     Sentences sorted by length, in chunks of ``chunk``, each trimmed to its longest; differentiable."""
     log_init = torch.log_softmax(log_init, -1)
-    log_trans = torch.log_softmax(log_trans, -1)
+    if normalise:
+        log_trans = torch.log_softmax(log_trans, -1)
     n, t_max, k = log_unary.shape
     order = torch.argsort(lengths)
     parts = []
@@ -451,6 +455,84 @@ def fit_em(x: Tensor, init: TaggerParams, max_iter: int = 100, tol: float = 1e-6
     run = em.iterate(step, (init, post0), max_iter=max_iter, tol=tol, rule="relative",
                      initial=ll[0] + float(log_prior(init)) / n, on_decrease=on_decrease, name="pos_tagger.fit_em")
     return EMFit(run.state[0], ll, run.trace, run.num_steps, run.converged)
+
+
+# --------------------------------------------------------------------------- variational Bayes (Johnson 2007)
+
+
+def expected_log_dirichlet(beta: Tensor) -> Tensor:
+    """E[log A_jk] under Dir(A_j | beta_j), row by row: digamma(beta_jk) - digamma(sum_k beta_jk): (K, K)."""
+    return torch.special.digamma(beta) - torch.special.digamma(beta.sum(-1, keepdim=True))
+
+
+def dirichlet_kl(beta: Tensor, alpha: Tensor) -> Tensor:
+    """sum_j KL(Dir(beta_j) || Dir(alpha 1)), in closed form: a scalar."""
+    k = beta.shape[-1]
+    alpha = torch.as_tensor(alpha, dtype=beta.dtype)
+    total = beta.sum(-1)
+    out = torch.lgamma(total) - torch.lgamma(beta).sum(-1) - torch.lgamma(k * alpha) + k * torch.lgamma(alpha)
+    return (out + ((beta - alpha) * expected_log_dirichlet(beta)).sum(-1)).sum()
+
+
+class VBFit(NamedTuple):
+    """Variational Bayes for the transitions: q(A) = prod_j Dir(A_j | beta_j), q(t) the optimal chain, pi and W
+    point estimates (MAP for W). params: pi, W and, as trans_logits, E_q[log A] (the transitions the posterior
+    over tags uses); beta: (K, K); elbo: the bound per sentence at each iterate (the first at ``init``);
+    num_iters; converged."""
+
+    params: TaggerParams
+    beta: Tensor
+    elbo: list
+    num_iters: int
+    converged: bool
+
+
+def vb_e_step(x: Tensor, params: TaggerParams, beta: Tensor, lengths: Tensor) -> tuple[Chain, Tensor]:
+    """The optimal q(t) given q(A) = Dir(beta) (forward-backward with the sub-normalised weights exp E[log A]),
+    and the bound it attains: sum_n log Z_n - KL(q(A) || p(A)) + log p(W): a scalar."""
+    c = chain(params.init_logits, expected_log_dirichlet(beta), token_log_emission(x, params, lengths), lengths,
+              normalise=False)
+    bound = c.log_normaliser.sum() - dirichlet_kl(beta, params.concentration)
+    if float(params.weight_scale) > 0:
+        bound = bound - 0.5 * (params.weights**2).sum() / params.weight_scale**2
+    return c, bound
+
+
+def fit_vb(x: Tensor, init: TaggerParams, max_iter: int = 100, tol: float = 1e-6, lbfgs_iters: int = 30,
+           on_decrease: str = "warn") -> VBFit:
+    r"""Variational Bayes for the HMM's transitions (Johnson 2007, "Why doesn't EM find good HMM POS-taggers?"),
+    with the log-linear emissions' W and pi as point estimates, on :func:`models.exact.em.iterate`. The bound
+
+        L(q(t), q(A), pi, W) = E_q[log p(w, t | A, pi, W)] + E_q[log p(A)] + log p(W) + H[q(t)] + H[q(A)]
+                             <= log p(w | pi, W) + log p(W),   p(w | pi, W) = int p(w | A, pi, W) p(A) dA,
+
+    is raised by coordinate ascent: q(A) = Dir(concentration + expected transition counts) row by row; pi from
+    the expected initial counts; W by L-BFGS on the expected emission counts (as in EM); then q(t), the chain
+    with potentials pi, exp E[log A] (rows summing to less than one: VB's built-in sparsity) and theta, whose
+    log-normaliser gives L in closed form with q(t) optimal (:func:`vb_e_step`). Never decreases (checked by
+    the driver). A concentration below 1 favours sparse transition rows, where MAP-EM would need beta > 1."""
+    _, lengths, _ = word_ids(x)
+    n = x.shape[0]
+    beta = torch.full_like(init.trans_logits, float(init.concentration)) + 0.0
+    c, bound = vb_e_step(x, init, beta, lengths)
+
+    def step(state: tuple[TaggerParams, Tensor, Chain]) -> tuple[tuple[TaggerParams, Tensor, Chain], float]:
+        params, beta, c = state
+        beta = params.concentration + c.transitions.sum(0)
+        q = Variational(c.marginals, c.transitions, torch.zeros(n, dtype=c.marginals.dtype))
+        init_counts = c.marginals[:, 0].sum(0)
+        tiny = torch.finfo(init_counts.dtype).tiny
+        params = params._replace(init_logits=torch.log((init_counts / init_counts.sum()).clamp_min(tiny)),
+                                 weights=_fit_weights(emission_counts(x, q.marginals, params.vocab_size), params,
+                                                      lbfgs_iters))
+        c, bound = vb_e_step(x, params, beta, lengths)
+        return (params, beta, c), float(bound) / n
+
+    run = em.iterate(step, (init, beta, c), max_iter=max_iter, tol=tol, rule="relative", initial=float(bound) / n,
+                     on_decrease=on_decrease, name="pos_tagger.fit_vb")
+    params, beta, _ = run.state
+    return VBFit(params._replace(trans_logits=expected_log_dirichlet(beta)), beta, run.trace, run.num_steps,
+                 run.converged)
 
 
 # --------------------------------------------------------------------------- brute force (tests)
