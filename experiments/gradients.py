@@ -25,6 +25,8 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import Tensor, nn
 
+from .train import loss_and_grads
+
 
 def gradient_samples(model: nn.Module, guide: nn.Module, x: Tensor, num_samples: int, repeats: int, seed: int) -> Tensor:
     """(repeats, P): independent estimates of d ELBO / d lambda, each from ``num_samples`` vectorised
@@ -37,7 +39,7 @@ def gradient_samples(model: nn.Module, guide: nn.Module, x: Tensor, num_samples:
     for r in range(repeats):
         for p in everything:
             p.grad = None
-        elbo.loss_and_grads(model, guide, x)
+        loss_and_grads(elbo, model, guide, x)
         out[r] = -torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]).double()
     for p in everything:
         p.grad = None

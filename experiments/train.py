@@ -1,6 +1,6 @@
 """SVI: one loop for every model and guide.
 
-Each step estimates the ELBO and its gradient with a Pyro estimator (``loss_and_grads`` puts the
+Each step estimates the ELBO and its gradient with a Pyro estimator (:func:`loss_and_grads` puts the
 surrogate gradient on the model's and guide's parameters) and takes a torch optimiser step; a guide
 with an ``after_step`` method then takes its own closed-form step (LDA's natural-gradient lambda). With
 ``TraceEnum_ELBO`` the guide is wrapped in ``config_enumerate`` so its discrete sites are summed out
@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import pyro
 import torch
@@ -181,12 +181,64 @@ def show_bar(progress: bool, stream=None) -> bool:
         return False
 
 
+def loss_and_grads(elbo, model, guide, x: Tensor, **kwargs) -> float:
+    """The -ELBO estimate as a float, with its gradient accumulated on the parameters. Pyro's estimators that
+    have ``differentiable_loss`` go through it (the route Pyro documents for module-local parameters, its
+    ``ELBOModule``): their ``loss_and_grads`` skip the backward pass when no ``param`` site is traced, and
+    networks may emit none (:func:`models.vae.network`). The others (TraceGraph_ELBO, Analytic_ELBO)
+    backpropagate unconditionally. With one particle the two routes give the same float64 numbers."""
+    if not hasattr(elbo, "differentiable_loss"):
+        return elbo.loss_and_grads(model, guide, x, **kwargs)
+    try:
+        loss = elbo.differentiable_loss(model, guide, x, **kwargs)
+    except ValueError as err:  # TraceEnum_ELBO refuses an estimate with no gradient path: nothing to learn this step
+        if "cannot be differentiated" not in str(err):
+            raise
+        return float(loss_value(elbo, model, guide, x, **kwargs))
+    if not torch.is_tensor(loss):  # nothing to differentiate
+        return float(loss)
+    if loss.requires_grad:
+        loss.backward()
+    return loss.item()
+
+
+def loss_value(elbo, model, guide, x: Tensor, **kwargs) -> float:
+    """The -ELBO estimate alone, no gradient (a step whose estimate has no gradient path)."""
+    with torch.no_grad():
+        return elbo.loss(model, guide, x, **kwargs)
+
+
 def make_elbo(cfg: SVIConfig, max_plate_nesting: int = 1) -> ELBO:
     """The estimator. ``max_plate_nesting`` matters to TraceEnum_ELBO (where enumerated dims start); the
     others find the nesting from the model (the factorial HMM nests two plates)."""
     if cfg.elbo == "TraceEnum_ELBO":
         return TraceEnum_ELBO(num_particles=cfg.num_particles, max_plate_nesting=max_plate_nesting)
     return ELBO_CLASSES[cfg.elbo](num_particles=cfg.num_particles)
+
+
+CHECK_EVERY = 100  # steps between full checks (every parameter finite); each passing one keeps a snapshot
+
+
+def _snapshot(model: nn.Module, guide: nn.Module, optim, schedule, num_steps: int) -> dict:
+    """A copy of everything a step reads or changes (the checkpoint's contents, cloned): the state to replay from."""
+    return {
+        "step": num_steps,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "guide_state": {k: v.detach().clone() for k, v in guide.state_dict().items()},
+        "optimiser": copy.deepcopy(optim.state_dict()),  # state_dict holds the live moment tensors
+        "schedule": schedule.state_dict(), "param_store": param_store_state(), "rng": rng_state(),
+    }
+
+
+def _restore(state: dict, model: nn.Module, guide: nn.Module, optim, schedule) -> None:
+    """Put a checkpoint's or a snapshot's state back into the modules, optimiser, schedule, param store and RNGs."""
+    with torch.no_grad():
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide_state"])
+    optim.load_state_dict(copy.deepcopy(state["optimiser"]))  # it would keep (and update) the given tensors
+    schedule.load_state_dict(state["schedule"])
+    set_param_store_state(state["param_store"])
+    set_rng_state(state["rng"])
 
 
 def train_svi(
@@ -203,9 +255,18 @@ def train_svi(
     """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...).
 
     Pyro's validation is on for the first step and off after it (it costs a quarter of a small VAE step).
-    A non-finite ELBO estimate or gradient stops the run before the update (:class:`NonFiniteLoss`, naming
-    the step, the parameter and the Pyro site); an update that makes a parameter non-finite stops it too.
-    Either way no checkpoint is written after the last good one.
+
+    Numerical guards. A non-finite ELBO estimate or gradient stops the run before the update
+    (:class:`NonFiniteLoss`, naming the step, the parameter and the Pyro site); an update that makes a parameter
+    non-finite stops it too, naming the step and the parameter. No checkpoint is written after the last good
+    state, and the ELBO trace holds finite values only. The checks are split by cost: every step checks the ELBO
+    estimate (a float, already computed); every ``CHECK_EVERY`` steps, before every checkpoint and at the end,
+    every parameter is checked, and a state that passes is kept as a snapshot. When either check fails, the
+    steps since the snapshot are replayed (bit for bit, from its random state) with the gradient and the
+    parameters checked at each step, so the error names the first bad step exactly as a check at every step
+    would, and the modules are left as they were before that step's update. (A non-finite gradient makes the
+    update non-finite under SGD and Adam, so the parameter check finds it at the latest.) Checking every
+    parameter at every step cost a fifth of a small VAE step.
 
     ``checkpoint`` (an :class:`experiments.checkpoint.Checkpointer`): saves the whole training state when its
     schedule says so, when training ends (``finished``) and when Ctrl-C stops it. ``resume``: such a state;
@@ -234,19 +295,14 @@ def train_svi(
     times: list[float] = []
     offset = 0.0  # seconds spent before a resume
     if resume is not None:
-        with torch.no_grad():
-            model.load_state_dict(resume["model"])
-            guide.load_state_dict(resume["guide_state"])
-        optim.load_state_dict(copy.deepcopy(resume["optimiser"]))  # it would keep (and update) the given tensors
-        schedule.load_state_dict(resume["schedule"])
-        set_param_store_state(resume["param_store"])
-        set_rng_state(resume["rng"])
+        _restore(resume, model, guide, optim, schedule)
         trace, times = list(resume["elbo_trace"]), list(resume["times"])
         offset = times[-1] if times else 0.0
         if resume.get("finished"):
             return SVIResult(trace, len(trace), float(resume.get("wall_time", offset)), False, times)
     _check_finite(named, len(trace), desc, "before")
     optim.zero_grad(set_to_none=True)  # a guide's builder may leave gradients behind (a network pre-fitted to a start)
+    good = _snapshot(model, guide, optim, schedule, len(trace))  # the last state whose parameters were all checked
 
     def state(finished: bool) -> dict:
         return {
@@ -257,6 +313,57 @@ def train_svi(
             "elbo_trace": list(trace), "times": list(times), "wall_time": offset + time.perf_counter() - start,
         }
 
+    def step_once(step: int) -> float:
+        """One estimate and its gradient, no update: the -ELBO as a float, not yet checked."""
+        # Pyro's validation (shapes, supports, distribution arguments) checks the first step; later steps
+        # run the same code on the same kinds of values, and are guarded by the finite checks
+        with pyro.validation_enabled(step == 0):
+            loss = loss_and_grads(elbo, model, guide_fn, x, **kwargs)
+        return loss
+
+    def update() -> None:
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
+        if gamma != 1.0:
+            schedule.step()
+
+    def replay(found: str, found_step: int) -> NoReturn:
+        """Rerun the steps since the snapshot ``good`` with every check at every step, and raise the error of the
+        first bad one (the modules are left before its update). ``found``: what the cheap check saw at step
+        ``found_step``, said if the replay does not meet it again (a guide with state outside its modules)."""
+        _restore(good, model, guide, optim, schedule)
+        optim.zero_grad(set_to_none=True)  # the failed step's gradients
+        for step in range(good["step"], found_step + 1):
+            before = torch.get_rng_state()  # for the diagnosis (Pyro draws from torch's RNG)
+            loss = step_once(step)
+            if not math.isfinite(loss) and hasattr(elbo, "differentiable_loss"):
+                # its value is loss + (surrogate - surrogate.item()): NaN where the ELBO is infinite; say which
+                torch.set_rng_state(before)
+                with pyro.validation_enabled(False), torch.no_grad():
+                    loss = elbo.loss(model, guide_fn, x, **kwargs)
+            bad_grad = _non_finite_name(named, "grad")
+            if not math.isfinite(loss) or bad_grad:
+                what = f"the ELBO estimate is {-loss}" if not math.isfinite(loss) else f"the gradient of {bad_grad} is not finite"
+                site = _site_report(model, guide, x, kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
+                raise NonFiniteLoss(f"{what} at step {step} ({desc}){site}; stopped before the update")
+            update()
+            _check_finite(named, step, desc, "after the update of")
+        raise NonFiniteLoss(f"{found} ({desc}); replaying from step {good['step']} did not reproduce it")
+
+    def full_check(step: int, keep: bool = True) -> None:
+        """Every parameter finite after ``step`` steps; the state becomes the snapshot (``keep``) when they are."""
+        nonlocal good
+        if good["step"] == step:
+            return
+        bad = _non_finite_name(named)
+        if bad:
+            replay(f"parameter {bad} is not finite after the update of step {step - 1}", step - 1)
+        if keep:
+            good = _snapshot(model, guide, optim, schedule, step)
+
     interrupted = False
     clean = True  # no step was cut in half (a second Ctrl-C raises mid-step): the state is one to save
     bar = tqdm(total=cfg.steps, initial=len(trace), desc=desc, disable=not show_bar(progress), leave=False, dynamic_ncols=True)
@@ -266,30 +373,21 @@ def train_svi(
             if _STOP.is_set():  # Ctrl-C under interruptible(): stop between steps
                 interrupted = True
                 break
-            before = torch.get_rng_state()  # for the diagnosis of a non-finite step (Pyro draws from torch's RNG)
-            # Pyro's validation (shapes, supports, distribution arguments) checks the first step; later steps
-            # run the same code on the same kinds of values, and are guarded by the finite checks here
-            with pyro.validation_enabled(step == 0):
-                loss = elbo.loss_and_grads(model, guide_fn, x, **kwargs)
-            bad_grad = _non_finite_name(named, "grad")
-            if not math.isfinite(loss) or bad_grad:
-                what = f"the ELBO estimate is {-loss}" if not math.isfinite(loss) else f"the gradient of {bad_grad} is not finite"
-                site = _site_report(model, guide, x, kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
-                raise NonFiniteLoss(f"{what} at step {step} ({desc}){site}; stopped before the update")
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-            if after_step is not None:
-                with torch.no_grad():
-                    after_step()
-            _check_finite(named, step, desc, "after the update of")
-            schedule.step()
+            loss = step_once(step)
+            if not math.isfinite(loss):
+                replay(f"the ELBO estimate is {-loss} at step {step}", step)
+            update()
             trace.append(-loss / num_points)
             times.append(offset + time.perf_counter() - start)
+            if (step + 1) % CHECK_EVERY == 0:
+                full_check(step + 1)
             if checkpoint is not None and step + 1 < cfg.steps and checkpoint.due(step + 1, time.perf_counter()):
+                full_check(step + 1)
                 checkpoint.save(state(finished=False))
             if step % 10 == 0 or step == cfg.steps - 1:
                 bar.set_postfix_str(f"ELBO/point {trace[-1]:.4f}", refresh=False)
             bar.update()
+        full_check(len(trace), keep=False)  # the end, or the step boundary where Ctrl-C stopped it
     except KeyboardInterrupt:  # mid-step: the last checkpoint on disk stays the one to resume from
         interrupted, clean = True, False
     finally:

@@ -6,7 +6,9 @@ r"""Guides for the VAE (:mod:`models.vae`): the same diagonal-Gaussian family pe
   (no network). With L = 1 both guides are in one family, so on the same decoder the amortised ELBO can be
   no better than the per-point optimum: the difference is the amortisation gap.
 
-Valid estimators: ``Trace_ELBO`` and ``TraceGraph_ELBO``. Both guides are reparameterised by default;
+Valid estimators: ``Trace_ELBO`` and ``TraceGraph_ELBO``; the amortised guide's networks emit no ``param``
+statements (:func:`models.vae.network`), so train it with ``differentiable_loss(...).backward()`` (as
+``experiments.train`` does): ``Trace_ELBO.loss_and_grads`` would skip the backward pass. Both guides are reparameterised by default;
 ``reparameterised = False`` hides rsample from every site (:class:`ScoreFunctionNormal`), so the same guide is
 trained with the score-function estimator (the seed's comparison; see :mod:`experiments.gradients`).
 Both take ``subsample_size`` (minibatches) or ``subsample`` (given point indices) for their plate.
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..models.exact.ppca import GaussianQ
-from ..models.vae import GaussianLayer
+from ..models.vae import GaussianLayer, network
 from .nets import Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO")
@@ -71,10 +73,11 @@ class Amortised(PyroModule):
         return out
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+        first, up = network(self, "first"), network(self, "up")  # no param statements (see models.vae.network)
         with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
-            loc, scale = self.first(self.standardise(x[idx]))
+            loc, scale = first(network(self, "standardise")(x[idx]))
             h = pyro.sample("h1", _normal(loc, scale, self.reparameterised))
-            for l, layer in enumerate(self.up):
+            for l, layer in enumerate(up):
                 loc, scale = layer(h)
                 h = pyro.sample(f"h{l + 2}", _normal(loc, scale, self.reparameterised))
 
