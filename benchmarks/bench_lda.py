@@ -10,14 +10,20 @@ Methods, each with seeds 0, 1, 2 (its own initialisation; the split stays), scor
 the whole corpus; models.lda.topic_usage: each topic's share of the training tokens, largest cosine):
   sklearn batch   LatentDirichletAllocation, learning_method="batch", max_iter=30 (its documented default
                   is 10; 30 is the issue's reference), on the scipy CSR matrix
-  sklearn online  learning_method="online", batch_size=256, total_samples = number of training documents,
-                  learning_offset --online-offset (10, its default; not tuned yet), --online-passes passes (10)
+  sklearn online  learning_method="online", batch_size=256, total_samples = number of training documents
+                  (fit ignores it; partial_fit uses it), learning_offset --online-offset (10, its default: the best
+                  of 10, 64, 256, 1024 measured, see docs/models/lda.md), --online-passes passes (10)
   CAVI            models.lda.fit_cavi: every document iterated to convergence per sweep (mean change of
                   gamma_d < 1e-3, at most 100 updates, warm started), then lambda; --cavi-sweeps sweeps
   SVI mean-field  guides.lda.mean_field(local="cavi"): Hoffman et al.'s SVI in Pyro (TraceEnum_ELBO): each
                   minibatch's documents by converged CAVI from their own last gamma, lambda by the natural step
   SVI amortised   guides.lda.amortised(local="cavi"): the same, each document's CAVI started from the
                   network's gamma, the network fitted to where CAVI converges
+  SVI amortised + CAVI     the semi-amortised hybrid: SVI amortised for --hybrid-passes (1) passes of
+                  --hybrid-batch (1,024) documents, rho_t = (--hybrid-offset (1) + t)^-(--hybrid-decay (0.9)), then
+                  guide_args finish_sweeps (--finish-sweeps, 24) full-corpus CAVI sweeps, the first
+                  --finish-restarts (6) restarting every document from the network's gamma, the rest warm
+  SVI mean-field + CAVI    the same with the mean-field guide (restarts from gamma = 1); not in the default run
   SVI amortised (network)  the lda_news config's guide (refine = 10 differentiable updates), for reference
 CPU time is time.process_time() of the fitting alone, with torch and BLAS on one thread (OMP_NUM_THREADS=1,
 torch.set_num_threads(1)); wall time beside it (the machine may be shared).
@@ -87,6 +93,8 @@ def method_sklearn(x, seed, **kw):
     from vizoo.models import lda
 
     xs = to_scipy(x)
+    if "total_samples" in kw:  # online: the corpus size, so each minibatch's statistics scale by D / B
+        kw["total_samples"] = xs.shape[0]
     sk, cpu, wall = timed(lambda: LatentDirichletAllocation(K, doc_topic_prior=1 / K, topic_word_prior=1 / K,
                                                             random_state=seed, **kw).fit(xs))
     alpha = torch.full((K,), 1.0 / K, dtype=torch.float64)
@@ -141,12 +149,20 @@ def methods(args):
     return {
         "sklearn batch": (method_sklearn, {"learning_method": "batch", "max_iter": 30}),
         "sklearn online": (method_sklearn, {"learning_method": "online", "batch_size": 256, "max_iter": args.online_passes,
-                                            "learning_offset": args.online_offset}),
+                                            "learning_offset": args.online_offset, "total_samples": None}),
         "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps}),
         "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                         "learning_offset": args.svi_offset}),
         "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                        "hidden": (100,), "learning_offset": args.svi_offset}),
+        "SVI amortised + CAVI": (method_svi, {"kind": "amortised", "passes": args.hybrid_passes, "batch": args.hybrid_batch,
+                                              "local": "cavi", "hidden": (100,), "learning_offset": args.hybrid_offset,
+                                              "learning_decay": args.hybrid_decay, "finish_sweeps": args.finish_sweeps,
+                                              "finish_restarts": args.finish_restarts}),
+        "SVI mean-field + CAVI": (method_svi, {"kind": "mean_field", "passes": args.hybrid_passes, "batch": args.hybrid_batch,
+                                               "local": "cavi", "learning_offset": args.hybrid_offset,
+                                               "learning_decay": args.hybrid_decay, "finish_sweeps": args.finish_sweeps,
+                                               "finish_restarts": args.finish_restarts}),
         "SVI amortised (network)": (method_svi, {"kind": "amortised", "passes": 11, "batch": 256, "hidden": (100,),
                                                  "refine": 10, "lr": 5e-4}),
     }
@@ -189,8 +205,11 @@ def summary(rows: list[dict]) -> list[dict]:
 _MEMORY_CHILD = r"""
 import sys, time, torch, pyro
 torch.set_num_threads(1)
-sys.path.insert(0, {bench!r})
-from bench_lda import load_corpus
+import importlib.util
+spec = importlib.util.spec_from_file_location("bench_lda", {bench!r})  # this file, by path: not an installed module
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+load_corpus = bench.load_corpus
 from vizoo.experiments.config import SVIConfig
 from vizoo.experiments.train import train_svi
 from vizoo.guides import lda as lda_guides
@@ -222,7 +241,7 @@ def part_memory() -> list[dict]:
     rows = []
     for tiles in (1, 10):
         for batch in (64, 256, 1024):
-            code = _MEMORY_CHILD.format(bench=str(ROOT / "benchmarks"), tiles=tiles, batch=batch)
+            code = _MEMORY_CHILD.format(bench=str(Path(__file__).resolve()), tiles=tiles, batch=batch)
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
             base, peak, step = float(out[0]), float(out[1]), float(out[2])
@@ -240,11 +259,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="1,2")
     parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--methods", default="sklearn batch,sklearn online,CAVI,SVI mean-field,SVI amortised")
+    parser.add_argument("--methods", default="sklearn batch,sklearn online,CAVI,SVI mean-field,SVI amortised,SVI amortised + CAVI")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cavi-sweeps", type=int, default=30)
-    parser.add_argument("--svi-passes", type=float, default=10)
+    parser.add_argument("--svi-passes", type=float, default=5)
     parser.add_argument("--svi-offset", type=float, default=10.0)
+    parser.add_argument("--hybrid-passes", type=float, default=1)
+    parser.add_argument("--hybrid-batch", type=int, default=1024)
+    parser.add_argument("--hybrid-offset", type=float, default=1.0)
+    parser.add_argument("--hybrid-decay", type=float, default=0.9)
+    parser.add_argument("--finish-sweeps", type=int, default=24)
+    parser.add_argument("--finish-restarts", type=int, default=6)
     parser.add_argument("--online-passes", type=int, default=10)
     parser.add_argument("--online-offset", type=float, default=10.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lda.json"))

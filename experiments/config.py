@@ -60,6 +60,12 @@ class GuideArgs:
         natural-gradient step) or "gradient" (the optimiser, on the Monte Carlo gradient).
     reparameterised: the VAE's guides: false hides rsample from their sites, so Trace_ELBO falls back to
         the score-function estimator (same family, same objective, a different gradient estimate).
+    local: LDA's guides: how each minibatch's q(theta_d), q(z_d) are set; unset: the guide's own default
+        ("gradient" for mean_field, "network" for amortised); "cavi": CAVI document updates to convergence
+        (Hoffman et al.'s stochastic VI; the amortised guide starts them from its network).
+    learning_offset, learning_decay: LDA's natural step size rho_t = (learning_offset + t)^-learning_decay.
+    finish_sweeps, finish_restarts: LDA's guides: full-corpus CAVI sweeps after the last SVI step (0: none),
+        the first finish_restarts of them (unset: all) restarting every document (see guides/lda.py).
     Each guide's builder gets the keys it takes; a key that no guide of the run takes must stay at its
     default (the run refuses it otherwise).
     """
@@ -70,6 +76,11 @@ class GuideArgs:
     refine: int = 0
     topic_step: str = "natural"
     reparameterised: bool = True
+    local: str | None = None
+    learning_offset: float = 10.0
+    learning_decay: float = 0.7
+    finish_sweeps: int = 0
+    finish_restarts: int | None = None
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -82,6 +93,11 @@ class GuideArgs:
             raise ValueError(f"guide_args.refine must be >= 0, got {self.refine}")
         if self.topic_step not in ("natural", "gradient"):
             raise ValueError(f"guide_args.topic_step must be 'natural' or 'gradient', got {self.topic_step!r}")
+        if self.local not in (None, "gradient", "network", "cavi"):
+            raise ValueError(f"guide_args.local must be 'gradient', 'network' or 'cavi', got {self.local!r}")
+        if self.finish_sweeps < 0 or (self.finish_restarts is not None and self.finish_restarts < 1):
+            raise ValueError(f"guide_args.finish_sweeps must be >= 0 and finish_restarts >= 1, got "
+                             f"{self.finish_sweeps}, {self.finish_restarts}")
 
     def for_builder(self, build) -> dict:
         """The options ``build`` takes."""

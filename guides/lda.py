@@ -28,6 +28,12 @@ proportions, in :meth:`after_step`) to the converged gamma of each step's docume
 grows with the corpus and the start improves as training goes on. Nothing local then takes a
 gradient step, and the counts are touched only through their non-zero entries (x may be sparse).
 
+``finish_sweeps`` (either guide, natural topic step): after the last SVI step, full-corpus CAVI sweeps from
+the SVI lambda (:meth:`_Topics.finish`, run once at the first :meth:`topic_params` or :meth:`variational`),
+the first ``finish_restarts`` restarting every document (amortised: from the network's gamma; mean-field:
+from gamma = 1). This semi-amortised hybrid is batch CAVI seeded by SVI; on the news corpus it keeps every
+topic alive but does not reach scikit-learn's batch perplexity at its CPU time (docs/models/lda.md).
+
 Valid estimators: Trace_ELBO and TraceGraph_ELBO (score-function gradients for z, reparameterised
 Dirichlet samples for theta and beta) and TraceEnum_ELBO (z summed out exactly in the guide: only theta
 and beta are sampled; the configs use it). Not TraceMeanField_ELBO: z is discrete.
@@ -72,7 +78,8 @@ class _Topics(PyroModule):
     """
 
     def _init_topics(self, init: LDAParams, topic_step: str = "natural", learning_offset: float = LEARNING_OFFSET,
-                     learning_decay: float = LEARNING_DECAY) -> None:
+                     learning_decay: float = LEARNING_DECAY, x=None, finish_sweeps: int = 0,
+                     finish_restarts: int | None = None) -> None:
         if topic_step not in TOPIC_STEPS:
             raise ValueError(f"topic_step must be one of {TOPIC_STEPS}, got {topic_step!r}")
         if not (learning_offset >= 0 and 0.5 < learning_decay <= 1):
@@ -90,6 +97,47 @@ class _Topics(PyroModule):
         else:
             self.lam = PyroParam(init.lam.detach().clone(), constraint=constraints.positive)
         self._stats: list[Tensor] = []
+        if finish_sweeps < 0:
+            raise ValueError(f"finish_sweeps must be >= 0, got {finish_sweeps}")
+        if finish_sweeps and not self.natural:
+            raise ValueError("finish_sweeps needs bayesian topics and topic_step = 'natural'")
+        self.finish_sweeps = int(finish_sweeps)
+        self.finish_restarts = self.finish_sweeps if finish_restarts is None else int(finish_restarts)
+        if self.finish_restarts < 1 and finish_sweeps:
+            raise ValueError(f"finish_restarts must be >= 1, got {finish_restarts}")
+        self._corpus = x if finish_sweeps else None  # the training corpus, for the finishing sweeps (not state)
+        if finish_sweeps:  # state (a resumed run must not finish twice); absent otherwise, as in older checkpoints
+            self.register_buffer("finished", torch.zeros((), dtype=torch.bool))
+        else:
+            self.finished = torch.zeros((), dtype=torch.bool)
+
+    def _finish_start(self, e) -> Tensor:
+        """gamma: (D, K) where the first finishing sweep starts every document."""
+        return torch.ones(e.num_docs, self.num_topics, dtype=e.count.dtype)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """The semi-amortised finish (``finish_sweeps`` > 0), run once, after the last SVI step (the first call
+        of :meth:`topic_params` or :meth:`variational`): ``finish_sweeps`` full-corpus CAVI sweeps from the SVI
+        lambda, each document converged (:func:`models.exact.lda.doc_step`), each sweep ending with
+        lambda = eta + sum_d n_dv phi_dvk. The first ``finish_restarts`` sweeps (default: all) start every
+        document afresh from :meth:`_finish_start` (the amortised guide: the network's gamma, the network as
+        SVI left it; the mean-field guide: gamma = 1, as scikit-learn's batch E-step); the later ones warm
+        start from the previous sweep (cheaper; warm starts from the first sweeps lock documents into the
+        topics they first took). This is batch CAVI seeded by SVI, and costs
+        ``finish_sweeps`` passes over the corpus; the local factors of training documents then come from
+        the last sweep."""
+        if not self.finish_sweeps or bool(self.finished):
+            return
+        e = corpus_entries(self._corpus)
+        gamma = None
+        for sweep in range(self.finish_sweeps):
+            start = self._finish_start(e) if sweep < self.finish_restarts else gamma
+            step = exact.doc_step(e, self.alpha, self._e_log_topics(), start, self.doc_tol, self.max_doc_iters)
+            gamma = step.gamma
+            self.lam.copy_(self.eta + step.topic_stats)
+        self._finished_gamma = step.gamma
+        self.finished.fill_(True)
 
     def after_step(self) -> None:
         """The natural-gradient step for lambda (topic_step="natural"), from the statistics of the
@@ -134,7 +182,9 @@ class _Topics(PyroModule):
             pyro.sample("z", dist.Categorical(logits=logits))
 
     def topic_params(self, params: LDAParams) -> LDAParams:
-        """The model's parameters with this guide's lambda filled in (bayesian topics)."""
+        """The model's parameters with this guide's lambda filled in (bayesian topics; after the finishing
+        sweeps, when ``finish_sweeps`` > 0)."""
+        self.finish()
         return LDAParams(params.alpha, params.eta, params.beta, None if self.lam is None else self.lam)
 
 
@@ -147,9 +197,10 @@ class MeanField(_Topics):
 
     def __init__(self, x, init: LDAParams, gamma: Tensor, phi_logits: Tensor | None, topic_step: str = "natural",
                  local: str = "gradient", doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
-                 learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY):
+                 learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY, finish_sweeps: int = 0,
+                 finish_restarts: int | None = None):
         super().__init__()
-        self._init_topics(init, topic_step, learning_offset, learning_decay)
+        self._init_topics(init, topic_step, learning_offset, learning_decay, x, finish_sweeps, finish_restarts)
         self.local, self.doc_tol, self.max_doc_iters = local, doc_tol, max_doc_iters
         if local == "cavi":  # a parameter the optimiser never moves (no gradient reaches it): CAVI does
             self.gamma = nn.Parameter(gamma.detach().clone())
@@ -177,6 +228,9 @@ class MeanField(_Topics):
     @torch.no_grad()
     def variational(self, x) -> tuple[Tensor, Tensor]:
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
+        self.finish()
+        if self.finished and x is self._corpus and self.local == "cavi" and hasattr(self, "_finished_gamma"):
+            self.gamma.copy_(self._finished_gamma)
         if self.local == "cavi":
             e = corpus_entries(x)
             return self.gamma.detach(), torch.softmax(torch.digamma(self.gamma)[e.doc] + self._e_log_topics()[:, e.word].T, -1)
@@ -189,9 +243,10 @@ class Amortised(_Topics):
     def __init__(self, x, init: LDAParams, hidden: Sequence[int], word_topic: Tensor, refine: int = 0,
                  topic_step: str = "natural", local: str = "network", doc_tol: float = exact.DOC_TOL,
                  max_doc_iters: int = exact.MAX_DOC_ITERS, learning_offset: float = LEARNING_OFFSET,
-                 learning_decay: float = LEARNING_DECAY, net_lr: float = 1e-3):
+                 learning_decay: float = LEARNING_DECAY, net_lr: float = 1e-3, finish_sweeps: int = 0,
+                 finish_restarts: int | None = None):
         super().__init__()
-        self._init_topics(init, topic_step, learning_offset, learning_decay)
+        self._init_topics(init, topic_step, learning_offset, learning_decay, x, finish_sweeps, finish_restarts)
         self.local, self.doc_tol, self.max_doc_iters = local, doc_tol, max_doc_iters
         e = corpus_entries(x)
         self.net = MLP(e.num_words, hidden, init.num_topics).to(e.count.dtype)
@@ -202,6 +257,10 @@ class Amortised(_Topics):
         # point topics: a learned table (the guide cannot see the model's beta).
         self.word_topic = None if init.bayesian else nn.Parameter(word_topic.detach().clone())
         self.refine = refine
+
+    def _finish_start(self, e) -> Tensor:
+        """The network's gamma_d = alpha + N_d softmax(f(log(1 + x_d))) for every document."""
+        return self.alpha + e.lengths[:, None] * self.proportions(e, torch.arange(e.num_docs))
 
     def word_table(self) -> Tensor:
         """U: (V, K), the word terms of phi's update."""
@@ -274,6 +333,7 @@ class Amortised(_Topics):
     @torch.no_grad()
     def variational(self, x) -> tuple[Tensor, Tensor]:
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
+        self.finish()
         e = corpus_entries(x)
         gamma, logits = self.local_params(x, torch.arange(e.num_docs), torch.arange(e.doc.shape[0]), e.doc)
         return gamma, torch.softmax(logits, -1)
@@ -289,26 +349,31 @@ def _doc_fixed_point(x, init: LDAParams) -> Tensor:
     return exact.fixed_topics_gamma(x, init.alpha, _log_topics(init))
 
 
-def _check_local(kind: str, local: str, init: LDAParams) -> None:
+def _check_local(kind: str, local: str | None, init: LDAParams) -> str:
+    """The guide's local step (None: its default, the first of LOCAL_STEPS[kind]), checked."""
+    local = LOCAL_STEPS[kind][0] if local is None else local
     if local not in LOCAL_STEPS[kind]:
         raise ValueError(f"local must be one of {LOCAL_STEPS[kind]} for the {kind} guide, got {local!r}")
     if local == "cavi" and not init.bayesian:
         raise ValueError("local = 'cavi' needs bayesian topics (model_args.topics = 'bayesian')")
+    return local
 
 
 def mean_field(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average", topic_step: str = "natural", local: str = "gradient",
+               baseline: str = "average", topic_step: str = "natural", local: str | None = "gradient",
                doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
-               learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY) -> MeanField:
+               learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY,
+               finish_sweeps: int = 0, finish_restarts: int | None = None) -> MeanField:
     """Free gamma and phi per document and entry. start="uniform": phi uniform and gamma = alpha + N_d / K
     (CAVI's start); "posterior": gamma and phi at CAVI's document fixed point for the initial topics.
     local="gradient": gamma and phi move by the optimiser; "cavi": Hoffman et al.'s SVI, gamma by
     converged CAVI document updates each time its document is drawn (``doc_tol``, ``max_doc_iters``),
-    lambda by the natural step with rho_t = (learning_offset + t)^-learning_decay.
+    lambda by the natural step with rho_t = (learning_offset + t)^-learning_decay. ``finish_sweeps``,
+    ``finish_restarts``: full-corpus CAVI sweeps after SVI (:meth:`_Topics.finish`).
     ``hidden`` and ``baseline`` do not apply (TraceGraph_ELBO uses no baseline for z here)."""
     if baseline != "average":
         raise ValueError(f"baseline={baseline!r} does not apply to LDA's guides (only the default 'average')")
-    _check_local("mean_field", local, init)
+    local = _check_local("mean_field", local, init)
     e = corpus_entries(x)
     k = init.num_topics
     if start == "posterior":
@@ -318,27 +383,28 @@ def mean_field(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "
         gamma = init.alpha + e.lengths[:, None] / k
         logits = torch.zeros(e.doc.shape[0], k, dtype=e.count.dtype)
     return MeanField(x, init, gamma, None if local == "cavi" else logits, topic_step, local, doc_tol, max_doc_iters,
-                     learning_offset, learning_decay)
+                     learning_offset, learning_decay, finish_sweeps, finish_restarts)
 
 
 def amortised(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-              baseline: str = "average", refine: int = 0, topic_step: str = "natural", local: str = "network",
+              baseline: str = "average", refine: int = 0, topic_step: str = "natural", local: str | None = "network",
               doc_tol: float = exact.DOC_TOL, max_doc_iters: int = exact.MAX_DOC_ITERS,
               learning_offset: float = LEARNING_OFFSET, learning_decay: float = LEARNING_DECAY,
-              net_lr: float = 1e-3) -> Amortised:
+              net_lr: float = 1e-3, finish_sweeps: int = 0, finish_restarts: int | None = None) -> Amortised:
     """gamma from an MLP (``hidden`` sizes) on log(1 + x_d); phi by CAVI's update with a learned word
     table U, which starts at E[log beta] of the initial topics. start="posterior" first fits the network
     to CAVI's document fixed point at the initial topics (least squares on the proportions).
     local="network": then ``refine`` differentiable CAVI document updates, the network trained by the
     ELBO's gradient; "cavi": CAVI document updates to convergence from the network's gamma, the network
-    fitted to where they converge (its own Adam, ``net_lr``), lambda by the natural step."""
+    fitted to where they converge (its own Adam, ``net_lr``), lambda by the natural step. ``finish_sweeps``,
+    ``finish_restarts``: full-corpus CAVI sweeps after SVI, restarts from the network (:meth:`_Topics.finish`)."""
     if baseline != "average":
         raise ValueError(f"baseline={baseline!r} does not apply to LDA's guides (only the default 'average')")
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
-    _check_local("amortised", local, init)
+    local = _check_local("amortised", local, init)
     guide = Amortised(x, init, hidden, _log_topics(init).T, refine, topic_step, local, doc_tol, max_doc_iters,
-                      learning_offset, learning_decay, net_lr)
+                      learning_offset, learning_decay, net_lr, finish_sweeps, finish_restarts)
     if start == "posterior":
         e = corpus_entries(x)
         target = _doc_fixed_point(e, init)

@@ -244,7 +244,7 @@ def test_natural_step_is_hoffmans_update(corpus, batch):
 
 
 def test_sparse_and_dense_paths_agree(corpus):
-    x, truth = corpus
+    x, _ = corpus
     init = lda.init_params(x, lda.LDAArgs(num_topics=3), 0)
     dense = lda.fit_cavi(x, init, max_iter=20, tol=0.0)
     sparse = lda.fit_cavi(x.to_sparse_csr(), init, max_iter=20, tol=0.0)
@@ -281,3 +281,35 @@ def test_every_true_topic_stays_alive(kind):
         fitted = guide.topic_params(model.params).detach()
     use = lda.topic_usage(x, fitted)
     assert use["min_share"] > 1 / (4 * k) and use["max_cosine"] < 0.9, use
+
+
+def test_finishing_sweeps_are_cavi_from_the_svi_topics(corpus):
+    """finish_sweeps (the semi-amortised hybrid): the first call of topic_params runs the sweeps once, from
+    the SVI lambda, the first finish_restarts sweeps starting every document from the network's gamma,
+    the rest warm; the result is exactly those doc_step sweeps. The options reach the builder from the
+    config's guide_args."""
+    from vizoo.experiments.config import GuideArgs
+
+    x, _ = corpus
+    x = x.to_sparse_csr()
+    init = lda.init_params(x, lda.LDAArgs(num_topics=3, alpha=0.5), 0)
+    args = GuideArgs(hidden=(8,), local="cavi", learning_offset=1.0, learning_decay=0.9, finish_sweeps=3, finish_restarts=2)
+    kw = args.for_builder(lda_guides.amortised)
+    assert kw["local"] == "cavi" and kw["finish_sweeps"] == 3 and kw["finish_restarts"] == 2
+    pyro.set_rng_seed(0)
+    model, guide = lda.LDA(init), lda_guides.amortised(x, init, **kw)
+    train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=3, batch_size=50), seed=1, progress=False)
+    assert not bool(guide.finished)
+    e = exact.entries(x)
+    lam = guide.lam.clone()
+    with torch.no_grad():
+        start = init.alpha + e.lengths[:, None] * guide.proportions(e, torch.arange(e.num_docs))
+    gamma = None
+    for sweep in range(3):
+        step = exact.doc_step(e, init.alpha, exact._expected_log_dirichlet(lam), start if sweep < 2 else gamma)
+        gamma, lam = step.gamma, init.eta + step.topic_stats
+    fitted = guide.topic_params(model.params).lam
+    torch.testing.assert_close(fitted, lam, rtol=1e-12, atol=1e-12)
+    assert bool(guide.finished)
+    torch.testing.assert_close(guide.topic_params(model.params).lam, lam, rtol=0, atol=0)  # once only
+    assert lda_guides.mean_field(x, init, **GuideArgs().for_builder(lda_guides.mean_field)).local == "gradient"
