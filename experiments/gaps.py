@@ -144,7 +144,7 @@ def gap_split(spec: ModelSpec, g: GuideSpec, x: torch.Tensor, params: Any, guide
     log_p = float(exact.log_evidence(x, params)) / n
     q = guide.probs(x, params) if hasattr(guide, "probs") else None
     found = family_best(spec, g, x, params, q, options)
-    best_elbo = float(exact.elbo(x, params, found.q)) / n
+    best_elbo = float(found.elbo.sum()) / n if found.elbo is not None else float(exact.elbo(x, params, found.q)) / n
     if q is not None:
         elbo_q = float(exact.elbo(x, params, q)) / n
         total = float(exact.kl(x, params, q)) / n

@@ -192,7 +192,7 @@ def validate_data(x, args: TaggerArgs) -> Tensor:
     if x.dim() != 3 or x.shape[-1] != len(COLUMNS) or x.numel() == 0:
         raise DataError(f"tokens must be (num_sentences, num_steps, {len(COLUMNS)}): per token {', '.join(COLUMNS)}; "
                         f"got shape {tuple(x.shape)}")
-    if x.is_complex() or not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+    if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)):  # complex too
         raise DataError(f"tokens must be real numbers (integer ids, NaN padding), got dtype {x.dtype}")
     x = x.to(torch.float64)
     try:
