@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..models.exact.ppca import GaussianQ
-from ..models.vae import GaussianLayer, network
+from ..models.vae import GaussianLayer, network, rows
 from .nets import Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO")
@@ -75,7 +75,7 @@ class Amortised(PyroModule):
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         first, up = network(self, "first"), network(self, "up")  # no param statements (see models.vae.network)
         with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
-            loc, scale = first(network(self, "standardise")(x[idx]))
+            loc, scale = first(network(self, "standardise")(rows(x, idx)))
             h = pyro.sample("h1", _normal(loc, scale, self.reparameterised))
             for l, layer in enumerate(up):
                 loc, scale = layer(h)

@@ -34,6 +34,7 @@ sets (digits, MNIST, Fashion-MNIST) are loaded by :mod:`models.datasets.images`.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -103,6 +104,26 @@ def network(module: nn.Module, name: str) -> nn.Module:
     does read them: ``Trace_ELBO.loss_and_grads`` backpropagates only when some ``param`` site exists, so
     train these modules with ``differentiable_loss(...).backward()``, as ``experiments.train`` does.)"""
     return nn.Module.__getattr__(module, name)
+
+
+_LAST_ROWS: list = []  # [weakref to x, x's version, weakref to idx, x[idx]]: the last rows taken, see rows()
+
+
+def rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]``, the plate's points, taken once per ELBO estimate. Trace_ELBO runs the guide and then the model
+    replayed on the guide's trace, so both plates hand out the very same index tensor: the second call returns
+    the first call's copy (one slot, keyed by the identity of ``x`` and ``idx``, held by weak references, and by
+    ``x``'s version counter, so an in-place change to ``x`` is never missed). A plate over all the points in
+    order gives ``x`` itself. Taking the rows twice cost about 0.5 ms of a 17 ms step (L = 1, batch 500)."""
+    if x.requires_grad:
+        return x[idx]
+    if len(idx) == x.shape[0] and torch.equal(idx, torch.arange(len(idx), device=idx.device)):
+        return x
+    if _LAST_ROWS and _LAST_ROWS[0]() is x and _LAST_ROWS[2]() is idx and _LAST_ROWS[1] == x._version:
+        return _LAST_ROWS[3]
+    out = x[idx]
+    _LAST_ROWS[:] = [weakref.ref(x), x._version, weakref.ref(idx), out]
+    return out
 
 
 class GaussianLayer(nn.Module):
@@ -179,7 +200,7 @@ def model(x: Tensor, decoder: Decoder, subsample_size: int | None = None, subsam
         for l in reversed(range(depth - 1)):  # h^{l+2} -> h^{l+1}
             loc, scale = layers[l](h)
             h = pyro.sample(f"h{l + 1}", dist.Normal(loc, scale).to_event(1))
-        pyro.sample("x", decoder.likelihood(h), obs=x[idx])
+        pyro.sample("x", decoder.likelihood(h), obs=rows(x, idx))
 
 
 def validate_data(x, args: VAEArgs) -> Tensor:

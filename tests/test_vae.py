@@ -305,3 +305,18 @@ def test_a_test_set_with_another_image_size_is_refused():
     spec_odd = dataclasses.replace(spec, datasets={"digits": lambda opts, a, seed: odd})
     with pytest.raises(DataError, match="the test set has 63 columns .* the training data 64"):
         spec_odd.load(DataOptions(name="digits"), args, 0)
+
+
+def test_rows_taken_once_and_never_stale():
+    """models.vae.rows: the guide's and the model's plates share one copy of x[idx] per estimate, and the memo never
+    returns rows that differ from x[idx] (another index tensor, an in-place change of x, a permutation of all points)."""
+    x = torch.arange(12.0).reshape(6, 2)
+    idx = torch.tensor([4, 1, 3])
+    first = vae.rows(x, idx)
+    assert vae.rows(x, idx) is first  # the second plate of the same estimate: the same copy
+    assert torch.equal(vae.rows(x, idx.clone()), x[idx])  # an equal index tensor that is another object
+    x[1, 0] = -7.0  # an in-place change bumps x's version: the memo must not answer
+    assert torch.equal(vae.rows(x, idx), x[idx]) and float(vae.rows(x, idx)[1, 0]) == -7.0
+    assert vae.rows(x, torch.arange(6)) is x  # every point, in order: x itself, no copy
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+    assert torch.equal(vae.rows(x, perm), x[perm])  # every point, reordered: a real gather
