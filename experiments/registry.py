@@ -369,6 +369,51 @@ MODELS: dict[str, ModelSpec] = {
             describe=lambda args: f"K={args.num_tags} tags, features {'+'.join(args.features)}",
             describe_fit=pos_tagger.describe_fit,
             real_valued=False,
+            label_metrics=pos_tagger.label_metrics,
+        ),
+        ModelSpec(
+            name="pos_tagger_vb",
+            summary="Log-linear part-of-speech tagger with Bayesian transitions: A ~ Dir(concentration) row by row, "
+                    "q(A) Dirichlet beside q(t) (variational Bayes, Johnson 2007)",
+            args_type=pos_tagger.TaggerVBArgs,
+            model=pos_tagger.model_vb,
+            learnable=lambda init, args: pos_tagger.TaggerVB(init),
+            simulate=pos_tagger.simulate,
+            validate=pos_tagger.validate_data,
+            init_params=pos_tagger.init_params,
+            guides={
+                "mean_field": GuideSpec(
+                    "mean_field", "q(A) prod_i Cat(t_i): Dirichlet rows, tags fully factorised, free per token",
+                    pos_tagger_guides.mean_field_vb, pos_tagger_guides.VALID_ELBOS, pos_tagger_guides.WHY_NOT,
+                ),
+                "structured_mean_field": GuideSpec(
+                    "structured_mean_field", "q(A) q(t): Dirichlet rows, a Markov chain per sentence with free "
+                    "pseudo-emissions", pos_tagger_guides.structured_mean_field_vb, pos_tagger_guides.VALID_ELBOS,
+                    pos_tagger_guides.WHY_NOT,
+                ),
+                "amortised": GuideSpec(
+                    "amortised", "q(A) q(t | sentence): Dirichlet rows, the chain's pseudo-emissions from a "
+                    "bidirectional GRU", pos_tagger_guides.amortised_vb, pos_tagger_guides.VALID_ELBOS,
+                    pos_tagger_guides.WHY_NOT,
+                ),
+            },
+            exact=ExactReference(
+                fit=lambda x, init, args, max_iter, tol: pos_tagger_exact.fit_vb(x, init, max_iter, tol),
+                method="VB (Johnson 2007; L-BFGS for W)",
+                objective="ELBO",
+            ),
+            datasets={
+                "synthetic": pos_tagger.synthetic,
+                "oanc": datasets.load_oanc,
+                "wsj": datasets.load_wsj,
+            },
+            describe=lambda args: f"K={args.num_tags} tags, Dir({args.concentration:g}) transitions, "
+                                  f"features {'+'.join(args.features)}",
+            describe_fit=pos_tagger.describe_fit,
+            real_valued=False,
+            fitted=lambda model, guide: guide.fitted_params(model.params).detach(),
+            bound=lambda x, fitted, guide: guide.analytic_elbo(x, fitted).detach(),
+            label_metrics=pos_tagger.label_metrics,
         ),
     )
 }

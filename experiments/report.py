@@ -212,14 +212,21 @@ def drop_empty_columns(table: str, empty: str = "–") -> str:
                      for i, r in enumerate(cells))
 
 
-def heldout_table(metrics: dict[str, Any]) -> str:
-    """Markdown table of the model's held-out metrics, one row per method (same evaluation for all)."""
-    heldout = metrics["heldout"]
-    names = list(dict.fromkeys(k for values in heldout.values() for k in values))  # every metric, first-seen order
+def heldout_table(metrics: dict[str, Any], key: str = "heldout") -> str:
+    """Markdown table of the model's held-out metrics (or, key="labels", its agreement with the true labels),
+    one row per method (same evaluation for all)."""
+    table = metrics[key]
+    names = list(dict.fromkeys(k for values in table.values() for k in values))  # every metric, first-seen order
     rows = ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for method, values in heldout.items():
+    for method, values in table.items():
         rows.append(f"| {method} | " + " | ".join(f"{values[k]:.4g}" if k in values else "–" for k in names) + " |")
     return "\n".join(rows)
+
+
+def labels_table(metrics: dict[str, Any]) -> str:
+    """Markdown table of each method's agreement with the data's true labels (e.g. the tagger's many-to-one and
+    one-to-one accuracies and V-measure against gold tags)."""
+    return heldout_table(metrics, "labels")
 
 
 def _f(v: float | None, signed: bool = False, se: float | None = None) -> str:

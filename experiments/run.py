@@ -396,10 +396,17 @@ def _execute(prep: Prepared, writer: RunWriter | None, states: dict[str, dict] |
             metrics["heldout"][method] = spec.heldout(x, x_test, params, cfg.seed, guide=trained.get(method),
                                                       samples=cfg.eval.importance_samples, refit_steps=cfg.eval.refit_steps)
             log(f"held out, {method}: " + ", ".join(f"{k} = {v:.4g}" for k, v in metrics["heldout"][method].items()))
+    if spec.label_metrics is not None and data.labels is not None and not cfg.data.heldout:  # rows of x are data.x's
+        labels = data.labels.to(x.device)
+        metrics["labels"] = {method: spec.label_metrics(x, params, trained.get(method), labels) for method, params in fits.items()}
+        for method, values in metrics["labels"].items():
+            log(f"against the true labels, {method}: " + ", ".join(f"{k} = {v:.4g}" for k, v in values.items()))
     metrics["status"] = "interrupted" if interrupted or stop_requested() else "complete"
     table = report.comparison_table(metrics)
     if metrics.get("heldout"):
         table += f"\n\nHeld out ({metrics['num_heldout']} documents, points or sequences, never trained on):\n\n" + report.heldout_table(metrics)
+    if metrics.get("labels"):
+        table += "\n\nAgainst the data's true labels (used for nothing else):\n\n" + report.labels_table(metrics)
     fit_notes = f"\n\n{spec.describe_fit(fits, data.features)}" if spec.describe_fit is not None else ""
     if writer is not None:
         writer.finish(prep, metrics, fits, trained, f"{table}\n\n{_notes(metrics)}{fit_notes}")

@@ -32,9 +32,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 from ..models.exact import pos_tagger as exact
 from ..models.exact.pos_tagger import TaggerParams, Variational
@@ -47,9 +49,29 @@ WHY_NOT = ("TraceEnum_ELBO would sum over the K^T tag paths of a sentence (one s
 
 class _PathGuide(PyroModule):
     """Shared scoring and sampling: subclasses give ``potentials(x) -> (log_init, log_trans, log_unary)`` of
-    their linear chain (log_trans = 0 for the factorised family)."""
+    their linear chain (log_trans = 0 for the factorised family). With Bayesian transitions
+    (:func:`models.pos_tagger.model_vb`, :meth:`with_dirichlet`) the guide also holds q(A) = prod_j Dir(A_j | beta_j),
+    beta: (K, K) free and positive, independent of q(t) (mean field between A and the tags)."""
 
     factorised = False
+    bayesian = False  # holds q(A) (with_dirichlet)
+
+    def with_dirichlet(self, x: Tensor, init: TaggerParams) -> "_PathGuide":
+        """Give the guide q(A): beta_j starts at concentration + (the data's transitions / K) A_j, the prior plus
+        the pseudo-counts of the starting A with every tag equally used."""
+        _, lengths, _ = exact.word_ids(x)
+        moves = float((lengths - 1).clamp_min(0).sum())
+        a = torch.softmax(init.trans_logits.detach(), -1)
+        self.beta = PyroParam((init.concentration + moves / init.num_tags * a).to(x.dtype), constraint=constraints.positive)
+        self.bayesian = True
+        return self
+
+    def fitted_params(self, params: TaggerParams) -> TaggerParams:
+        """The model's parameters with trans_logits = E_q[log A] under q(A) (unchanged without q(A)), as
+        :func:`models.exact.pos_tagger.fit_vb` reports its fit."""
+        if not self.bayesian:
+            return params
+        return params._replace(trans_logits=exact.expected_log_dirichlet(self.beta))
 
     def potentials(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
@@ -65,11 +87,16 @@ class _PathGuide(PyroModule):
         return self.variational(x)
 
     def analytic_elbo(self, x: Tensor, params: TaggerParams) -> Tensor:
-        """sum_n ELBO_n(q) + log p(theta) in closed form (differentiable): the Analytic_ELBO objective (MAP)."""
+        """sum_n ELBO_n(q) + log p(theta) in closed form (differentiable): the Analytic_ELBO objective (MAP). With
+        q(A): the variational-Bayes bound (:func:`models.exact.pos_tagger.vb_elbo`), params.trans_logits unused."""
+        if self.bayesian:
+            return exact.vb_elbo(x, params, self.variational(x), self.beta)
         return exact.elbo(x, params, self.variational(x)).sum() + exact.log_prior(params)
 
     def forward(self, x: Tensor) -> None:
         _, lengths, mask = exact.word_ids(x)
+        if self.bayesian:
+            pyro.sample("A", dist.Dirichlet(self.beta).to_event(1))
         log_init, log_trans, log_unary = self.potentials(x)
         with pyro.plate("sentences", x.shape[0], dim=-1):
             pyro.sample("t", LinearChain(log_init, log_trans, log_unary * mask[..., None], lengths))
@@ -167,3 +194,18 @@ def structured_mean_field(x: Tensor, init: TaggerParams, start: str = "uniform")
 
 def amortised(x: Tensor, init: TaggerParams, hidden: Sequence[int] = (32,)) -> Amortised:
     return Amortised(init.to(x.dtype), hidden)
+
+
+# Bayesian transitions (models.pos_tagger.model_vb): the same families of q(t), times q(A) = prod_j Dir(beta_j)
+
+
+def mean_field_vb(x: Tensor, init: TaggerParams, start: str = "uniform") -> MeanField:
+    return mean_field(x, init, start).with_dirichlet(x, init)
+
+
+def structured_mean_field_vb(x: Tensor, init: TaggerParams, start: str = "uniform") -> Structured:
+    return structured_mean_field(x, init, start).with_dirichlet(x, init)
+
+
+def amortised_vb(x: Tensor, init: TaggerParams, hidden: Sequence[int] = (32,)) -> Amortised:
+    return amortised(x, init, hidden).with_dirichlet(x, init)

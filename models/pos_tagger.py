@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroModule, PyroParam
@@ -58,7 +59,8 @@ from .exact import pos_tagger as exact
 from .exact.fhmm import sequence_lengths, step_mask
 from .exact.pos_tagger import COLUMNS, FEATURES, TaggerParams
 
-__all__ = ["COLUMNS", "FEATURES", "TaggerArgs", "TaggerParams", "model", "Tagger", "LinearChain", "validate_data",
+__all__ = ["COLUMNS", "FEATURES", "TaggerArgs", "TaggerVBArgs", "TaggerParams", "model", "model_vb", "Tagger", "TaggerVB",
+           "label_metrics", "LinearChain", "validate_data",
            "init_params", "true_params", "simulate", "synthetic", "evaluate"]
 
 
@@ -84,10 +86,28 @@ class TaggerArgs:
         bad = [f for f in self.features if f not in FEATURES]
         if bad or not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(f"model_args.features must be distinct names from {list(FEATURES)}, got {list(self.features)}")
-        if not self.concentration >= 1:
-            raise ValueError(f"model_args.concentration must be >= 1 (MAP needs a mode inside the simplex), got {self.concentration}")
+        self._check_concentration()
+
         if not self.weight_scale >= 0:
             raise ValueError(f"model_args.weight_scale must be >= 0 (0: no prior), got {self.weight_scale}")
+
+
+    def _check_concentration(self) -> None:
+        if not self.concentration >= 1:
+            raise ValueError(f"model_args.concentration must be >= 1 (MAP needs a mode inside the simplex), got {self.concentration}")
+
+
+@dataclass(frozen=True)
+class TaggerVBArgs(TaggerArgs):
+    """The tagger with Bayesian transitions (:func:`model_vb`): as :class:`TaggerArgs`, but A is a latent
+    variable with q(A) Dirichlet, so the concentration may be any positive number; below 1 it favours sparse
+    transition rows (Johnson 2007 found 0.1 and smaller best for HMM taggers)."""
+
+    concentration: float = 0.1
+
+    def _check_concentration(self) -> None:
+        if not (self.concentration > 0 and np.isfinite(self.concentration)):
+            raise ValueError(f"model_args.concentration must be a positive number, got {self.concentration}")
 
 
 class LinearChain(TorchDistribution):
@@ -162,6 +182,24 @@ def model(x: Tensor, params: TaggerParams) -> None:
         pyro.sample("w", TopicWord(log_theta.T, tags.long()).mask(mask).to_event(1), obs=words)
 
 
+def model_vb(x: Tensor, params: TaggerParams) -> None:
+    r"""Pyro model of the tagger with Bayesian transitions (variational Bayes; Johnson 2007):
+
+    A_j ~ Dir(concentration 1) (site ``A``: (K, K), one row per previous tag); t_{n,1:T} ~ MarkovChain(pi, A);
+    w_{n,i} | t_{n,i} ~ Cat(theta[:, t_{n,i}]); pi and W point estimates (W with its Gaussian prior as a factor).
+    ``params.trans_logits`` is not used. x: (num_sentences, num_steps, 7) tokens, NaN-padded.
+    """
+    words, lengths, mask = exact.word_ids(x)
+    n, t = words.shape
+    k = params.num_tags
+    a = pyro.sample("A", dist.Dirichlet(params.concentration.expand(k, k)).to_event(1))
+    pyro.factor("prior", exact.log_weight_prior(params))
+    log_theta = exact.log_emission(params)  # (V, K)
+    with pyro.plate("sentences", n, dim=-1):
+        tags = pyro.sample("t", MarkovChain(params.init_logits, torch.log(a).expand(t - 1, k, k), lengths))  # (N, T)
+        pyro.sample("w", TopicWord(log_theta.T, tags.long()).mask(mask).to_event(1), obs=words)
+
+
 class Tagger(PyroModule):
     """The tagger with learnable point-estimated pi, A, W (the word features and the priors are buffers)."""
 
@@ -181,6 +219,29 @@ class Tagger(PyroModule):
 
     def forward(self, x: Tensor) -> None:
         model(x, self.params)
+
+
+class TaggerVB(PyroModule):
+    """The tagger with Bayesian transitions (:func:`model_vb`): learnable pi and W; A is a latent variable, so
+    ``trans_logits`` is a buffer holding the start (the guide's q(A) gives the fitted transitions,
+    :meth:`guides.pos_tagger._PathGuide.fitted_params`)."""
+
+    def __init__(self, init: TaggerParams):
+        super().__init__()
+        self.init_logits = PyroParam(init.init_logits.detach().clone())
+        self.weights = PyroParam(init.weights.detach().clone())
+        self.register_buffer("trans_logits", init.trans_logits.detach().clone())
+        self.register_buffer("features", init.features.clone())
+        self.register_buffer("concentration", init.concentration.clone())
+        self.register_buffer("weight_scale", init.weight_scale.clone())
+
+    @property
+    def params(self) -> TaggerParams:
+        return TaggerParams(self.init_logits, self.trans_logits, self.weights, self.features, self.concentration,
+                            self.weight_scale)
+
+    def forward(self, x: Tensor) -> None:
+        model_vb(x, self.params)
 
 
 def validate_data(x, args: TaggerArgs) -> Tensor:
@@ -332,6 +393,15 @@ def evaluate(predicted: Tensor, gold: Tensor) -> dict[str, float]:
     completeness = float(mi / h_p) if h_p > 0 else 1.0
     v = 0.0 if homogeneity + completeness == 0 else 2 * homogeneity * completeness / (homogeneity + completeness)
     return {"many_to_one": many, "one_to_one": one, "v_measure": v}
+
+
+def label_metrics(x: Tensor, params: TaggerParams, guide, gold: Tensor) -> dict[str, float]:
+    """:func:`evaluate` of each token's most probable tag: under the guide's q(t) (``guide.variational``), or, for
+    the exact fit (``guide`` None), under the exact posterior at ``params`` (for variational Bayes, whose
+    trans_logits are E_q[log A], the posterior with those transitions normalised). gold: (N, T), -1 past the ends."""
+    with torch.no_grad():
+        q = exact.posterior(x, params) if guide is None else guide.variational(x)
+    return evaluate(q.marginals.argmax(-1), gold)
 
 
 def describe_fit(fits: dict[str, TaggerParams], features: tuple[str, ...]) -> str:

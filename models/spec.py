@@ -111,6 +111,9 @@ class ModelSpec:
         the runner writes into the run folder (fits: method -> fitted parameters; guides: method -> trained guide).
     exact_size_error(args) -> str: why the exact reference is out of reach at these args ("" when it is
         not), for models whose exact cost is not set by ``latent_field`` (the factorial HMM's L^M).
+    label_metrics(x, fitted, guide, labels) -> {metric: value}: agreement of each method's inferred latents
+        with the data set's true labels (the tagger's accuracies against gold tags), run on every method when
+        the data come with labels (guide: the method's trained guide, None for the exact fit).
     """
 
     name: str
@@ -136,6 +139,7 @@ class ModelSpec:
     importance: Callable[..., dict[str, Any]] | None = None
     pictures: Callable[..., list[str]] | None = None
     exact_size_error: Callable[[Any], str] = lambda args: ""
+    label_metrics: Callable[..., dict[str, float]] | None = None
 
     def load(self, opts: DataOptions, args: Any, seed: int) -> Dataset:
         """Load ``opts.name`` (or a user file) and validate it for this model."""

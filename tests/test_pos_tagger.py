@@ -18,7 +18,9 @@ import math
 import pyro
 import pytest
 import torch
+from vizoo.experiments.config import bundled_configs, load_config
 from vizoo.experiments.registry import MODELS
+from vizoo.experiments.run import run_experiment
 from vizoo.guides import pos_tagger as guides
 from vizoo.models import pos_tagger as tagger
 from vizoo.models.datasets import DataOptions, tagged
@@ -285,3 +287,100 @@ def test_vb_never_lowers_its_bound_and_stays_below_the_marginal_likelihood():
     se = float(weights.std() / weights.mean() / math.sqrt(len(weights)))  # of the log, by the delta method
     log_p_w = float(-0.5 * (fitted.weights**2).sum() / fitted.weight_scale**2)
     assert fit1.elbo[-1] <= estimate + log_p_w + 4 * se, (fit1.elbo[-1], estimate + log_p_w, se)
+
+
+# --------------------------------------------------------------------------- Bayesian transitions inside SVI
+
+
+def _vb_setup(seed=4):
+    x, params = tiny(seed=seed, lengths=(3, 1, 4, 2))
+    params = params._replace(concentration=torch.tensor(0.5, dtype=torch.float64))
+    k = params.num_tags
+    beta = 0.3 + torch.rand(k, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
+    return x, params, beta
+
+
+def test_vb_elbo_touches_the_closed_form_bound_at_the_optimal_q_and_is_below_it_elsewhere():
+    """vb_elbo (any q(t)) equals vb_e_step's bound at vb_e_step's own q(t), and is lower for every other q(t) of the
+    chain family (the optimal q(t) given q(A) is that chain: the gap is KL(q(t) || q*(t)) >= 0)."""
+    x, params, beta = _vb_setup()
+    _, lengths, mask = exact.word_ids(x)
+    c, bound = exact.vb_e_step(x, params, beta, lengths)
+    # the same chain as a Variational: its entropy from the chain with E[log A] potentials, unnormalised
+    log_unary = exact.token_log_emission(x, params, lengths)
+    e_log_a = exact.expected_log_dirichlet(beta)
+    energy = (c.marginals[:, 0] * torch.log_softmax(params.init_logits, -1)).sum(-1)
+    energy = energy + (c.transitions * e_log_a).sum((-1, -2)) + ((c.marginals * log_unary).sum(-1) * mask).sum(1)
+    q_star = exact.Variational(c.marginals, c.transitions, c.log_normaliser - energy)
+    torch.testing.assert_close(exact.vb_elbo(x, params, q_star, beta), bound, rtol=0, atol=1e-10)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(5):
+        other = exact.chain_variational(torch.randn(params.num_tags, generator=gen, dtype=torch.float64),
+                                        torch.randn(params.num_tags, params.num_tags, generator=gen, dtype=torch.float64),
+                                        torch.randn(log_unary.shape, generator=gen, dtype=torch.float64), lengths)
+        assert float(exact.vb_elbo(x, params, other, beta)) < float(bound) - 1e-6
+
+
+def test_the_structured_vb_guide_contains_vbs_optimal_q_and_its_elbo_is_the_bound():
+    """The structured guide with q(A) = Dir(beta): with A^q = E[log A] and the row sums of exp E[log A] folded into
+    the pseudo-emissions (every position but a sentence's last), its q(t) is VB's optimal chain and its
+    analytic ELBO (the Analytic_ELBO objective) equals vb_e_step's bound to 1e-10."""
+    x, params, beta = _vb_setup()
+    _, lengths, mask = exact.word_ids(x)
+    _, bound = exact.vb_e_step(x, params, beta, lengths)
+    e_log_a = exact.expected_log_dirichlet(beta)
+    log_rows = torch.logsumexp(e_log_a, -1)  # log sum_k exp E[log A_jk] < 0
+    not_last = torch.arange(x.shape[1])[None] < (lengths - 1)[:, None]
+    unary = exact.token_log_emission(x, params, lengths) + log_rows * not_last[..., None]
+    guide = guides.structured_mean_field_vb(x, params)
+    with torch.no_grad():
+        guide.unary.copy_(unary)
+        guide.trans_logits.copy_(e_log_a)
+        guide.init_logits.copy_(params.init_logits)
+        guide.beta = beta.clone()  # through the positive constraint's unconstrained value
+    torch.testing.assert_close(guide.analytic_elbo(x, params), bound, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mean_field_vb", "structured_mean_field_vb", "amortised_vb"])
+def test_the_vb_guides_monte_carlo_elbo_is_their_closed_form(name):
+    """Trace_ELBO on model_vb and each VB guide (A drawn from q(A) = Dir(beta), tag paths from q(t)) averages to the
+    guide's closed-form bound: the Pyro model's Dirichlet prior, transitions and factor are the ones vb_elbo uses.
+    Tolerance: 5 standard errors of the 4,000-draw mean."""
+    x, params, _ = _vb_setup(seed=5)
+    guide = getattr(guides, name)(x, params)
+    model = tagger.TaggerVB(params)
+    with torch.no_grad():
+        closed = float(guide.analytic_elbo(x, model.params))
+        pyro.set_rng_seed(0)
+        draws = torch.tensor([-pyro.infer.Trace_ELBO().loss(model, guide, x) for _ in range(4000)])
+    se = float(draws.std() / math.sqrt(len(draws)))
+    assert abs(float(draws.mean()) - closed) < 5 * se, (float(draws.mean()), closed, se)
+
+
+def test_the_vb_run_reports_the_closed_form_bound_and_scores_tags_against_gold(tmp_path):
+    """vizoo's pos_tagger_vb experiment end to end: Johnson's VB reference and SVI with q(A) q(t); each guide's
+    final bound is the closed form at the fitted parameters (pi, W, E_q[log A]) and equals the last value of its
+    training trace up to the last step's change; SVI raised it; every method is scored against the gold tags
+    (many-to-one, one-to-one, V-measure in [0, 1]) and the table is in the run's report."""
+    cfg = load_config(bundled_configs()["pos_tagger_vb_synthetic"], ["data.num_points=60", "svi.steps=300", "progress=false", f"output_dir={str(tmp_path)!r}",
+                                                                        "guides=[\"mean_field\", \"structured_mean_field\"]"])
+    lines = []
+    result = run_experiment(cfg, log=lines.append)
+    m = result.metrics
+    for g in m["guides"].values():
+        curve = g["elbo_curve"]
+        assert g["final_elbo_method"].startswith("closed form")
+        assert curve[-1] > curve[0] + 1.0
+        assert abs(g["final_elbo_per_point"] - curve[-1]) <= abs(curve[-1] - curve[-2]) + 1e-3
+    assert set(m["labels"]) == {m["exact"]["method"], "SVI mean_field", "SVI structured_mean_field"}
+    for values in m["labels"].values():
+        assert set(values) == {"many_to_one", "one_to_one", "v_measure"} and all(0 <= v <= 1 for v in values.values())
+    assert "| method | many_to_one | one_to_one | v_measure |" in lines[-1]
+
+
+def test_the_vb_models_concentration_may_be_below_one_but_must_be_positive():
+    assert tagger.TaggerVBArgs(concentration=0.1).concentration == 0.1
+    with pytest.raises(ValueError, match="concentration must be a positive number, got 0"):
+        tagger.TaggerVBArgs(concentration=0.0)
+    with pytest.raises(ValueError, match="concentration must be >= 1"):
+        tagger.TaggerArgs(concentration=0.5)

@@ -161,10 +161,14 @@ def token_log_emission(x: Tensor, params: TaggerParams, lengths: Tensor | None =
 
 def log_prior(params: TaggerParams) -> Tensor:
     """log p(A) + log p(W), up to constants: (concentration - 1) sum log A + log N(W; 0, weight_scale^2)."""
-    out = (params.concentration - 1) * torch.log_softmax(params.trans_logits, -1).sum()
+    return (params.concentration - 1) * torch.log_softmax(params.trans_logits, -1).sum() + log_weight_prior(params)
+
+
+def log_weight_prior(params: TaggerParams) -> Tensor:
+    """log p(W) up to a constant: -|W|^2 / (2 weight_scale^2) (0 with no prior): a scalar."""
     if float(params.weight_scale) > 0:
-        out = out - 0.5 * (params.weights**2).sum() / params.weight_scale**2
-    return out
+        return -0.5 * (params.weights**2).sum() / params.weight_scale**2
+    return params.weights.new_zeros(())
 
 
 # --------------------------------------------------------------------------- forward-backward
@@ -289,11 +293,13 @@ def factorised(probs: Tensor, lengths: Tensor) -> Variational:
     return Variational(probs, transitions, entropy)
 
 
-def _energy(x: Tensor, params: TaggerParams, q: Variational) -> Tensor:
-    """E_q[log p(w_n, t_n)]: (N,)."""
+def _energy(x: Tensor, params: TaggerParams, q: Variational, log_trans: Tensor | None = None) -> Tensor:
+    """E_q[log p(w_n, t_n)]: (N,). ``log_trans`` (K, K) replaces log A (default: the normalised trans_logits);
+    variational Bayes gives E_q[log A] there, rows that sum to less than one in exp."""
     emit = (q.marginals * token_log_emission(x, params)).sum((-1, -2))
     prior = (q.marginals[:, 0] * torch.log_softmax(params.init_logits, -1)).sum(-1)
-    return emit + prior + (q.transitions * torch.log_softmax(params.trans_logits, -1)).sum((-1, -2))
+    log_trans = torch.log_softmax(params.trans_logits, -1) if log_trans is None else log_trans
+    return emit + prior + (q.transitions * log_trans).sum((-1, -2))
 
 
 def elbo(x: Tensor, params: TaggerParams, q: Variational) -> Tensor:
@@ -492,10 +498,20 @@ def vb_e_step(x: Tensor, params: TaggerParams, beta: Tensor, lengths: Tensor) ->
     and the bound it attains: sum_n log Z_n - KL(q(A) || p(A)) + log p(W): a scalar."""
     c = chain(params.init_logits, expected_log_dirichlet(beta), token_log_emission(x, params, lengths), lengths,
               normalise=False)
-    bound = c.log_normaliser.sum() - dirichlet_kl(beta, params.concentration)
-    if float(params.weight_scale) > 0:
-        bound = bound - 0.5 * (params.weights**2).sum() / params.weight_scale**2
-    return c, bound
+    return c, c.log_normaliser.sum() - dirichlet_kl(beta, params.concentration) + log_weight_prior(params)
+
+
+def vb_elbo(x: Tensor, params: TaggerParams, q: Variational, beta: Tensor) -> Tensor:
+    r"""The variational-Bayes bound of :func:`fit_vb` for any q(t) and q(A) = prod_j Dir(A_j | beta_j) (a scalar,
+    summed over sentences; differentiable in params, q and beta):
+
+        L = sum_n (E_q[log p(w_n, t_n | A, pi, W)] + H[q(t_n)]) - KL(q(A) || p(A)) + log p(W)
+          <= log p(w | pi, W) + log p(W),
+
+    with E_q[log p(w, t | A)] linear in log A, so A enters through E_q[log A] (:func:`expected_log_dirichlet`).
+    At the optimal q(t) for beta it equals :func:`vb_e_step`'s bound."""
+    energy = _energy(x, params, q, expected_log_dirichlet(beta))
+    return (energy + q.entropy).sum() - dirichlet_kl(beta, params.concentration) + log_weight_prior(params)
 
 
 def fit_vb(x: Tensor, init: TaggerParams, max_iter: int = 100, tol: float = 1e-6, lbfgs_iters: int = 30,
