@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -169,12 +170,14 @@ def main() -> None:
     result = {"data": description, "num_tags": num_tags, "tokens": int((gold >= 0).sum()),
               "word_types": int(exact.vocabulary(x).shape[0]), "em_iterations": opts.em_iters, "svi_steps": opts.svi_steps,
               "threads": opts.threads, "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}"}
+    result["load_before"] = os.getloadavg()[0]
     start = time.perf_counter()
     if "1" in opts.parts:
         result["methods"] = part1(x, gold, args, opts.em_iters, opts.svi_steps)
     if "2" in opts.parts:
         result["features"] = part2(x, gold, num_tags, opts.em_iters)
     result["wall_seconds"] = time.perf_counter() - start
+    result["load_after"] = os.getloadavg()[0]
     Path(opts.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {opts.out} ({result['wall_seconds']:.0f} s)")
 
