@@ -161,7 +161,7 @@ class FitResult:
         if x.dim() >= 2 and x.shape[1:] != self.x.shape[1:]:
             raise DataError(f"{name} has shape {tuple(x.shape)}; the data the model was fitted to have "
                             f"{tuple(self.x.shape[1:])} per point")
-        return x.to(DTYPES[self.config.dtype])
+        return x.to(self.x.device, DTYPES[self.config.dtype])
 
     @torch.no_grad()
     def log_evidence(self, x_new: Any, method: str = EXACT) -> float | dict[str, float]:
@@ -199,7 +199,7 @@ class FitResult:
         if name == EXACT:
             if not self.metrics["enumerable"] or self.spec.exact.draws is None:
                 raise ConfigError(f"method='exact': model {self.spec.name!r} has no exact posterior draws here")
-            return self.spec.exact.draws(points, self.params[EXACT], num_samples, torch.Generator().manual_seed(seed))
+            return self.spec.exact.draws(points, self.params[EXACT], num_samples, torch.Generator(points.device).manual_seed(seed))
         return guide_draws(self.guides[name], points, num_samples, seed=seed)
 
     def to_inference_data(self, method: str, num_samples: int = 1000, x: Any = None, seed: int = 0):
@@ -231,7 +231,7 @@ def method_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _fmt(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
+    return "-" if v is None or not math.isfinite(v) else f"{round(v, 4) + 0.0:.4f}"  # + 0.0: no "-0.0000" from round-off
 
 
 # --------------------------------------------------------------------------- fit
@@ -239,7 +239,7 @@ def _fmt(v: float | None) -> str:
 
 def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, steps: int | None = None,
         exact: bool = True, seed: int = 0, out: str | os.PathLike | None = None, standardise: bool | None = None,
-        verbose: bool = False, **options: Any) -> FitResult:
+        device: str | None = None, verbose: bool = False, **options: Any) -> FitResult:
     """Fit ``model`` to ``data`` with the exact reference and SVI with each guide; return a :class:`FitResult`.
 
     model: a registered model's name (``vizoo list``) or the path of a model declaration (.toml).
@@ -251,6 +251,8 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
         ``vizoo run --out`` writes); default None writes nothing at all.
     standardise: centre and scale each column of real-valued data (default: no for data given in memory, the
         config's default for files and data sets). verbose: print the run's progress lines.
+    device: where data, parameters and guides live, "cpu" (default), "cuda", "cuda:N" or "auto" (the config's
+        ``device``; experiments/devices.py). The result's tensors stay there.
     options: config tables as dicts, ``model_args``, ``guide_args``, ``svi``, ``em``, ``eval``,
         ``checkpoint`` and ``data_options`` (the ``[data]`` table), and top-level keys (``dtype``, ``name``,
         ``progress``). Defaults come from the model's bundled config (e.g. gmm_faithful for "gmm"), else
@@ -291,6 +293,8 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
         raw.setdefault("svi", {})["steps"] = steps
     if not exact:
         raw.setdefault("em", {})["enabled"] = False
+    if device is not None:
+        raw["device"] = device
     _apply_options(raw, options)
     if out is not None:
         raw["output_dir"] = os.fspath(out)
@@ -307,17 +311,19 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
     return FitResult(run, scale=scale)
 
 
-def load(run_dir: str | os.PathLike, verbose: bool = False) -> FitResult:
+def load(run_dir: str | os.PathLike, verbose: bool = False, device: str | None = None) -> FitResult:
     """The :class:`FitResult` of a run folder (written by ``vizoo run`` or ``vizoo.fit(..., out=...)``): its
     config.toml and metrics.json, the data (reloaded from the config, or the folder's data.npy), the exact
     reference refitted (it is deterministic), and every guide and model module rebuilt from its final
-    checkpoint (checkpoints/<guide>.pt, loaded with weights_only=True and checked against the run)."""
+    checkpoint (checkpoints/<guide>.pt, loaded with weights_only=True and checked against the run).
+    ``device``: rebuild it on another device than the run's config says (a run trained on a GPU, read on a
+    laptop: ``device="cpu"``)."""
     given = os.fspath(run_dir)
     path = Path(given).expanduser()
     if not (path / "config.toml").is_file() or not (path / "metrics.json").is_file():
         raise ConfigError(f"load: {given!r} is not a finished run folder (it needs config.toml and metrics.json)")
     path = path.resolve()
-    cfg = load_config(path / "config.toml")
+    cfg = load_config(path / "config.toml", [] if device is None else [f"device={json.dumps(device)}"])
     try:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
@@ -343,12 +349,14 @@ def load(run_dir: str | os.PathLike, verbose: bool = False) -> FitResult:
 
 def compare(model: str, data: str | None = None, *, seeds: int = 3, guides: Sequence[str] = (), steps: int | None = None,
             out: str | os.PathLike | None = None, progress: bool = False, draws: int = 1000, points: int = 3,
-            config: str | None = None, restarts: int = 8, verbose: bool = False, **options: Any) -> compare_module.CompareResult:
+            config: str | None = None, restarts: int = 8, time: float | None = None, verbose: bool = False,
+            **options: Any) -> compare_module.CompareResult:
     """Compare the model's guides (and Pyro's baselines where they apply) with the exact reference over
     ``seeds`` seeds (:func:`experiments.compare.compare`, what ``vizoo compare`` runs); returns its
     ``CompareResult`` (rows, summary, markdown, runs). ``data``: one of the model's data sets. ``restarts``:
-    random starts per point in the gap split's search for q*. ``options``: config
-    tables as in :func:`fit`. ``out``: the folder for the comparison's folder; default None keeps nothing on
+    random starts per point in the gap split's search for q*. ``time``: the fair mode, seconds of training per
+    guide (``vizoo compare --time``; ``steps`` is then an upper bound). ``options``: config
+    tables and top-level keys as in :func:`fit` (``device="cuda"``, ``dtype=...``). ``out``: the folder for the comparison's folder; default None keeps nothing on
     disk (the comparison's files are written to a temporary folder, removed afterwards, and ``out_dir`` is None)."""
     overrides = []
     if steps is not None:
@@ -361,11 +369,11 @@ def compare(model: str, data: str | None = None, *, seeds: int = 3, guides: Sequ
         guides = [guides]
     if out is not None:
         opts = compare_module.CompareOptions(model, data, seeds, tuple(guides), tuple(overrides), os.fspath(out),
-                                             progress, draws, points, config, restarts)
+                                             progress, draws, points, config, restarts, time)
         return compare_module.compare(opts, log=log)
     with tempfile.TemporaryDirectory(prefix="vizoo-compare-") as tmp:
         opts = compare_module.CompareOptions(model, data, seeds, tuple(guides), tuple(overrides), tmp, progress,
-                                             draws, points, config, restarts)
+                                             draws, points, config, restarts, time)
         result = compare_module.compare(opts, log=log)
     return dataclasses.replace(result, out_dir=None)
 

@@ -3,7 +3,8 @@
 A checkpoint holds everything one guide's SVI needs to continue bit for bit: the model's and the guide's
 state_dicts, the optimiser's and the learning-rate schedule's state, the estimator's state in Pyro's
 param store (TraceGraph_ELBO's decaying-average baselines), the torch, Python and NumPy random states, the
-step, and the ELBO and time histories. It is plain data (tensors, numbers, strings, lists, dicts), written
+step, and the ELBO and time histories. It is plain data (tensors, all on the CPU whatever the run's device, so
+it resumes on any device; numbers, strings, lists, dicts), written
 with ``torch.save`` to a temporary file in the same folder and renamed into place (``report.write_atomic``),
 so killing the process at any moment, SIGKILL included, leaves the previous checkpoint or the new one,
 never half of one.
@@ -31,6 +32,7 @@ from pyro.distributions import constraints
 
 from ..models.errors import VizooError
 from . import report
+from .devices import move, to_cpu
 
 FORMAT = "vizoo-checkpoint-1"
 
@@ -86,17 +88,27 @@ def fingerprint(value: Any) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """torch's, Python's and NumPy's global random states, as plain data."""
+    """torch's, Python's and NumPy's global random states, as plain data; with CUDA in use, each CUDA device's
+    too (Pyro draws a run's samples from the generator of the data's device)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states. CUDA states are restored where this machine has those devices (a run
+    saved on a GPU and resumed on the CPU continues, though not bit for bit: its draws come from another
+    generator)."""
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -152,7 +164,7 @@ class Checkpointer:
         if bad:
             raise RuntimeError(f"refusing to write a checkpoint with a non-finite value at {bad}")
         buf = io.BytesIO()
-        torch.save({"format": FORMAT, **self.identity, **state}, buf)
+        torch.save({"format": FORMAT, **self.identity, **to_cpu(state)}, buf)  # device-independent: every tensor on the CPU
         report.write_atomic(self.path, buf.getvalue())
         self.last_save = time.perf_counter()
         self.saves += 1
@@ -183,6 +195,13 @@ class Checkpointer:
         if bad:
             raise CheckpointError(f"{where}: non-finite value at {bad}")
         return state
+
+
+def on_device(state: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A loaded checkpoint (CPU tensors) ready to resume on ``device``: the estimator's param store entries moved
+    there. The modules' and the optimiser's ``load_state_dict`` copy onto their parameters' device themselves,
+    and random states stay on the CPU, where torch keeps them."""
+    return {**state, "param_store": move(state["param_store"], device)}
 
 
 def check_modules(state: dict[str, Any], model: torch.nn.Module, guide: torch.nn.Module, where: str) -> None:

@@ -1,8 +1,10 @@
 """The ``vizoo`` command line.
 
     vizoo run CONFIG.toml [--set key=value ...] [--out DIR] [--no-progress]
-    vizoo run --resume RUN_DIR [--no-progress]
-    vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--set key=value ...] [--out DIR] [--no-progress]
+    vizoo run --resume RUN_DIR [--set device=cpu|cuda|cuda:N|auto] [--no-progress]
+    vizoo run --nproc N CONFIG.toml [...] [--timeout S]    data-parallel SVI over N processes (experiments/distributed.py);
+                              under torchrun (WORLD_SIZE > 1) each process is one of them
+    vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--time S] [--set key=value ...] [--out DIR] [--no-progress]
     vizoo report [--out DIR] [--seeds N] [--no-progress]
     vizoo list
     vizoo show MODEL          (a model's name, or the path of a model declaration, MODEL.toml)
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from ..models import declaration, declared
 from ..models.errors import ConfigError, ImpossibleResult, VizooError
+from . import distributed
 from .compare import CompareOptions, compare
 from .config import bundled_configs, load_config
 from .overview import ReportOptions, write_report
@@ -61,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config key, e.g. --set svi.steps=200 --set guides='[\"mean_field\"]'")
     run.add_argument("--out", default=None, help="folder for run folders (default: the config's output_dir, 'runs')")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--nproc", type=int, default=None, metavar="N",
+                     help="data-parallel SVI over N processes on this machine (gloo; each on its shard of the points)")
+    run.add_argument("--timeout", type=float, default=distributed.TIMEOUT_S, metavar="SECONDS",
+                     help=f"data-parallel runs: how long a process waits for the others (default {distributed.TIMEOUT_S:g})")
     cmp = sub.add_parser("compare", help="train every guide of a model and the exact reference; split the gaps; ArviZ")
     cmp.add_argument("model", help="a model's name (see 'vizoo list') or the path of a model declaration (.toml)")
     cmp.add_argument("--data", default=None, help="one of the model's data sets (default: its bundled config's)")
@@ -70,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the base config, e.g. --set svi.steps=200")
     cmp.add_argument("--draws", type=int, default=1000, help="posterior draws per method for the pictures and ArviZ")
+    cmp.add_argument("--time", type=float, default=None, metavar="S",
+                     help="the fair mode: train every guide for S seconds of wall time (svi.max_seconds), as many "
+                     "steps as fit (svi.steps the limit unless set with --set), and report each one's time to within "
+                     "1%% of its final ELBO")
     cmp.add_argument("--restarts", type=int, default=8, help="random starts per point when searching for the family's "
                      "best member q* of the gap split (default 8; beside the prior, the guide's q and the mode)")
     cmp.add_argument("--out", default="runs", help="folder for the comparison's folder (default: runs)")
@@ -110,14 +121,40 @@ def cmd_show(ns: argparse.Namespace) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
+    launch = ns.nproc is not None and distributed.check_nproc(ns.nproc) > 1
+    ctx = distributed.context_from_env()
+    if (launch or ctx is not None) and ns.resume is not None and (ns.config is not None or ns.overrides or ns.out is not None):
+        raise ConfigError("--resume continues a data-parallel run with the config in its folder: give no CONFIG, --set or --out")
+    if launch:  # start N processes of this same command
+        if ns.resume is None:
+            distributed.check_config(_load_run_config(ns), ns.nproc)  # refused here, before any process starts
+        return distributed.launch(ns.nproc, _worker_args(ns), ns.timeout)
+    if ctx is not None:  # one process of a data-parallel run (torchrun, or vizoo run --nproc)
+        cfg = None if ns.resume is not None else _load_run_config(ns)
+        result = distributed.worker(ctx, cfg, ns.resume, progress=False if ns.no_progress else None, timeout=ns.timeout)
+        if ctx.rank == 0:
+            print(f"report: {result.run_dir / 'report.md'}")
+        return 130 if result.interrupted else 0
     if ns.resume is not None:
-        if ns.config is not None or ns.overrides or ns.out is not None:
-            raise ConfigError("--resume continues a run with the config in its folder: give no CONFIG, --set or --out")
-        result = resume_experiment(ns.resume, progress=False if ns.no_progress else None)
+        device = [o.partition("=")[2].strip().strip("'\"") for o in ns.overrides if o.partition("=")[0].strip() == "device"]
+        if ns.config is not None or len(ns.overrides) > len(device[-1:]) or ns.out is not None:
+            raise ConfigError("--resume continues a run with the config in its folder: give no CONFIG, --set or --out "
+                              "(but --set device=..., to continue on another device)")
+        result = resume_experiment(ns.resume, progress=False if ns.no_progress else None, device=(device or [None])[-1])
     else:
         result = run_experiment(_load_run_config(ns), progress=False if ns.no_progress else None)
     print(f"report: {result.run_dir / 'report.md'}")
     return 130 if result.interrupted else 0
+
+
+def _worker_args(ns: argparse.Namespace) -> list[str]:
+    """The ``vizoo run`` arguments each process of ``--nproc N`` gets: the same, without ``--nproc``."""
+    args = [] if ns.config is None else [ns.config]
+    for o in ns.overrides:
+        args += ["--set", o]
+    args += [] if ns.out is None else ["--out", ns.out]
+    args += [] if ns.resume is None else ["--resume", ns.resume]
+    return args + (["--no-progress"] if ns.no_progress else []) + ["--timeout", repr(ns.timeout)]
 
 
 def _load_run_config(ns: argparse.Namespace):
@@ -138,7 +175,7 @@ def _load_run_config(ns: argparse.Namespace):
 def cmd_compare(ns: argparse.Namespace) -> int:
     guides = tuple(g.strip() for g in ns.guides.split(",") if g.strip())
     result = compare(CompareOptions(ns.model, ns.data, ns.seeds, guides, tuple(ns.overrides), ns.out,
-                                    not ns.no_progress, ns.draws, restarts=ns.restarts))
+                                    not ns.no_progress, ns.draws, restarts=ns.restarts, time=ns.time))
     print(f"comparison: {result.out_dir / 'compare.md'}")
     return 130 if result.interrupted else 0
 
@@ -171,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as err:  # a read-only or full disk: 2 before the work, 1 during it
         print(f"vizoo: error: {err}", file=sys.stderr)
         return err.exit_code
+    except distributed.ParallelError as err:  # another process of a data-parallel run died or went silent
+        print(f"vizoo: run stopped: {err}", file=sys.stderr)
+        return 1
     except VizooError as err:
         print(f"vizoo: error: {err}", file=sys.stderr)
         return 2

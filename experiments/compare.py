@@ -1,10 +1,13 @@
 """Compare guides: every guide of a model, plus the exact reference, on the same data, budget and seeds.
 
-    vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--set key=value ...]
+    vizoo compare MODEL [--data D] [--seeds N] [--guides a,b] [--time S] [--set key=value ...]
 
 For each seed the comparison runs the model's experiment (``run.run_experiment``: the exact reference fit and
 SVI with each guide from one shared initialisation), then, where the posterior is exact, splits each guide's
-gap at its own learned parameters into approximation and amortisation gaps (:mod:`.gaps`).
+gap at its own learned parameters into approximation and amortisation gaps (:mod:`.gaps`). ``--time S`` is the
+fair mode: every guide trains for the same S seconds of wall time (``svi.max_seconds``; ``svi.steps`` becomes an
+upper bound, the limit unless set with ``--set``), not the same number of steps, and the table says when each
+reached within 1% of its own final ELBO (:mod:`.convergence`).
 
 This module is the orchestration; each idea has its own module:
 
@@ -39,7 +42,16 @@ from ..guides import auto
 from ..models.errors import ConfigError
 from ..models.spec import GuideSpec, ModelSpec
 from . import report
-from .config import MAX_SEEDS, RunConfig, apply_override, bundled_configs, parse_config
+from .config import (
+    MAX_SEEDS,
+    SIZE_LIMITS,
+    RunConfig,
+    apply_override,
+    bundled_configs,
+    parse_config,
+)
+from .convergence import time_to_within
+from .devices import to_cpu
 from .gaps import SearchOptions, gap_split
 from .inference_data import export_arviz
 from .plots import plot_correlation, plot_elbo_time, plot_marginals
@@ -72,6 +84,7 @@ class CompareOptions:
     points: int = 3
     config: str | None = None  # a bundled config of the model to start from, instead of the default choice
     restarts: int = 8  # random starts per point in the search for the family's best member q* (gaps.SearchOptions)
+    time: float | None = None  # the fair mode: seconds of training per guide (svi.max_seconds); steps as many as fit
 
 
 @dataclass
@@ -158,6 +171,9 @@ def plan(opts: CompareOptions) -> tuple[ModelSpec, dict[str, Any], str, dict[str
         raise ConfigError(f"points must be >= 1 and draws >= 2, got points={opts.points}, draws={opts.draws}")
     if not isinstance(opts.restarts, int) or isinstance(opts.restarts, bool) or opts.restarts < 0:
         raise ConfigError(f"--restarts must be a whole number >= 0, got {opts.restarts!r}")
+    if opts.time is not None and (isinstance(opts.time, bool) or not isinstance(opts.time, (int, float))
+                                  or not math.isfinite(opts.time) or opts.time <= 0):
+        raise ConfigError(f"--time must be a positive number of seconds, got {opts.time!r}")
     for key, value, limit in (("--draws", opts.draws, MAX_DRAWS), ("points", opts.points, MAX_POINTS),
                               ("--restarts", opts.restarts, MAX_RESTARTS)):
         if value > limit:
@@ -172,6 +188,11 @@ def plan(opts: CompareOptions) -> tuple[ModelSpec, dict[str, Any], str, dict[str
         apply_override(raw, item)
     if opts.data:
         raw.setdefault("data", {})["name"] = opts.data
+    if opts.time is not None:  # the fair mode: the same wall time for every guide; svi.steps only if set with --set
+        svi = raw.setdefault("svi", {})
+        svi["max_seconds"] = float(opts.time)
+        if not any(item.partition("=")[0].strip() == "svi.steps" for item in opts.overrides):
+            svi["steps"] = SIZE_LIMITS["svi.steps"]
     cfg = parse_config(raw)  # every key checked
     elbo = cfg.svi.elbo
     registered = {name: _elbo_for(g, elbo) for name, g in spec.guides.items()}
@@ -212,6 +233,8 @@ def compare(opts: CompareOptions, log=print) -> CompareResult:
     """Run the comparison described in the module docstring; returns its tables and writes its folder."""
     start = time.perf_counter()
     spec, raw, source, guides = plan(opts)
+    if opts.time is not None:
+        source += f"; fair mode: every guide trained for {opts.time:g} s of wall time, as many steps as fit"
     seed0 = parse_config({**raw, "name": "compare"}).seed
     out_dir = report.make_run_dir(Path(opts.output_dir), f"compare-{spec.name}")
     groups: dict[str, list[str]] = {}
@@ -282,6 +305,8 @@ def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int,
                    "log_p": gm.get("log_likelihood_per_point"), "log_p_se": gm.get("log_likelihood_se"),
                    "total_gap": None, "approximation_gap": None, "amortisation_gap": None,
                    "wall_time_s": gm["wall_time_s"], "steps": gm["steps"], **_heldout(m, f"SVI {g}")}
+            converged = time_to_within(gm["elbo_curve"], gm["elbo_times"])  # experiments/convergence.py
+            row["time_to_1pct_s"] = None if converged is None else converged.seconds
             gs = spec.guides[g]
             if m["enumerable"] and gs.optimum is not None:
                 row.update(gap_split(spec, gs, x, res.fits[f"SVI {g}"], res.trained[f"SVI {g}"],
@@ -307,6 +332,7 @@ def pictures(spec: ModelSpec, results: list[RunResult], out_dir: Path, opts: Com
     figures.append("elbo_time.png")
     points = select_points(spec, results, opts.points)
     draws, sources = posterior_draws(spec, results, opts.draws, points)
+    draws, points = to_cpu(draws), points.cpu()  # the pictures' tables, on the CPU (sources stay with the data)
     if draws:
         plot_marginals(out_dir / "marginals.png", draws, points.tolist())
         figures.append("marginals.png")

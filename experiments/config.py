@@ -9,6 +9,7 @@ exactly like the file.
     model = "gmm"
     guides = ["mean_field", "amortised"]
     seed = 0
+    device = "cpu"                 # or "cuda", "cuda:N", "auto" (experiments/devices.py)
     [data]        -> models.datasets.DataOptions
     [model_args]  -> the model's own args dataclass (e.g. models.gmm.GMMArgs)
     [guide_args]  -> GuideArgs
@@ -37,6 +38,7 @@ from ..models.datasets import DataOptions
 from ..models.errors import ConfigError
 from ..models.exact.binary import MAX_LATENTS, MAX_PARALLEL_LATENTS
 from ..models.spec import ELBOS, ModelSpec
+from .devices import check_device
 from .registry import resolve
 
 OPTIMISERS = ("adam", "sgd")
@@ -64,6 +66,11 @@ class GuideArgs:
         ("gradient" for mean_field, "network" for amortised); "cavi": CAVI document updates to convergence
         (Hoffman et al.'s stochastic VI; the amortised guide starts them from its network).
     learning_offset, learning_decay: LDA's natural step size rho_t = (learning_offset + t)^-learning_decay.
+    local_steps: the free per-point guides (gmm, noisy_or, lfdm, fhmm, vae mean fields): before each SVI step,
+        bring the step's points' own parameters to (near) their optimum at the current model (guides/local.py):
+        0 off; N: N coordinate-ascent sweeps (closed form: the GMM's exact E-step, binary CAVI, the factorial
+        HMM's fixed points) or N inner Adam steps (the VAE). Unset: the guide's default, on where the update is
+        exact and cheap (gmm 1, noisy_or/lfdm 20 for K <= 12, fhmm 1), off for the VAE.
     finish_sweeps, finish_restarts: LDA's guides: full-corpus CAVI sweeps after the last SVI step (0: none),
         the first finish_restarts of them (unset: all) restarting every document (see guides/lda.py).
     Each guide's builder gets the keys it takes; a key that no guide of the run takes must stay at its
@@ -81,6 +88,7 @@ class GuideArgs:
     learning_decay: float = 0.7
     finish_sweeps: int = 0
     finish_restarts: int | None = None
+    local_steps: int | None = None
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -95,6 +103,8 @@ class GuideArgs:
             raise ValueError(f"guide_args.topic_step must be 'natural' or 'gradient', got {self.topic_step!r}")
         if self.local not in (None, "gradient", "network", "cavi"):
             raise ValueError(f"guide_args.local must be 'gradient', 'network' or 'cavi', got {self.local!r}")
+        if self.local_steps is not None and self.local_steps < 0:
+            raise ValueError(f"guide_args.local_steps must be >= 0, got {self.local_steps}")
         if self.finish_sweeps < 0 or (self.finish_restarts is not None and self.finish_restarts < 1):
             raise ValueError(f"guide_args.finish_sweeps must be >= 0 and finish_restarts >= 1, got "
                              f"{self.finish_sweeps}, {self.finish_restarts}")
@@ -118,6 +128,13 @@ class SVIConfig:
     steps: optimisation steps (0 evaluates the initialisation).
     batch_size: documents (points) per step, drawn by plate subsampling with the ELBO rescaled to the
         whole data set; 0 uses all of them every step. Models that support it only (``vizoo list``).
+    lr_model, lr_network, lr_local: the initial step sizes of the three parameter groups
+        (:mod:`experiments.param_groups`): the model's parameters, the guide's shared parameters (network weights,
+        its global factors) and its free per-point parameters; unset: ``lr``. ``lr_final`` decays every group by
+        the same factor (group g ends at lr_g * lr_final / lr).
+    max_seconds: a wall-time budget: training stops cleanly between steps once this many seconds have passed
+        (counting the time before a resume), so ``steps`` is an upper bound; with ``lr_final`` the decay then
+        runs over the budget's time instead of the steps (unset: no budget).
     """
 
     elbo: str = "Trace_ELBO"
@@ -128,6 +145,10 @@ class SVIConfig:
     betas: tuple[float, ...] = (0.9, 0.999)
     steps: int = 1000
     batch_size: int = 0
+    lr_model: float | None = None
+    lr_network: float | None = None
+    lr_local: float | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.elbo not in ELBOS:
@@ -148,6 +169,10 @@ class SVIConfig:
             raise ValueError(f"svi.betas applies to adam only, not svi.optimiser={self.optimiser!r}")
         if self.lr_final is not None and not self.lr_final > 0:
             raise ValueError(f"svi.lr_final must be > 0, got {self.lr_final}")
+        for key in ("lr_model", "lr_network", "lr_local", "max_seconds"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"svi.{key} must be a positive finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +244,7 @@ class RunConfig:
     guides: tuple[str, ...] = ("mean_field", "amortised")
     seed: int = 0
     dtype: str = "float64"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (experiments/devices.py): where data, parameters and guides live
     output_dir: str = "runs"
     progress: bool = True
     data: DataOptions = field(default_factory=DataOptions)
@@ -338,6 +364,7 @@ def _check_choices(cfg: RunConfig, spec: ModelSpec) -> None:
         raise ConfigError(f"data.heldout={cfg.data.heldout}: model {spec.name!r} has no held-out evaluation; use 0")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    check_device(cfg.device)
     if not _NAME.fullmatch(cfg.name):
         raise ConfigError(f"name must be a plain folder name of letters, digits and _ . + = - (at most 100, not starting "
                           f"with '.' or '-'), got {cfg.name!r}")
@@ -348,6 +375,7 @@ MAX_UNITS = 10_000
 topics, states, chains, latent and hidden sizes (every integer under ``[model_args]``, and guide_args.hidden)."""
 SIZE_LIMITS = {
     "guide_args.refine": 1_000,
+    "guide_args.local_steps": 10_000,
     "svi.num_particles": 10_000,
     "eval.importance_samples": 1_000_000,
     "data.num_points": 1_000_000,
@@ -378,6 +406,7 @@ LIMIT_REASONS = {
     "svi.steps": "a run this long would take days",
     "em.max_iter": "a run this long would take days",
     "eval.refit_steps": "a run this long would take days",
+    "guide_args.local_steps": "sweeps per SVI step; a run this long would take days",
     "checkpoint.every_steps": "more steps than a run may have",
     "data.subset": "more rows than any data set here",
     "data.min_doc_freq": "more documents than any corpus here",

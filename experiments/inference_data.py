@@ -149,7 +149,7 @@ def _score(spec, x, params, values, observed, n, batched: bool, nesting: int = 0
 
     def run():
         if batched:
-            with pyro.plate("_draws", num, dim=-(nesting + 1)):
+            with pyro.plate("_draws", num, dim=-(nesting + 1), device=x.device):
                 model(x, params)
         else:
             model(x, params)
@@ -196,7 +196,7 @@ def export_arviz(spec: ModelSpec, out_dir: Path, draws: dict[str, dict[str, torc
         if sources and method in sources:
             idata = to_inference_data(spec, *sources[method], posterior=sites, dims=dims, coords={"point": points})
         else:
-            idata = az.from_dict(posterior={s: v.numpy()[None] for s, v in sites.items()}, dims=dims, coords={"point": points})
+            idata = az.from_dict(posterior={s: v.cpu().numpy()[None] for s, v in sites.items()}, dims=dims, coords={"point": points})
         fname = method.replace("exact | ", "exact_at_").replace("SVI ", "").replace(" ", "_")
         idata.to_netcdf(str(out_dir / "arviz" / f"{fname}.nc"))
         point0 = idata.posterior.isel(point=0).isel({f"{s}_coord": slice(0, max_coords) for s in sites})

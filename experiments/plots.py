@@ -139,7 +139,7 @@ def correlation_figure(draws: dict[str, dict[str, torch.Tensor]], points: list[i
             k = v.shape[0]
             v = v.clone()
             v.fill_diagonal_(float("nan"))  # 1 by definition: grey, marked "1"
-            im = ax.imshow(v.numpy(), vmin=-1, vmax=1, cmap=cmap)
+            im = ax.imshow(v.cpu().numpy(), vmin=-1, vmax=1, cmap=cmap)
             ticks = list(range(k)) if k <= 12 else list(range(0, k, max(1, k // 8)))
             ax.set_xticks(ticks, [str(i) for i in ticks])
             ax.set_yticks(ticks, [str(i) for i in ticks])

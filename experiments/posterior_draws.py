@@ -96,11 +96,11 @@ def select_points(spec: ModelSpec, results: list[RunResult], points: int, candid
     n = res.x.shape[0]
     method = next(iter(res.trained), None)
     if method is None or not res.metrics["enumerable"] or spec.exact.draws is None:
-        return torch.arange(min(points, n))
+        return torch.arange(min(points, n), device=res.x.device)
     m = min(n, candidates)
     sites = point_sites(res.models[method], res.trained[method], res.x)
     with torch.no_grad():
-        exact = spec.exact.draws(res.x[:m], res.fits[method], 256, torch.Generator().manual_seed(1))
+        exact = spec.exact.draws(res.x[:m], res.fits[method], 256, torch.Generator(res.x.device).manual_seed(1))
     taken = {s: take(v, sites[s][0], None, sites[s][1]) for s, v in exact.items() if s in sites}
     binary = binary_sites(taken)
     if binary:  # covariance, not correlation: a rare bit's correlation from 256 draws is noise
@@ -120,7 +120,7 @@ def posterior_draws(spec: ModelSpec, results: list[RunResult], num_draws: int, p
     rows ``points``, so both come from the same draws)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     sources: dict[str, tuple[torch.Tensor, Any, dict[str, torch.Tensor]]] = {}
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(results[0].x.device).manual_seed(0) if results else None  # draws on the data's device
     for res in results:
         for method, guide in res.trained.items():
             model = res.models[method]

@@ -140,7 +140,7 @@ MODELS: dict[str, ModelSpec] = {
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(d_n | s_n) = prod_i Bern(sigmoid(MLP(s_n))_i)", noisy_or_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(noisy_or_exact),
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(noisy_or_exact), data_parallel=True,
                 ),
             },
             exact=ExactReference(
@@ -177,7 +177,7 @@ MODELS: dict[str, ModelSpec] = {
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(z_d | x_d) = prod_k Bern(sigmoid(MLP(log(1 + x_d)))_k)", lfdm_guides.amortised,
-                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(lfdm_exact),
+                    binary_guides.VALID_ELBOS, binary_guides.WHY_NOT, **_binary_family(lfdm_exact), data_parallel=True,
                 ),
             },
             exact=ExactReference(
@@ -212,10 +212,12 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "q(theta_d) = Dir(gamma_d), q(z_dv) = Cat(phi_dv) free per document and word; "
                     "q(beta_k) = Dir(lambda_k)", lda_guides.mean_field, lda_guides.VALID_ELBOS, lda_guides.WHY_NOT,
+                    data_parallel=True,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "gamma_d = alpha + N_d softmax(MLP(log(1 + x_d))), phi_dv = softmax(digamma(gamma_d) + U_v); "
                     "q(beta_k) = Dir(lambda_k)", lda_guides.amortised, lda_guides.VALID_ELBOS, lda_guides.WHY_NOT,
+                    data_parallel=True,
                 ),
             },
             exact=ExactReference(
@@ -295,12 +297,12 @@ MODELS: dict[str, ModelSpec] = {
                 "mean_field": GuideSpec(
                     "mean_field", "q(h_n) = prod_l N(m^l_n, diag s^l_n^2), free per point (no network)",
                     vae_guides.mean_field, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
-                    optimum=_PPCA_OPTIMUM,
+                    optimum=_PPCA_OPTIMUM, data_parallel=True,
                 ),
                 "amortised": GuideSpec(
                     "amortised", "q(h^1 | x) q(h^2 | h^1) ..., each N(MLP(.)): the hierarchical inference network",
                     vae_guides.amortised, vae_guides.VALID_ELBOS, vae_guides.WHY_NOT,
-                    optimum=_PPCA_OPTIMUM,
+                    optimum=_PPCA_OPTIMUM, data_parallel=True,
                 ),
             },
             exact=ExactReference(

@@ -50,8 +50,9 @@ from ..models.exact.binary import MAX_LATENTS
 from ..models.importance import ImportanceEstimate, log_weights
 from ..models.spec import ModelSpec
 from . import report
-from .checkpoint import Checkpointer, check_modules, fingerprint
+from .checkpoint import Checkpointer, check_modules, fingerprint, on_device
 from .config import RunConfig, load_config
+from .devices import move, resolve_device, to_cpu
 from .train import NonFiniteLoss, SVIResult, interruptible, stop_requested, train_svi
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -109,14 +110,15 @@ def run_experiment(cfg: RunConfig, progress: bool | None = None, log=print, spec
         return execute(prep, RunWriter.new(cfg), progress=progress, log=log)
 
 
-def resume_experiment(run_dir: str | Path, progress: bool | None = None, log=print) -> RunResult:
+def resume_experiment(run_dir: str | Path, progress: bool | None = None, log=print, device: str | None = None) -> RunResult:
     """Continue the run in ``run_dir`` (killed, or stopped by Ctrl-C) from each guide's last checkpoint, with
     the config it was started with (its ``config.toml``). The run folder ends as an uninterrupted run's would,
     bit for bit on the same machine and thread count (wall times aside). Guides that finished are restored,
     not retrained; the exact reference is refitted (it is deterministic). Every checkpoint is loaded and
-    checked before any work starts."""
+    checked before any work starts. ``device``: continue on another device than the config's (checkpoints hold
+    CPU tensors; the result then matches the uninterrupted run's up to the devices' round-off and draws)."""
     run_dir = check_run_dir(run_dir)
-    cfg = load_config(run_dir / "config.toml")
+    cfg = load_config(run_dir / "config.toml", [] if device is None else [f"device={json.dumps(device)}"])
     with interruptible():
         prep = prepare(cfg, cfg.spec, load_data(cfg, cfg.spec, run_dir))
         states = load_states(prep, run_dir, final=False)
@@ -178,14 +180,14 @@ def load_states(prep: Prepared, run_dir: Path, final: bool) -> dict[str, dict]:
                                   "runs written with checkpoint.enabled = false cannot be loaded")
             continue
         check_modules(state, (spec.guides[g].learnable or spec.learnable)(prep.init, cfg.model_args), guide, str(ck.path))
-        states[g] = state
+        states[g] = on_device(state, prep.x.device)
     return states
 
 
 def _identity(cfg: RunConfig, x: torch.Tensor, x_test: torch.Tensor | None) -> dict[str, str]:
-    """What a checkpoint must match to be resumed: the config (where the run writes and whether it shows
-    progress aside) and the data."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress")}
+    """What a checkpoint must match to be resumed: the config (where the run writes, whether it shows progress
+    and its device aside: a checkpoint holds CPU tensors and resumes on any device) and the data."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "progress", "device")}
     data = fingerprint(x) + ("" if x_test is None else fingerprint(x_test))
     return {"config_sha256": fingerprint(config), "data_sha256": fingerprint(data)}
 
@@ -195,9 +197,11 @@ def prepare(cfg: RunConfig, spec: ModelSpec, data: Dataset) -> Prepared:
     are raised here, before anything is written or trained."""
     args = cfg.model_args
     dtype = DTYPES[cfg.dtype]
+    device = resolve_device(cfg.device)  # checked by the config; everything below follows the data onto it
     x, x_test = heldout_split(data.x.to(dtype), cfg.data.heldout, cfg.seed)
     if x_test is None and data.x_test is not None and spec.heldout is not None:  # the data set's fixed test set
         x_test = data.x_test.to(dtype)
+    x, x_test = x.to(device), None if x_test is None else x_test.to(device)
     num_points = x.shape[0]
     if cfg.svi.batch_size > num_points:
         raise ConfigError(f"svi.batch_size={cfg.svi.batch_size} is larger than the {num_points} training points")
@@ -282,7 +286,8 @@ class RunWriter:
 
     def finish(self, prep: Prepared, metrics: dict[str, Any], fits: dict[str, Any], trained: dict[str, Any], text: str) -> None:
         """The pictures, report.md (``text``) and, last, metrics.json."""
-        spec, cfg, data, x = prep.spec, prep.cfg, prep.data, prep.x
+        spec, cfg, data = prep.spec, prep.cfg, prep.data
+        x, fits, trained = to_cpu(prep.x), to_cpu(fits), {m: to_cpu(g) for m, g in trained.items()}  # pictures are drawn on the CPU
         report.plot_elbo(self.run_dir / "elbo.png", metrics)
         if spec.plot_fit is not None:
             report.plot_fit(self.run_dir / "fit.png", spec.plot_fit, x, fits, data.features, metrics["title"])
@@ -295,12 +300,14 @@ class RunWriter:
 
 
 def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, dict] | None = None,
-            progress: bool | None = None, log=print) -> RunResult:
+            progress: bool | None = None, log=print, data_parallel=None) -> RunResult:
     """The runner: exact reference, SVI for each guide (from its checkpoint ``states`` where given), evaluation;
     everything in memory, and written by ``writer`` when there is one. A write that fails (full or read-only
-    disk) stops the run with one :class:`report.OutputError`, metrics.json saying "failed" when it can."""
+    disk) stops the run with one :class:`report.OutputError`, metrics.json saying "failed" when it can.
+    ``data_parallel(model, guide, seed)``: one process of a data-parallel run (experiments/distributed.py) gives
+    each guide's training its ``parallel`` hook; None: one process."""
     try:
-        return _execute(prep, writer, states, progress, log)
+        return _execute(prep, writer, states, progress, log, data_parallel)
     except report.OutputError as err:
         if writer is None:
             raise
@@ -308,7 +315,7 @@ def execute(prep: Prepared, writer: RunWriter | None = None, states: dict[str, d
 
 
 def _execute(prep: Prepared, writer: RunWriter | None, states: dict[str, dict] | None, progress: bool | None,
-             log) -> RunResult:
+             log, data_parallel=None) -> RunResult:
     cfg, spec, data, x, x_test, init = prep.cfg, prep.spec, prep.data, prep.x, prep.x_test, prep.init
     args = cfg.model_args
     progress = cfg.progress if progress is None else progress
@@ -342,7 +349,8 @@ def _execute(prep: Prepared, writer: RunWriter | None, states: dict[str, dict] |
     trained: dict[str, Any] = {}  # method -> its trained guide (SVI methods)
     models: dict[str, Any] = {}  # method -> its trained model module (SVI methods)
     if data.truth is not None and enumerable and not cfg.data.heldout:  # x is all of data.x; validated data and truths are float64
-        metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(data.x, data.truth), num_points)
+        truth_x, truth = data.x.to(x.device), move(data.truth, x.device)
+        metrics["truth_log_likelihood_per_point"] = _per_point(spec.exact.log_evidence(truth_x, truth), num_points)
     if ref is not None:
         start = time.perf_counter()
         em = ref.fit(x, init, args, cfg.em.max_iter, cfg.em.tol)
@@ -367,9 +375,10 @@ def _execute(prep: Prepared, writer: RunWriter | None, states: dict[str, dict] |
     interrupted = False
     for i, (g, guide) in enumerate(prep.guides.items()):
         model = (spec.guides[g].learnable or spec.learnable)(init, args)
+        parallel = None if data_parallel is None else data_parallel(model, guide, cfg.seed + 1 + i)
         try:
             result = train_svi(model, guide, x, cfg.svi, seed=cfg.seed + 1 + i, progress=progress, desc=g,
-                               checkpoint=checkpointers.get(g), resume=states.get(g))
+                               checkpoint=checkpointers.get(g), resume=states.get(g), parallel=parallel)
         except NonFiniteLoss as err:  # nothing more is saved: the guide's last checkpoint is its last good state
             metrics.update(status="failed", error=str(err), failed_guide=g)
             if writer is not None:
@@ -492,7 +501,7 @@ def heldout_split(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Te
     num_test = round(fraction * n)
     if not 1 <= num_test < n:
         raise ConfigError(f"data.heldout={fraction} holds out {num_test} of {n} rows; it must leave at least one on each side")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu").to(x.device)  # the same split on every device
     return x[perm[num_test:].sort().values], x[perm[:num_test].sort().values]
 
 
@@ -506,6 +515,7 @@ def _evaluate(spec, enumerable: bool, params, guide, x, result: SVIResult, cfg: 
         "steps": result.steps,
         "wall_time_s": result.wall_time,
         "interrupted": result.interrupted,
+        "out_of_time": result.out_of_time,  # stopped by svi.max_seconds (steps < svi.steps)
         "elbo_curve": result.elbo_trace,
         "elbo_times": result.times,
     }

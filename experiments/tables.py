@@ -22,6 +22,8 @@ COLUMNS = {
     "certified": "q\\* certified",
     "several_optima": "several optima",
     "wall_time_s": "time (s)",
+    "steps": "steps",
+    "time_to_1pct_s": "time to 1% (s)",
 }
 
 
@@ -47,7 +49,7 @@ def _cell(entry: dict[str, Any], key: str) -> str:
     v = entry.get(key)
     if v is None:
         return "–"
-    digits = 2 if key == "wall_time_s" else 4
+    digits = 2 if key in ("wall_time_s", "time_to_1pct_s") else 0 if key == "steps" else 4
     text = f"{round(v, digits) + 0.0:.{digits}f}"
     if key in ("certified", "several_optima"):  # shares of points, averaged over seeds
         return f"{100 * v:.1f}%"
@@ -112,6 +114,10 @@ def compare_markdown(title: str, source: str, seeds: int, summary, rows, figures
         "(binary mean field, K ≤ 10); **several optima**: the share of points whose starts reached more than one "
         "local optimum. Where q* is not certified everywhere the amortisation gap is marked ≥: a lower bound, the "
         "family's optimum may lie higher (and the approximation gap is then an upper bound).",
+        "- **steps**: SVI steps taken (the reference: its iterations); **time to 1%**: the training time at which the "
+        "guide's ELBO, smoothed by a running mean over 5% of its steps, came within 1% of its own final value "
+        "(|ELBO_t − ELBO_final| ≤ 0.01 |ELBO_final|) and stayed there (experiments/convergence.py). With `--time` "
+        "every guide had the same wall time, so steps differ and this column says how much of it each needed.",
         "- SVI AutoNormal / AutoDelta are Pyro's autoguides (outside baselines, continuous latents only); "
         "AutoDelta's objective is log p(x, z*) (joint MAP), not a bound, so it has no gap.",
     ]

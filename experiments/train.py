@@ -2,7 +2,9 @@
 
 Each step estimates the ELBO and its gradient with a Pyro estimator (:func:`loss_and_grads` puts the
 surrogate gradient on the model's and guide's parameters) and takes a torch optimiser step; a guide
-with an ``after_step`` method then takes its own closed-form step (LDA's natural-gradient lambda). With
+with an ``after_step`` method then takes its own closed-form step (LDA's natural-gradient lambda); a guide with
+``local_steps`` > 0 first brings the step's points' own parameters to (near) their optimum (``local_update``,
+:mod:`guides.local`: Hoffman et al.'s local step). With
 ``TraceEnum_ELBO`` the guide is wrapped in ``config_enumerate`` so its discrete sites are summed out
 exactly, in parallel. ``Analytic_ELBO`` is not a Pyro estimator: it backpropagates the guide's ELBO in
 closed form (``guide.analytic_elbo``), for guides whose expectations are analytic (the factorial HMM's).
@@ -33,6 +35,7 @@ from pyro.infer import (
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import param_groups
 from .checkpoint import (
     param_store_state,
     rng_state,
@@ -74,13 +77,15 @@ OPTIMISERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, 
 class SVIResult(NamedTuple):
     """elbo_trace: the ELBO estimate per data point at each step (before that step's update).
     steps: steps completed. wall_time: seconds in the loop. interrupted: stopped by Ctrl-C.
-    times: seconds since the loop started, at the end of each step (for ELBO against wall time)."""
+    times: seconds since the loop started, at the end of each step (for ELBO against wall time).
+    out_of_time: stopped between steps because ``svi.max_seconds`` had passed (steps < svi.steps)."""
 
     elbo_trace: list[float]
     steps: int
     wall_time: float
     interrupted: bool
     times: list[float] = []
+    out_of_time: bool = False
 
 
 class NonFiniteLoss(RuntimeError):
@@ -103,12 +108,12 @@ def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str, when: s
         raise NonFiniteLoss(f"parameter {bad} is not finite {when} step {step} ({desc})")
 
 
-def _site_report(model, guide, x: Tensor, kwargs: dict, rng: Tensor, named: list[tuple[str, Tensor]]) -> str:
+def _site_report(model, guide, x: Tensor, kwargs: dict, rng: dict, named: list[tuple[str, Tensor]]) -> str:
     """Which Pyro site made a step non-finite: the step is replayed from its random state (so the guide draws
     the same z), model and guide are traced, and each sample site's value, log-density and the gradient of
     its log-density are checked in execution order (guide first). A diagnosis only; it changes nothing that
     is saved."""
-    torch.set_rng_state(rng)
+    set_rng_state(rng)
     params = [p for _, p in named]
     with pyro.validation_enabled(False):  # let NaN reach the log-densities, where the site is named
         try:
@@ -165,6 +170,12 @@ def interruptible():
         _STOP.clear()
 
 
+def request_stop() -> None:
+    """Ask training to stop at the next step boundary, as a first Ctrl-C does (a data-parallel run sets it on
+    every process at the same step, once the processes agree that one of them was interrupted)."""
+    _STOP.set()
+
+
 def stop_requested() -> bool:
     """Whether Ctrl-C was pressed inside the current ``interruptible`` block."""
     return _STOP.is_set()
@@ -216,6 +227,15 @@ def make_elbo(cfg: SVIConfig, max_plate_nesting: int = 1) -> ELBO:
     return ELBO_CLASSES[cfg.elbo](num_particles=cfg.num_particles)
 
 
+def _decay_by_time(optim, cfg: SVIConfig, seconds: float) -> None:
+    """The step-size decay under a time budget (``svi.max_seconds`` with ``svi.lr_final``): every group at
+    lr_g (lr_final / lr)^min(1, seconds / max_seconds), ``seconds`` the training time when the step starts (the
+    recorded end of the step before, so a replayed or resumed step gets the same step size)."""
+    factor = (cfg.lr_final / cfg.lr) ** min(1.0, seconds / cfg.max_seconds)
+    for group in optim.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
 CHECK_EVERY = 100  # steps between full checks (every parameter finite); each passing one keeps a snapshot
 
 
@@ -251,6 +271,7 @@ def train_svi(
     desc: str = "svi",
     checkpoint=None,
     resume: dict | None = None,
+    parallel=None,
 ) -> SVIResult:
     """Maximise the ELBO over the parameters of ``model`` and ``guide`` on data ``x``: (N, ...).
 
@@ -274,7 +295,12 @@ def train_svi(
     thread count). A finished state is restored and returned without a step.
 
     With ``cfg.batch_size`` (< N), model and guide are called with ``subsample_size`` and each step sees
-    that many points; the estimate is rescaled to all N, so the trace stays an ELBO per point."""
+    that many points; the estimate is rescaled to all N, so the trace stays an ELBO per point.
+
+    ``parallel`` (an :class:`experiments.distributed.DataParallel`, one process of a data-parallel run): it
+    broadcasts rank 0's parameters before the first step, gives each step this process's point indices and seed
+    (``subsample``), and combines the gradients and the estimate over the processes before the checks and the
+    update, so every process takes the same step. None (the default) leaves the loop exactly as it is."""
     pyro.set_rng_seed(seed)
     # Model and guide parameters live in their modules (module_local_params); the global store holds
     # only estimator state, such as TraceGraph_ELBO's decaying-average baselines. Start it empty.
@@ -283,14 +309,18 @@ def train_svi(
     guide_fn = config_enumerate(guide, "parallel") if cfg.elbo == "TraceEnum_ELBO" else guide
     named = [(f"model.{n}", p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"guide.{n}", p) for n, p in guide.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
     extra = {"betas": cfg.betas} if cfg.optimiser == "adam" else {}
-    optim = OPTIMISERS[cfg.optimiser](params, lr=cfg.lr, **extra)
-    gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1)) if cfg.lr_final else 1.0
+    # one group over every parameter, or (svi.lr_model/lr_network/lr_local) one per group: experiments/param_groups.py
+    optim = OPTIMISERS[cfg.optimiser](param_groups.optimiser_groups(model, guide, cfg), lr=cfg.lr, **extra)
+    timed_decay = bool(cfg.lr_final and cfg.max_seconds)  # under a time budget the decay runs over its seconds
+    gamma = (cfg.lr_final / cfg.lr) ** (1.0 / max(cfg.steps, 1)) if cfg.lr_final and not timed_decay else 1.0
     schedule = torch.optim.lr_scheduler.ExponentialLR(optim, gamma)
     num_points = x.shape[0]
     kwargs = {"subsample_size": cfg.batch_size} if cfg.batch_size and cfg.batch_size < num_points else {}
     after_step = getattr(guide, "after_step", None)  # a guide's own closed-form update (LDA's natural step)
+    # Hoffman et al.'s local step (guides/local.py): the guide sets the step's points' own parameters first
+    local_update = guide.local_update if getattr(guide, "local_steps", 0) else None
+    step_kwargs = kwargs  # the last step's arguments (its point indices, with a local update)
     trace: list[float] = []
     times: list[float] = []
     offset = 0.0  # seconds spent before a resume
@@ -299,7 +329,10 @@ def train_svi(
         trace, times = list(resume["elbo_trace"]), list(resume["times"])
         offset = times[-1] if times else 0.0
         if resume.get("finished"):
-            return SVIResult(trace, len(trace), float(resume.get("wall_time", offset)), False, times)
+            return SVIResult(trace, len(trace), float(resume.get("wall_time", offset)), False, times,
+                             len(trace) < cfg.steps and cfg.max_seconds is not None)
+    if parallel is not None:  # every process starts from rank 0's parameters
+        parallel.broadcast()
     _check_finite(named, len(trace), desc, "before")
     optim.zero_grad(set_to_none=True)  # a guide's builder may leave gradients behind (a network pre-fitted to a start)
     good = _snapshot(model, guide, optim, schedule, len(trace))  # the last state whose parameters were all checked
@@ -314,11 +347,25 @@ def train_svi(
         }
 
     def step_once(step: int) -> float:
-        """One estimate and its gradient, no update: the -ELBO as a float, not yet checked."""
+        """One estimate and its gradient, no update: the -ELBO as a float, not yet checked. With a guide's local
+        update: the step's points are drawn here (all of them without svi.batch_size), their local parameters set
+        without gradient, and model and guide run on those points (``subsample``)."""
+        nonlocal step_kwargs
+        if timed_decay:
+            _decay_by_time(optim, cfg, times[step - 1] if step else 0.0)
+        if local_update is not None:
+            idx = torch.randperm(num_points, device=x.device)[: cfg.batch_size] if kwargs else None
+            with torch.no_grad():
+                local_update(x, idx, model)
+            step_kwargs = {} if idx is None else {"subsample": idx}
         # Pyro's validation (shapes, supports, distribution arguments) checks the first step; later steps
         # run the same code on the same kinds of values, and are guarded by the finite checks
+        if parallel is not None:  # data-parallel SVI (experiments/distributed.py): this process's points and seed
+            step_kwargs = parallel.step_kwargs(step)
         with pyro.validation_enabled(step == 0):
-            loss = loss_and_grads(elbo, model, guide_fn, x, **kwargs)
+            loss = loss_and_grads(elbo, model, guide_fn, x, **step_kwargs)
+        if parallel is not None:  # the gradients and the estimate combined over the processes, before any check
+            loss = parallel.reduce(loss)
         return loss
 
     def update() -> None:
@@ -337,17 +384,17 @@ def train_svi(
         _restore(good, model, guide, optim, schedule)
         optim.zero_grad(set_to_none=True)  # the failed step's gradients
         for step in range(good["step"], found_step + 1):
-            before = torch.get_rng_state()  # for the diagnosis (Pyro draws from torch's RNG)
+            before = rng_state()  # for the diagnosis (Pyro draws from torch's RNG: the CPU's or the data's CUDA device's)
             loss = step_once(step)
             if not math.isfinite(loss) and hasattr(elbo, "differentiable_loss"):
                 # its value is loss + (surrogate - surrogate.item()): NaN where the ELBO is infinite; say which
-                torch.set_rng_state(before)
+                set_rng_state(before)
                 with pyro.validation_enabled(False), torch.no_grad():
-                    loss = elbo.loss(model, guide_fn, x, **kwargs)
+                    loss = elbo.loss(model, guide_fn, x, **step_kwargs)
             bad_grad = _non_finite_name(named, "grad")
             if not math.isfinite(loss) or bad_grad:
                 what = f"the ELBO estimate is {-loss}" if not math.isfinite(loss) else f"the gradient of {bad_grad} is not finite"
-                site = _site_report(model, guide, x, kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
+                site = _site_report(model, guide, x, step_kwargs, before, named) if cfg.elbo != "Analytic_ELBO" else ""
                 raise NonFiniteLoss(f"{what} at step {step} ({desc}){site}; stopped before the update")
             update()
             _check_finite(named, step, desc, "after the update of")
@@ -364,7 +411,7 @@ def train_svi(
         if keep:
             good = _snapshot(model, guide, optim, schedule, step)
 
-    interrupted = False
+    interrupted = out_of_time = False
     clean = True  # no step was cut in half (a second Ctrl-C raises mid-step): the state is one to save
     bar = tqdm(total=cfg.steps, initial=len(trace), desc=desc, disable=not show_bar(progress), leave=False, dynamic_ncols=True)
     start = time.perf_counter()
@@ -372,6 +419,9 @@ def train_svi(
         for step in range(len(trace), cfg.steps):
             if _STOP.is_set():  # Ctrl-C under interruptible(): stop between steps
                 interrupted = True
+                break
+            if cfg.max_seconds is not None and times and times[-1] >= cfg.max_seconds:  # the time budget is spent
+                out_of_time = True
                 break
             loss = step_once(step)
             if not math.isfinite(loss):
@@ -388,10 +438,13 @@ def train_svi(
                 bar.set_postfix_str(f"ELBO/point {trace[-1]:.4f}", refresh=False)
             bar.update()
         full_check(len(trace), keep=False)  # the end, or the step boundary where Ctrl-C stopped it
+        if local_update is not None and not interrupted and (len(trace) == cfg.steps or out_of_time):
+            with torch.no_grad():  # every point's local factors at the final parameters (saved in the final state)
+                local_update(x, None, model, final=True)
     except KeyboardInterrupt:  # mid-step: the last checkpoint on disk stays the one to resume from
         interrupted, clean = True, False
     finally:
         bar.close()
     if checkpoint is not None and clean:  # the end of training, or the step boundary where Ctrl-C stopped it
-        checkpoint.save(state(finished=not interrupted and len(trace) == cfg.steps))
-    return SVIResult(trace, len(trace), offset + time.perf_counter() - start, interrupted, times)
+        checkpoint.save(state(finished=not interrupted and (len(trace) == cfg.steps or out_of_time)))
+    return SVIResult(trace, len(trace), offset + time.perf_counter() - start, interrupted, times, out_of_time)

@@ -34,7 +34,8 @@ def importance_sampled(x: Tensor, decoder: Decoder, guide, num_samples: int, see
     chunk = max(1, int(max_elements // (num_samples * widest)))
     end = min(points, x.shape[0]) if points else x.shape[0]
     return ImportanceEstimate.concat([
-        ImportanceEstimate.from_log_weights(log_weights(x, decoder, guide, num_samples, torch.arange(start, min(start + chunk, end))))
+        ImportanceEstimate.from_log_weights(log_weights(x, decoder, guide, num_samples,
+                                                        torch.arange(start, min(start + chunk, end), device=x.device)))
         for start in range(0, end, chunk)
     ])
 
@@ -48,7 +49,7 @@ def fit_per_point(x: Tensor, decoder: Decoder, steps: int, seed: int, start=None
     same family can be no better than this optimum: the difference is the amortisation gap."""
 
     frozen = decoder.detach().requires_grad_(False)
-    guide = MeanField(x.shape[0], decoder.args.latent_sizes, x.dtype, start=start)
+    guide = MeanField(x.shape[0], decoder.args.latent_sizes, x.dtype, start=start, device=x.device)
     optim = torch.optim.Adam(guide.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.ExponentialLR(optim, 0.1 ** (1 / max(steps, 1)))
     pyro.set_rng_seed(seed)

@@ -47,6 +47,12 @@ class AutoBaseline(nn.Module):
         self.point_mass = kind == "AutoDelta"
         with poutine.block():
             self.auto(x)  # sets up the prototype trace and the per-point parameters
+        # the parameters of the sites in the data's plate are free per point (experiments/param_groups.py)
+        sites = {name for name, site in self.auto.prototype_trace.iter_stochastic_nodes()
+                 if any(f.vectorized and (f.full_size or f.size) == x.shape[0] for f in site["cond_indep_stack"])}
+        prefixes = ("auto.locs.", "auto.scales.") if kind == "AutoNormal" else ("auto.",)
+        names = [n.removesuffix("_unconstrained") for n, _ in self.named_parameters()]
+        self.local_parameters = tuple(n for n in names if any(n.startswith(p) and n[len(p):] in sites for p in prefixes))
 
     def forward(self, x: Tensor, **kwargs) -> None:
         self.auto(x, **kwargs)

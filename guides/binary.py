@@ -25,6 +25,7 @@ Valid ELBO estimators: ``Trace_ELBO`` (score function, Rao-Blackwellised per poi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -34,7 +35,15 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor
 
 from ..models.distributions import BernoulliVector
+from ..models.exact.binary import MAX_PARALLEL_LATENTS, MAX_TABLE
+from . import local as local_opt
 from .nets import MLP, Baseline, Standardise
+
+LOCAL_SWEEPS = 20
+"""The mean-field guide's default ``local_steps`` (CAVI sweeps per SVI step, from the last values), for K <=
+:data:`MAX_PARALLEL_LATENTS`; off beyond (each sweep costs K passes over the N x 2^K table)."""
+LOCAL_TOL = 1e-10
+"""A local update stops early when a sweep gains less than this per point (0: run every sweep)."""
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 WHY_NOT = "TraceMeanField_ELBO needs a fully reparameterised guide, and the binary latents are discrete"
@@ -46,14 +55,43 @@ def _bits(logits: Tensor):
 
 
 class MeanField(PyroModule):
-    """q(z_nk = 1) = sigmoid(logits_nk); ``logits``: (N, K), free per point."""
+    """q(z_nk = 1) = sigmoid(logits_nk); ``logits``: (N, K), free per point.
 
-    def __init__(self, site: str, plate: str, logits: Tensor, baseline: Baseline, features: Callable[[Tensor], Tensor]):
+    local_steps > 0 (:mod:`guides.local`): before each SVI step, up to ``local_steps`` sweeps of coordinate
+    ascent (CAVI, one bit at a time, expectations by enumeration: ``best_mean_field(x, params, init=, max_sweeps=,
+    tol=)`` of the model's exact module, :func:`models.exact.binary.best_mean_field`) from the current q; each
+    update maximises the ELBO in its bit, so the ELBO of the points never decreases. ``local_tol``: stop when a
+    sweep gains less per point (0: every sweep)."""
+
+    local_parameters = ("logits",)  # free per point (experiments/param_groups.py)
+
+    def __init__(self, site: str, plate: str, logits: Tensor, baseline: Baseline, features: Callable[[Tensor], Tensor],
+                 local_steps: int = 0, best_mean_field: Callable | None = None, local_tol: float = LOCAL_TOL):
         super().__init__()
         self.site, self.plate = site, plate
         self.logits = PyroParam(logits.detach().clone())
         self.baseline = baseline
         self.features = features
+        self.local_steps, self.local_tol = local_steps, local_tol
+        self._best_mean_field = best_mean_field
+        if local_steps:
+            if best_mean_field is None:
+                raise ValueError("local_steps > 0 needs the model's best_mean_field (CAVI by enumeration)")
+            local_opt.freeze(self, "logits")
+
+    @torch.no_grad()
+    def local_update(self, x: Tensor, idx: Tensor | None, model, final: bool = False) -> None:
+        """Up to ``local_steps`` CAVI sweeps (``final``: :data:`guides.local.FINAL_SWEEPS`) for points ``idx``
+        (None: all) at the model's current parameters."""
+        idx = torch.arange(x.shape[0], device=x.device) if idx is None else idx
+        params = model.params
+        size = max(1, MAX_TABLE // 2 ** self.logits.shape[-1])  # points per call: their N x 2^K table fits
+        for part in idx.split(size):
+            probs = torch.sigmoid(self.logits[part])
+            fit = self._best_mean_field(x[part], params, init=probs,
+                                        max_sweeps=local_opt.FINAL_SWEEPS if final else self.local_steps,
+                                        tol=self.local_tol if self.local_tol > 0 else -math.inf)
+            local_opt.set_rows(self, "logits", part, torch.logit(fit.probs))
 
     def probs(self, x: Tensor, params=None) -> Tensor:
         if x.shape[0] != self.logits.shape[0]:
@@ -64,7 +102,7 @@ class MeanField(PyroModule):
         return torch.sigmoid(self.logits)
 
     def forward(self, x: Tensor) -> None:
-        with pyro.plate(self.plate, x.shape[0]):
+        with pyro.plate(self.plate, x.shape[0], device=x.device):
             pyro.sample(self.site, _bits(self.logits), infer=self.baseline.infer(lambda: self.features(x)))
 
 
@@ -78,7 +116,7 @@ class Amortised(PyroModule):
         self.features = features
         inputs = features(x_train)
         self.standardise = Standardise(inputs)
-        self.net = MLP(inputs.shape[-1], hidden, num_latents).to(x_train.dtype)
+        self.net = MLP(inputs.shape[-1], hidden, num_latents, device=x_train.device).to(x_train.dtype)
         self.baseline = baseline
 
     def logits(self, x: Tensor, inputs: Tensor | None = None) -> Tensor:
@@ -88,10 +126,12 @@ class Amortised(PyroModule):
     def probs(self, x: Tensor, params=None) -> Tensor:
         return torch.sigmoid(self.logits(x))
 
-    def forward(self, x: Tensor) -> None:
-        inputs = self.features(x)  # once a step, for the network and its baseline
-        with pyro.plate(self.plate, x.shape[0]):
-            pyro.sample(self.site, _bits(self.logits(x, inputs)), infer=self.baseline.infer(lambda: inputs))
+    def forward(self, x: Tensor, subsample: Tensor | None = None) -> None:
+        """``subsample`` (B,): q of these points only (a data-parallel process's shard, experiments/distributed.py)."""
+        rows = x if subsample is None else x[subsample]
+        inputs = self.features(rows)  # once a step, for the network and its baseline
+        with pyro.plate(self.plate, x.shape[0], subsample=subsample, device=x.device):
+            pyro.sample(self.site, _bits(self.logits(rows, inputs)), infer=self.baseline.infer(lambda: inputs))
 
 
 def _start_logits(start: str, marginals: Callable[[], Tensor]) -> Tensor | None:
@@ -103,19 +143,26 @@ def _start_logits(start: str, marginals: Callable[[], Tensor]) -> Tensor | None:
 
 
 def build_mean_field(site: str, plate: str, x: Tensor, num_latents: int, features: Callable[[Tensor], Tensor],
-                     marginals: Callable[[], Tensor], hidden: Sequence[int], start: str, baseline: str) -> MeanField:
-    """start="uniform": b = 1/2. start="posterior": b = the exact posterior marginals at the initial parameters."""
+                     marginals: Callable[[], Tensor], hidden: Sequence[int], start: str, baseline: str,
+                     local_steps: int | None = 0, best_mean_field: Callable | None = None) -> MeanField:
+    """start="uniform": b = 1/2. start="posterior": b = the exact posterior marginals at the initial parameters.
+    local_steps: CAVI sweeps before each SVI step (0 off; None, what a run's config gives when
+    ``guide_args.local_steps`` is unset: :data:`LOCAL_SWEEPS` for K <= 12, else 0; see :class:`MeanField`), with
+    ``best_mean_field(x, params, init=, max_sweeps=, tol=)``, the model's CAVI."""
+    local_steps = local_opt.check_local_steps(local_steps, LOCAL_SWEEPS if num_latents <= MAX_PARALLEL_LATENTS else 0)
     shape = (x.shape[0], num_latents)
     logits = _start_logits(start, marginals)
-    logits = torch.zeros(shape, dtype=x.dtype) if logits is None else logits
-    return MeanField(site, plate, logits, Baseline(baseline, features(x).shape[-1], hidden, x.dtype), features)
+    logits = x.new_zeros(shape) if logits is None else logits
+    return MeanField(site, plate, logits, Baseline(baseline, features(x).shape[-1], hidden, x.dtype, x.device), features,
+                     local_steps, best_mean_field)
 
 
 def build_amortised(site: str, plate: str, x: Tensor, num_latents: int, features: Callable[[Tensor], Tensor],
                     marginals: Callable[[], Tensor], hidden: Sequence[int], start: str, baseline: str) -> Amortised:
     """start="uniform": the last layer is zero, b = 1/2. start="posterior": the network is first fitted
     to the exact posterior marginals at the initial parameters (cross-entropy, Adam, 300 steps)."""
-    guide = Amortised(site, plate, x, num_latents, hidden, Baseline(baseline, features(x).shape[-1], hidden, x.dtype), features)
+    guide = Amortised(site, plate, x, num_latents, hidden, Baseline(baseline, features(x).shape[-1], hidden, x.dtype, x.device),
+                      features)
     target = _start_logits(start, marginals)
     if target is not None:
         fit_to_marginals(guide, x, torch.sigmoid(target))

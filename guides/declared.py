@@ -87,7 +87,7 @@ class _Guide(PyroModule):
         super().__init__()
         self.decl = decl
         width = features(decl, x).shape[-1]
-        self.baselines = nn.ModuleDict({g.name: Baseline(baseline, width, hidden, x.dtype)
+        self.baselines = nn.ModuleDict({g.name: Baseline(baseline, width, hidden, x.dtype, x.device)
                                         for g in decl.latents if g.family != "gaussian"})
 
     def raw(self, x: Tensor) -> dict[str, dict[str, Tensor]]:
@@ -103,7 +103,7 @@ class _Guide(PyroModule):
     def forward(self, x: Tensor) -> None:
         raw = self.raw(x)
         inputs = None
-        with pyro.plate(self.decl.plate, x.shape[0]):
+        with pyro.plate(self.decl.plate, x.shape[0], device=x.device):
             for g in self.decl.latents:
                 infer = {}
                 if g.name in self.baselines:
@@ -124,10 +124,13 @@ class MeanField(_Guide):
         self.num_points = n
         for g in decl.latents:
             if g.family == "gaussian":
-                setattr(self, f"{g.name}_loc", PyroParam(torch.zeros(n, g.size, dtype=x.dtype)))
-                setattr(self, f"{g.name}_scale", PyroParam(torch.ones(n, g.size, dtype=x.dtype), constraint=constraints.positive))
+                setattr(self, f"{g.name}_loc", PyroParam(x.new_zeros(n, g.size)))
+                setattr(self, f"{g.name}_scale", PyroParam(x.new_ones(n, g.size), constraint=constraints.positive))
             else:
-                setattr(self, f"{g.name}_logits", PyroParam(torch.zeros(n, g.size, dtype=x.dtype)))
+                setattr(self, f"{g.name}_logits", PyroParam(x.new_zeros(n, g.size)))
+        # all of them are free per point (experiments/param_groups.py)
+        self.local_parameters = tuple(f"{g.name}_{kind}" for g in decl.latents
+                                      for kind in (("loc", "scale") if g.family == "gaussian" else ("logits",)))
 
     def raw(self, x: Tensor) -> dict[str, dict[str, Tensor]]:
         if x.shape[0] != self.num_points:
@@ -151,7 +154,7 @@ class Amortised(_Guide):
         inputs = features(decl, x)
         self.standardise = Standardise(inputs)
         self.sizes = [g.size * (2 if g.family == "gaussian" else 1) for g in decl.latents]
-        self.net = MLP(inputs.shape[-1], hidden, sum(self.sizes)).to(x.dtype)
+        self.net = MLP(inputs.shape[-1], hidden, sum(self.sizes), device=x.device).to(x.dtype)
 
     def raw(self, x: Tensor) -> dict[str, dict[str, Tensor]]:
         out = {}

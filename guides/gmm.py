@@ -39,23 +39,39 @@ from torch import Tensor
 from ..models.exact import gmm as exact_gmm
 from ..models.exact import mixture
 from ..models.gmm import GMMParams
+from . import local as local_opt
 from .nets import MLP, Baseline, Standardise
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
 
 
 class MeanField(PyroModule):
-    """q(z_n) = Cat(softmax(logits_n)); ``logits``: (N, K), free per point."""
+    """q(z_n) = Cat(softmax(logits_n)); ``logits``: (N, K), free per point.
+
+    local_steps > 0 (:mod:`guides.local`): before each SVI step the logits are set to the exact posterior
+    log p(z_n | x_n; theta) at the current parameters (one closed-form step; more change nothing), and the
+    optimiser moves only the model: each step is then a gradient step on log p(x), the ELBO at its optimum."""
+
+    local_parameters = ("logits",)  # free per point (experiments/param_groups.py)
 
     def __init__(self, num_points: int, num_components: int, init_logits: Tensor | None = None, dtype=torch.float64,
-                 baseline: Baseline | None = None):
+                 baseline: Baseline | None = None, local_steps: int = 0):
         super().__init__()
+        self.local_steps = local_steps
         self.baseline = Baseline("average") if baseline is None else baseline
         if init_logits is None:
             init_logits = torch.zeros(num_points, num_components, dtype=dtype)
         if init_logits.shape != (num_points, num_components):
             raise ValueError(f"init_logits must have shape {(num_points, num_components)}, got {tuple(init_logits.shape)}")
         self.logits = PyroParam(init_logits.detach().clone())
+        if local_steps:
+            local_opt.freeze(self, "logits")
+
+    @torch.no_grad()
+    def local_update(self, x: Tensor, idx: Tensor | None, model, final: bool = False) -> None:
+        """logits[idx] <- log p(z_n | x_n; model.params): the family's optimum (the exact posterior), in closed form."""
+        rows = x if idx is None else x[idx]
+        local_opt.set_rows(self, "logits", idx, exact_gmm.log_joint(rows, model.params).log_softmax(-1))
 
     def probs(self, x: Tensor, params: GMMParams | None = None) -> Tensor:
         if x.shape[0] != self.logits.shape[0]:
@@ -66,7 +82,7 @@ class MeanField(PyroModule):
         return torch.softmax(self.logits, -1)
 
     def forward(self, x: Tensor) -> None:
-        with pyro.plate("points", x.shape[0]):
+        with pyro.plate("points", x.shape[0], device=x.device):
             pyro.sample("z", dist.Categorical(logits=self.logits), infer=self.baseline.infer(lambda: x))
 
 
@@ -78,7 +94,7 @@ class Amortised(PyroModule):
         super().__init__()
         self.baseline = Baseline("average") if baseline is None else baseline
         self.standardise = Standardise(x_train)
-        self.net = MLP(x_train.shape[-1], hidden, num_components).to(x_train.dtype)
+        self.net = MLP(x_train.shape[-1], hidden, num_components, device=x_train.device).to(x_train.dtype)
 
     def logits(self, x: Tensor) -> Tensor:
         return self.net(self.standardise(x))  # (N, K)
@@ -87,7 +103,7 @@ class Amortised(PyroModule):
         return torch.softmax(self.logits(x), -1)
 
     def forward(self, x: Tensor) -> None:
-        with pyro.plate("points", x.shape[0]):
+        with pyro.plate("points", x.shape[0], device=x.device):
             pyro.sample("z", dist.Categorical(logits=self.logits(x)), infer=self.baseline.infer(lambda: self.standardise(x)))
 
 
@@ -112,21 +128,26 @@ def marginal(x: Tensor, init: GMMParams, hidden: Sequence[int] = (), start: str 
 
 
 def mean_field(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average") -> MeanField:
+               baseline: str = "average", local_steps: int | None = 0) -> MeanField:
     """Mean-field guide for data x: (N, D) and initial model parameters ``init``.
 
     start="uniform": q(z_n) uniform. start="posterior": q(z_n) = p(z_n | x_n; init), the E-step at
     the initial parameters, so SVI starts where EM's first bound touches log p(x).
     baseline: TraceGraph_ELBO's control variate (:class:`guides.nets.Baseline`); ``hidden`` sizes its
     network when baseline="network" (the guide itself has no network).
+    local_steps: 0 off; >= 1 the exact E-step before every SVI step (:class:`MeanField`); None: the family's
+    default, 1 (what a run's config gives: ``guide_args.local_steps`` unset; this function alone defaults to off).
     """
+    local_steps = local_opt.check_local_steps(local_steps, 1)
     logits = None
     if start == "posterior":
         logits = exact_gmm.log_joint(x, init).log_softmax(-1)
     elif start != "uniform":
         raise ValueError(f"guide_args.start must be 'uniform' or 'posterior', got {start!r}")
+    if logits is None:
+        logits = x.new_zeros(x.shape[0], init.num_components)  # uniform q, on the data's device
     return MeanField(x.shape[0], init.num_components, logits, dtype=x.dtype,
-                     baseline=Baseline(baseline, x.shape[-1], hidden, x.dtype))
+                     baseline=Baseline(baseline, x.shape[-1], hidden, x.dtype, x.device), local_steps=local_steps)
 
 
 def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: str = "uniform",
@@ -138,7 +159,7 @@ def amortised(x: Tensor, init: GMMParams, hidden: Sequence[int] = (32,), start: 
     sum_n KL(p(z_n | x_n; init) || q(z_n | x_n)) with Adam (300 steps), so amortised SVI starts near
     where EM's first bound touches log p(x).
     """
-    guide = Amortised(x, init.num_components, hidden, Baseline(baseline, x.shape[-1], hidden, x.dtype))
+    guide = Amortised(x, init.num_components, hidden, Baseline(baseline, x.shape[-1], hidden, x.dtype, x.device))
     if start == "posterior":
         target = exact_gmm.posterior(x, init).detach()
         fit_to_table(guide, x, target)

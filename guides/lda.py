@@ -93,7 +93,7 @@ class _Topics(PyroModule):
             self.lam = None
         elif self.natural:
             self.register_buffer("lam", init.lam.detach().clone())
-            self.register_buffer("topic_steps", torch.zeros((), dtype=torch.long))
+            self.register_buffer("topic_steps", torch.zeros((), dtype=torch.long, device=init.alpha.device))
         else:
             self.lam = PyroParam(init.lam.detach().clone(), constraint=constraints.positive)
         self._stats: list[Tensor] = []
@@ -107,13 +107,13 @@ class _Topics(PyroModule):
             raise ValueError(f"finish_restarts must be >= 1, got {finish_restarts}")
         self._corpus = x if finish_sweeps else None  # the training corpus, for the finishing sweeps (not state)
         if finish_sweeps:  # state (a resumed run must not finish twice); absent otherwise, as in older checkpoints
-            self.register_buffer("finished", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("finished", torch.zeros((), dtype=torch.bool, device=init.alpha.device))
         else:
-            self.finished = torch.zeros((), dtype=torch.bool)
+            self.finished = torch.zeros((), dtype=torch.bool, device=init.alpha.device)
 
     def _finish_start(self, e) -> Tensor:
         """gamma: (D, K) where the first finishing sweep starts every document."""
-        return torch.ones(e.num_docs, self.num_topics, dtype=e.count.dtype)
+        return e.count.new_ones(e.num_docs, self.num_topics)
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -150,9 +150,15 @@ class _Topics(PyroModule):
         self.topic_steps += 1
         self._stats = []
 
+    def step_statistics(self) -> list[Tensor]:
+        """The statistics :meth:`after_step` will use (one (K, V) table per guide call since the last step): a
+        data-parallel run (experiments/distributed.py) combines them over the processes, in place, as it does
+        the gradients, so every process takes the same natural step."""
+        return self._stats
+
     def _sample_topics(self) -> None:
         if self.lam is not None:
-            with pyro.plate("topics", self.num_topics):
+            with pyro.plate("topics", self.num_topics, device=self.lam.device):
                 pyro.sample("beta", dist.Dirichlet(self.lam))
 
     def _e_log_topics(self, params_beta: Tensor | None = None) -> Tensor:
@@ -178,7 +184,7 @@ class _Topics(PyroModule):
         if self.natural and self.training:  # (D / B) sum_d n_dv phi_dvk: (K, V), for after_step
             phi = torch.softmax(logits.detach(), -1)
             self._stats.append(torch.zeros_like(self.lam).index_add_(1, e.word[pos], (weight[:, None] * phi).T))
-        with pyro.plate("words", pos.shape[0]), poutine.scale(scale=weight):
+        with pyro.plate("words", pos.shape[0], device=x.device), poutine.scale(scale=weight):
             pyro.sample("z", dist.Categorical(logits=logits))
 
     def topic_params(self, params: LDAParams) -> LDAParams:
@@ -208,11 +214,13 @@ class MeanField(_Topics):
         else:
             self.gamma = PyroParam(gamma.detach().clone(), constraint=constraints.positive)
             self.phi_logits = nn.Parameter(phi_logits.detach().clone())
+        # free per document (gamma) and per word entry (phi): experiments/param_groups.py
+        self.local_parameters = ("gamma",) if local == "cavi" else ("gamma", "phi_logits")
 
-    def forward(self, x, subsample_size: int | None = None) -> None:
+    def forward(self, x, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         self._sample_topics()
         e = corpus_entries(x)
-        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size) as docs:
+        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size, subsample=subsample, device=x.device) as docs:
             pos, local, weight = batch_entries(e, docs, e.num_docs)
             if self.local == "cavi":  # Hoffman et al.'s local step: each document from gamma = 1, to convergence
                 gamma, logits = self._local_cavi(x, docs, pos, local, torch.ones_like(self.gamma[docs]))
@@ -249,7 +257,7 @@ class Amortised(_Topics):
         self._init_topics(init, topic_step, learning_offset, learning_decay, x, finish_sweeps, finish_restarts)
         self.local, self.doc_tol, self.max_doc_iters = local, doc_tol, max_doc_iters
         e = corpus_entries(x)
-        self.net = MLP(e.num_words, hidden, init.num_topics).to(e.count.dtype)
+        self.net = MLP(e.num_words, hidden, init.num_topics, device=e.count.device).to(e.count.dtype)
         self._fit: list[tuple] = []  # (x, docs, converged proportions) of the step, for after_step
         # the network's own optimiser (local="cavi": fitted to the converged proportions, not by the ELBO)
         self.net_optim = torch.optim.Adam(self.net.parameters(), lr=net_lr) if local == "cavi" else None
@@ -260,7 +268,7 @@ class Amortised(_Topics):
 
     def _finish_start(self, e) -> Tensor:
         """The network's gamma_d = alpha + N_d softmax(f(log(1 + x_d))) for every document."""
-        return self.alpha + e.lengths[:, None] * self.proportions(e, torch.arange(e.num_docs))
+        return self.alpha + e.lengths[:, None] * self.proportions(e, torch.arange(e.num_docs, device=e.doc.device))
 
     def word_table(self) -> Tensor:
         """U: (V, K), the word terms of phi's update."""
@@ -288,7 +296,7 @@ class Amortised(_Topics):
         sum_v n_dv phi_dv (differentiable; the same map for every document), or (local="cavi") CAVI's
         document updates to convergence, without gradient."""
         e = corpus_entries(x)
-        lengths = torch.zeros(docs.shape[0], dtype=e.count.dtype).index_add_(0, local, e.count[pos])[:, None]
+        lengths = e.count.new_zeros(docs.shape[0]).index_add_(0, local, e.count[pos])[:, None]
         props = self.proportions(x, docs)
         gamma = self.alpha + lengths * props
         if self.local == "cavi":
@@ -305,10 +313,10 @@ class Amortised(_Topics):
             gamma = self.alpha + torch.zeros_like(gamma).index_add_(0, local, n * phi)
         return gamma, torch.digamma(gamma)[local] + u
 
-    def forward(self, x, subsample_size: int | None = None) -> None:
+    def forward(self, x, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         self._sample_topics()
         e = corpus_entries(x)
-        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size) as docs:
+        with pyro.plate("docs", e.num_docs, subsample_size=subsample_size, subsample=subsample, device=x.device) as docs:
             pos, local, weight = batch_entries(e, docs, e.num_docs)
             gamma, logits = self.local_params(x, docs, pos, local)
             pyro.sample("theta", dist.Dirichlet(gamma))
@@ -335,7 +343,8 @@ class Amortised(_Topics):
         """gamma: (D, K) and phi: (E, K) for every document and entry of x."""
         self.finish()
         e = corpus_entries(x)
-        gamma, logits = self.local_params(x, torch.arange(e.num_docs), torch.arange(e.doc.shape[0]), e.doc)
+        every, entries = torch.arange(e.num_docs, device=e.doc.device), torch.arange(e.doc.shape[0], device=e.doc.device)
+        gamma, logits = self.local_params(x, every, entries, e.doc)
         return gamma, torch.softmax(logits, -1)
 
 
@@ -381,7 +390,7 @@ def mean_field(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "
         logits = torch.digamma(gamma)[e.doc] + _log_topics(init)[:, e.word].T
     else:
         gamma = init.alpha + e.lengths[:, None] / k
-        logits = torch.zeros(e.doc.shape[0], k, dtype=e.count.dtype)
+        logits = e.count.new_zeros(e.doc.shape[0], k)
     return MeanField(x, init, gamma, None if local == "cavi" else logits, topic_step, local, doc_tol, max_doc_iters,
                      learning_offset, learning_decay, finish_sweeps, finish_restarts)
 
@@ -410,7 +419,7 @@ def amortised(x, init: LDAParams, hidden: Sequence[int] = (32,), start: str = "u
         target = _doc_fixed_point(e, init)
         target = (target - init.alpha) / e.lengths[:, None]
         optim = torch.optim.Adam(guide.net.parameters(), lr=0.01)
-        every = torch.arange(e.num_docs)
+        every = torch.arange(e.num_docs, device=e.doc.device)
         for _ in range(300):
             props = guide.proportions(e, every)  # the network's part (before refinement)
             loss = ((props - target) ** 2).sum(-1).mean()

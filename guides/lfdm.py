@@ -29,9 +29,10 @@ def _marginals(x: Tensor, init: LFDMParams):
 
 
 def mean_field(x: Tensor, init: LFDMParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average") -> binary.MeanField:
+               baseline: str = "average", local_steps: int | None = 0) -> binary.MeanField:
     """Free q(z_dk = 1) per document; ``hidden`` sizes only a network baseline."""
-    return binary.build_mean_field("z", "docs", x, init.num_latents, features, _marginals(x, init), hidden, start, baseline)
+    return binary.build_mean_field("z", "docs", x, init.num_latents, features, _marginals(x, init), hidden, start, baseline,
+                                   local_steps, exact.best_mean_field)
 
 
 def amortised(x: Tensor, init: LFDMParams, hidden: Sequence[int] = (32,), start: str = "uniform",

@@ -29,15 +29,17 @@ class MLP(nn.Sequential):
     """in_dim -> hidden[0] -> ... -> hidden[-1] -> out_dim, with an activation between layers.
 
     The last layer is initialised to zero, so an untrained network outputs zeros (for a softmax
-    head, the uniform distribution) and training starts from a well-defined point.
+    head, the uniform distribution) and training starts from a well-defined point. ``device``: where its
+    weights are made (the data's: a network is built on the device of the data it will see).
     """
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.Tanh):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: type[nn.Module] = nn.Tanh,
+                 device: torch.device | None = None):
         sizes = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), activation()]
-        last = nn.Linear(sizes[-1], out_dim)
+            layers += [nn.Linear(a, b, device=device), activation()]
+        last = nn.Linear(sizes[-1], out_dim, device=device)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         super().__init__(*layers, last)
@@ -58,12 +60,13 @@ class Baseline(nn.Module):
     The other estimators ignore the site's ``infer`` dict, so the same guide serves them all.
     """
 
-    def __init__(self, kind: str, in_dim: int = 0, hidden: Sequence[int] = (32,), dtype=torch.float64):
+    def __init__(self, kind: str, in_dim: int = 0, hidden: Sequence[int] = (32,), dtype=torch.float64,
+                 device: torch.device | None = None):
         super().__init__()
         if kind not in BASELINES:
             raise ValueError(f"guide_args.baseline must be one of {BASELINES}, got {kind!r}")
         self.kind = kind
-        self.net = MLP(in_dim, hidden, 1).to(dtype) if kind == "network" else None
+        self.net = MLP(in_dim, hidden, 1, device=device).to(dtype) if kind == "network" else None
 
     def forward(self, inputs: Tensor) -> Tensor:
         """b(x_n): (N,) for the network baseline."""

@@ -27,9 +27,10 @@ def _marginals(s: Tensor, init: NoisyORParams):
 
 
 def mean_field(s: Tensor, init: NoisyORParams, hidden: Sequence[int] = (32,), start: str = "uniform",
-               baseline: str = "average") -> binary.MeanField:
+               baseline: str = "average", local_steps: int | None = 0) -> binary.MeanField:
     """Free q(d_ni = 1) per observation; ``hidden`` sizes only a network baseline."""
-    return binary.build_mean_field("d", "points", s, init.num_latents, features, _marginals(s, init), hidden, start, baseline)
+    return binary.build_mean_field("d", "points", s, init.num_latents, features, _marginals(s, init), hidden, start, baseline,
+                                   local_steps, exact.best_mean_field)
 
 
 def amortised(s: Tensor, init: NoisyORParams, hidden: Sequence[int] = (32,), start: str = "uniform",

@@ -98,7 +98,7 @@ class _PathGuide(PyroModule):
         if self.bayesian:
             pyro.sample("A", dist.Dirichlet(self.beta).to_event(1))
         log_init, log_trans, log_unary = self.potentials(x)
-        with pyro.plate("sentences", x.shape[0], dim=-1):
+        with pyro.plate("sentences", x.shape[0], dim=-1, device=x.device):
             pyro.sample("t", LinearChain(log_init, log_trans, log_unary * mask[..., None], lengths))
 
 
@@ -106,6 +106,7 @@ class MeanField(_PathGuide):
     """Fully factorised: q(t_{n,i}) = softmax(logits[n, i]); logits: (N, T, K), free."""
 
     factorised = True
+    local_parameters = ("logits",)  # free per sentence (experiments/param_groups.py)
 
     def __init__(self, logits: Tensor):
         super().__init__()
@@ -121,6 +122,8 @@ class MeanField(_PathGuide):
 class Structured(_PathGuide):
     """A Markov chain per sentence with free pseudo-emissions h: (N, T, K) and guide-owned init (K,) and
     transition (K, K) logits."""
+
+    local_parameters = ("unary",)  # free per sentence (experiments/param_groups.py)
 
     def __init__(self, unary: Tensor, init: TaggerParams):
         super().__init__()
@@ -141,11 +144,11 @@ class Amortised(_PathGuide):
     def __init__(self, init: TaggerParams, hidden: Sequence[int] = (32,)):
         super().__init__()
         size = hidden[0]
-        dtype = init.weights.dtype
+        dtype, device = init.weights.dtype, init.weights.device
         self.register_buffer("features", init.features.clone())
-        self.embed = nn.EmbeddingBag(init.weights.shape[0], size, mode="sum").to(dtype)
-        self.rnn = nn.GRU(size, size, num_layers=len(hidden), batch_first=True, bidirectional=True).to(dtype)
-        self.readout = nn.Linear(2 * size, init.num_tags).to(dtype)
+        self.embed = nn.EmbeddingBag(init.weights.shape[0], size, mode="sum", device=device).to(dtype)
+        self.rnn = nn.GRU(size, size, num_layers=len(hidden), batch_first=True, bidirectional=True, device=device).to(dtype)
+        self.readout = nn.Linear(2 * size, init.num_tags, device=device).to(dtype)
         nn.init.zeros_(self.readout.weight)
         nn.init.zeros_(self.readout.bias)
         self.init_logits = PyroParam(init.init_logits.detach().clone())
@@ -156,7 +159,7 @@ class Amortised(_PathGuide):
         ids = self.features[words.reshape(-1)]  # (N T, J)
         present = (ids >= 0).to(self.readout.weight.dtype)
         emb = self.embed(ids.clamp_min(0), per_sample_weights=present).reshape(words.shape + (-1,))
-        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)  # lengths: CPU
         out, _ = self.rnn(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.readout(out)
@@ -178,7 +181,7 @@ def _posterior_unary(x: Tensor, init: TaggerParams) -> Tensor:
 
 def mean_field(x: Tensor, init: TaggerParams, start: str = "uniform") -> MeanField:
     """start="posterior": the logits of the factorised fixed point at ``init``."""
-    logits = torch.zeros(x.shape[0], x.shape[1], init.num_tags, dtype=x.dtype)
+    logits = x.new_zeros(x.shape[0], x.shape[1], init.num_tags)
     if start == "posterior":
         logits = torch.log(exact.fit_mean_field(x, init.to(x.dtype), max_sweeps=100).q.marginals.clamp_min(1e-30))
     return MeanField(logits)
@@ -186,7 +189,7 @@ def mean_field(x: Tensor, init: TaggerParams, start: str = "uniform") -> MeanFie
 
 def structured_mean_field(x: Tensor, init: TaggerParams, start: str = "uniform") -> Structured:
     """start="posterior": pseudo-emissions log theta[w_i] (with A^q = A: the exact posterior at ``init``)."""
-    unary = torch.zeros(x.shape[0], x.shape[1], init.num_tags, dtype=x.dtype)
+    unary = x.new_zeros(x.shape[0], x.shape[1], init.num_tags)
     if start == "posterior":
         unary = _posterior_unary(x, init.to(x.dtype))
     return Structured(unary, init.to(x.dtype))

@@ -23,13 +23,20 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import Trace_ELBO
 from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..models.exact.ppca import GaussianQ
 from ..models.vae import GaussianLayer, network, rows
+from . import local as local_opt
 from .nets import Standardise
+
+LOCAL_LR = 0.05
+"""The per-point guide's inner Adam step size (``local_steps`` > 0)."""
+LOCAL_CHUNK = 1024
+"""Points per inner optimisation when a local update covers every point (after the last SVI step)."""
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO")
 WHY_NOT = "the latents are continuous: TraceEnum_ELBO has nothing to enumerate; TraceMeanField_ELBO is not checked here"
@@ -57,8 +64,9 @@ class Amortised(PyroModule):
 
         self.standardise = Standardise(x_train)
         sizes = list(latent_sizes)
-        self.first = GaussianLayer(x_train.shape[1], hidden, sizes[0]).to(x_train.dtype)
-        self.up = nn.ModuleList(GaussianLayer(sizes[l], hidden, sizes[l + 1]).to(x_train.dtype) for l in range(len(sizes) - 1))
+        self.first = GaussianLayer(x_train.shape[1], hidden, sizes[0], x_train.device).to(x_train.dtype)
+        self.up = nn.ModuleList(GaussianLayer(sizes[l], hidden, sizes[l + 1], x_train.device).to(x_train.dtype)
+                                for l in range(len(sizes) - 1))
 
     def probs(self, x: Tensor, params=None) -> GaussianQ:
         loc, scale = self.first(self.standardise(x))
@@ -74,7 +82,7 @@ class Amortised(PyroModule):
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         first, up = network(self, "first"), network(self, "up")  # no param statements (see models.vae.network)
-        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
+        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample, device=x.device) as idx:
             loc, scale = first(network(self, "standardise")(rows(x, idx)))
             h = pyro.sample("h1", _normal(loc, scale, self.reparameterised))
             for l, layer in enumerate(up):
@@ -83,18 +91,60 @@ class Amortised(PyroModule):
 
 
 class MeanField(PyroModule):
-    """Free locs[l]: (N, K_l) and scales[l]: (N, K_l) > 0 per point and layer (start: N(0, I))."""
+    """Free locs[l]: (N, K_l) and scales[l]: (N, K_l) > 0 per point and layer (start: N(0, I)).
+
+    local_steps > 0 (:mod:`guides.local`): before each SVI step, ``local_steps`` Adam steps (a fresh Adam, step
+    size ``local_lr``) on the batch's (loc, log scale) of every layer, on the reparameterised one-sample ELBO of
+    those points with the decoder fixed; the outer optimiser then moves only the decoder. Not exact and not
+    free (each inner step is a forward and backward pass over the batch), so off by default."""
 
     def __init__(self, num_points: int, latent_sizes: Sequence[int], dtype=torch.float64, reparameterised: bool = True,
-                 start: Sequence[tuple[Tensor, Tensor]] | None = None):
+                 start: Sequence[tuple[Tensor, Tensor]] | None = None, local_steps: int = 0, local_lr: float = LOCAL_LR,
+                 device: torch.device | None = None):
         super().__init__()
         self.num_layers = len(latent_sizes)
         self.reparameterised = reparameterised
         for l, k in enumerate(latent_sizes):
-            loc, scale = start[l] if start is not None else (torch.zeros(num_points, k), torch.ones(num_points, k))
+            loc, scale = start[l] if start is not None else (torch.zeros(num_points, k, device=device),
+                                                             torch.ones(num_points, k, device=device))
             setattr(self, f"loc{l + 1}", PyroParam(loc.detach().clone().to(dtype)))
             setattr(self, f"scale{l + 1}", PyroParam(scale.detach().clone().to(dtype), constraint=constraints.positive))
         self.num_points = num_points
+        # free per point (experiments/param_groups.py)
+        self.local_parameters = tuple(f"{kind}{l + 1}" for l in range(self.num_layers) for kind in ("loc", "scale"))
+        if not local_lr > 0:
+            raise ValueError(f"local_lr must be > 0, got {local_lr}")
+        self.local_steps, self.local_lr = local_steps, float(local_lr)
+        if local_steps:
+            local_opt.freeze(self, *(f"{kind}{l + 1}" for l in range(self.num_layers) for kind in ("loc", "scale")))
+
+    @torch.no_grad()
+    def local_update(self, x: Tensor, idx: Tensor | None, model, final: bool = False) -> None:
+        """``local_steps`` inner Adam steps on the (loc, log scale) of points ``idx`` (None: all, in chunks of
+        :data:`LOCAL_CHUNK`), the decoder ``model`` fixed (no gradient reaches it); ``final`` changes nothing."""
+        self._check(x)
+        parts = torch.arange(x.shape[0], device=x.device).split(LOCAL_CHUNK) if idx is None else (idx,)
+        for part in parts:
+            locs = [getattr(self, f"loc{l + 1}")[part].clone().requires_grad_() for l in range(self.num_layers)]
+            logs = [getattr(self, f"scale{l + 1}")[part].log().requires_grad_() for l in range(self.num_layers)]
+            optim = torch.optim.Adam(locs + logs, lr=self.local_lr)
+
+            def batch_guide(x: Tensor, subsample: Tensor) -> None:
+                with pyro.plate("points", x.shape[0], subsample=subsample, device=x.device):
+                    for l in range(self.num_layers):
+                        pyro.sample(f"h{l + 1}", _normal(locs[l], logs[l].exp(), reparameterised=True))
+
+            elbo = Trace_ELBO()
+            with torch.enable_grad():
+                for _ in range(self.local_steps):
+                    loss = elbo.differentiable_loss(model, batch_guide, x, subsample=part)
+                    grads = torch.autograd.grad(loss, locs + logs)  # the decoder's gradients are left alone
+                    for p, g in zip(locs + logs, grads):
+                        p.grad = g
+                    optim.step()
+            for l in range(self.num_layers):
+                local_opt.set_rows(self, f"loc{l + 1}", part, locs[l].detach())
+                local_opt.set_rows(self, f"scale{l + 1}", part, logs[l].detach().exp())
 
     def _check(self, x: Tensor) -> None:
         if x.shape[0] != self.num_points:
@@ -111,7 +161,7 @@ class MeanField(PyroModule):
 
     def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         self._check(x)
-        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
+        with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample, device=x.device) as idx:
             for l in range(self.num_layers):
                 loc, scale = getattr(self, f"loc{l + 1}")[idx], getattr(self, f"scale{l + 1}")[idx]
                 pyro.sample(f"h{l + 1}", _normal(loc, scale, self.reparameterised))
@@ -121,5 +171,8 @@ def amortised(x: Tensor, init, hidden: Sequence[int] = (200,), reparameterised: 
     return Amortised(x, init.args.latent_sizes, hidden, reparameterised)
 
 
-def mean_field(x: Tensor, init, reparameterised: bool = True) -> MeanField:
-    return MeanField(x.shape[0], init.args.latent_sizes, x.dtype, reparameterised)
+def mean_field(x: Tensor, init, reparameterised: bool = True, local_steps: int | None = 0) -> MeanField:
+    """local_steps: inner gradient steps on each batch's per-point parameters before each SVI step (None or 0:
+    off; see :class:`MeanField`)."""
+    return MeanField(x.shape[0], init.args.latent_sizes, x.dtype, reparameterised,
+                     local_steps=local_opt.check_local_steps(local_steps, 0), device=x.device)

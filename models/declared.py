@@ -77,7 +77,7 @@ def model(decl: Declaration, x: Tensor, params: DeclaredParams) -> None:
     x: (num_points, sum of observed sizes). Sites: one per group, named after it, in the data plate.
     """
     cols = decl.columns()
-    with pyro.plate(decl.plate, x.shape[0]):
+    with pyro.plate(decl.plate, x.shape[0], device=x.device):
         values: dict[str, Tensor] = {}
         for g in decl.latents:
             values[g.name] = pyro.sample(g.name, _latent_dist(g, natural(decl, params, g.name, values)))
@@ -125,8 +125,9 @@ def init_params(decl: Declaration, x: Tensor, args: DeclaredArgs, seed: int) -> 
     means, log word frequencies, logits of bit rates), scales at the columns' standard deviations, a noisy-OR
     leak at half each bit's rate (in [0.005, 0.5]).
     """
-    gen = torch.Generator().manual_seed(seed)
-    dtype = x.dtype
+    gen = torch.Generator().manual_seed(seed)  # random draws on the CPU, then moved: the same start on every device
+    dtype, device = x.dtype, x.device
+    cpu = {"generator": gen, "device": "cpu"}
     cols = decl.columns()
     slots = exact.layout(decl)
     out: dict[str, Tensor] = {}
@@ -136,46 +137,46 @@ def init_params(decl: Declaration, x: Tensor, args: DeclaredArgs, seed: int) -> 
         link = decl.links.get(group)
         xo = x[:, cols[group]] if g.role == "observed" else None
         if link is None:
-            out[name] = _prior_value(g, key, dtype)
+            out[name] = _prior_value(g, key, dtype, device)
         elif key.endswith("weight") and key != "scale_weight":
             fan_in = slot.shape[0]
             last = key == "weight" or key == f"layers.{len(link.hidden)}.weight"
             scale = args.init_scale if last else args.init_scale / math.sqrt(fan_in)
             if slot.constraint is exact.constraints.positive:
-                out[name] = scale * (0.5 + torch.rand(slot.shape, generator=gen, dtype=dtype))
+                out[name] = scale * (0.5 + torch.rand(slot.shape, dtype=dtype, **cpu).to(device))
             else:
-                out[name] = scale * torch.randn(slot.shape, generator=gen, dtype=dtype)
+                out[name] = scale * torch.randn(slot.shape, dtype=dtype, **cpu).to(device)
             if last and link.kind == "linear" and g.family == "gaussian" and xo is not None:
                 out[name] = out[name] * xo.std(0, unbiased=False)
                 start = 0
                 for p in link.parents:
                     pg = decl.groups[p]
                     if pg.family == "categorical":
-                        rows = (torch.randperm(x.shape[0], generator=gen)[: pg.size] if x.shape[0] >= pg.size
-                                else torch.randint(x.shape[0], (pg.size,), generator=gen))
-                        out[name][start:start + pg.size] = xo[rows] - xo.mean(0)
+                        rows = (torch.randperm(x.shape[0], **cpu)[: pg.size] if x.shape[0] >= pg.size
+                                else torch.randint(x.shape[0], (pg.size,), **cpu))
+                        out[name][start:start + pg.size] = xo[rows.to(device)] - xo.mean(0)
                     start += pg.width
         elif key == "leak":
             out[name] = (0.5 * xo.mean(0)).clamp(0.005, 0.5)
         elif key == "scale":
-            out[name] = xo.std(0, unbiased=False).clamp_min(1e-3) if xo is not None else torch.ones(slot.shape, dtype=dtype)
+            out[name] = xo.std(0, unbiased=False).clamp_min(1e-3) if xo is not None else x.new_ones(slot.shape)
         elif key == "scale_weight":
-            out[name] = torch.zeros(slot.shape, dtype=dtype)
+            out[name] = x.new_zeros(slot.shape)
         elif key == "scale_bias":
-            out[name] = xo.std(0, unbiased=False).clamp_min(1e-3).log() if xo is not None else torch.zeros(slot.shape, dtype=dtype)
+            out[name] = xo.std(0, unbiased=False).clamp_min(1e-3).log() if xo is not None else x.new_zeros(slot.shape)
         elif key in ("bias", f"layers.{len(link.hidden)}.bias") and xo is not None:  # the output layer's bias
             out[name] = _marginal_bias(g, xo)
         else:  # hidden biases, a latent child's bias
-            out[name] = torch.zeros(slot.shape, dtype=dtype)
+            out[name] = x.new_zeros(slot.shape)
     return DeclaredParams(out, slots)
 
 
-def _prior_value(g: Group, key: str, dtype: torch.dtype) -> Tensor:
+def _prior_value(g: Group, key: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
     if key == "loc":
-        return torch.tensor(g.prior["loc"], dtype=dtype)
+        return torch.tensor(g.prior["loc"], dtype=dtype, device=device)
     if key == "scale":
-        return torch.tensor(g.prior["scale"], dtype=dtype)
-    probs = torch.tensor(g.prior["probs"], dtype=dtype)
+        return torch.tensor(g.prior["scale"], dtype=dtype, device=device)
+    probs = torch.tensor(g.prior["probs"], dtype=dtype, device=device)
     return torch.logit(probs) if g.family == "bernoulli" else probs.log()
 
 

@@ -126,7 +126,7 @@ class WordCounts(TorchDistribution):
         longest = max(int(lengths.max()) if lengths.numel() else 0, 1)
         with torch.no_grad():
             words = torch.multinomial(probs, longest, replacement=True)  # (B, longest)
-            keep = torch.arange(longest) < lengths[:, None]
+            keep = torch.arange(longest, device=lengths.device) < lengths[:, None]
             counts = torch.zeros_like(probs).scatter_add_(1, words, keep.to(probs.dtype))
         return counts.reshape(shape)
 
@@ -214,7 +214,7 @@ class MarkovChain(TorchDistribution):
         log_trans = torch.log_softmax(self.trans_logits, -1).expand(shape + (t1, l, l))
         rows = log_trans.gather(-2, value[..., :-1, None, None].expand(shape + (t1, 1, l))).squeeze(-2)  # (..., T-1, L)
         steps = rows.gather(-1, value[..., 1:, None]).squeeze(-1)  # (..., T-1)
-        inside = torch.arange(1, t1 + 1) < self.lengths.expand(shape)[..., None]
+        inside = torch.arange(1, t1 + 1, device=value.device) < self.lengths.expand(shape)[..., None]
         return out + torch.where(inside, steps, 0.0).sum(-1)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
@@ -225,7 +225,7 @@ class MarkovChain(TorchDistribution):
             probs0 = torch.softmax(self.init_logits, -1).expand(shape + (l,)).reshape(-1, l)
             s = [torch.multinomial(probs0, 1).squeeze(-1)]
             trans = torch.softmax(self.trans_logits, -1).expand(shape + (t1, l, l)).reshape(-1, t1, l, l)
-            rows = torch.arange(trans.shape[0])
+            rows = torch.arange(trans.shape[0], device=trans.device)
             for t in range(t1):
                 s.append(torch.multinomial(trans[rows, t, s[-1]], 1).squeeze(-1))
         return torch.stack(s, -1).reshape(shape + (t1 + 1,))

@@ -110,7 +110,7 @@ def pad(sequences) -> Tensor:
 def _emission_dist(params: FHMMParams, s: Tensor, mask: Tensor):
     """p(y_t | s_t) for every step, masked past each end: batch (N,), event (T, D). s: (M, N, T)."""
     m = params.num_chains
-    loc = params.weights[torch.arange(m)[:, None, None], s].sum(0)  # (N, T, D)
+    loc = params.weights[torch.arange(m, device=s.device)[:, None, None], s].sum(0)  # (N, T, D)
     if params.bias is None:
         base = dist.MultivariateNormal(loc, scale_tril=torch.linalg.cholesky(params.cov))
     else:
@@ -128,8 +128,8 @@ def model(y: Tensor, params: FHMMParams) -> None:
     mask = exact.step_mask(lengths, y.shape[1])
     n, t = y.shape[:2]
     m, l = params.num_chains, params.num_states
-    with pyro.plate("sequences", n, dim=-1):
-        with pyro.plate("chains", m, dim=-2):
+    with pyro.plate("sequences", n, dim=-1, device=y.device):
+        with pyro.plate("chains", m, dim=-2, device=y.device):
             trans = params.trans_logits[:, None, None].expand(m, 1, t - 1, l, l)
             s = pyro.sample("s", MarkovChain(params.init_logits[:, None], trans, lengths))  # (M, N, T)
         pyro.sample("y", _emission_dist(params, s.long(), mask), obs=torch.nan_to_num(y, nan=0.0))
@@ -203,18 +203,19 @@ def init_params(y: Tensor, args: FHMMArgs, seed: int) -> FHMMParams:
     with the identity (chains start persistent), W random around the data's scale (symmetry must be broken:
     identical chains would stay identical). Gaussian: W_m[l] ~ N(0, C0 / M), C = C0 the data covariance.
     Bernoulli: b = logit of each column's frequency, W ~ N(0, 1)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # random draws on the CPU, then moved: the same start on every device
     m, l = args.num_chains, args.num_states
     lengths = sequence_lengths(y)
     rows = torch.nan_to_num(y, nan=0.0)[exact.step_mask(lengths, y.shape[1])]  # (sum T_n, D)
     d = rows.shape[1]
-    dirichlet = torch.distributions.Dirichlet(torch.ones(l, dtype=y.dtype))
-    trans = torch.stack([0.5 * torch.eye(l, dtype=y.dtype) + 0.5 * _dirichlet(dirichlet, l, gen) for _ in range(m)])
-    init_logits = torch.zeros(m, l, dtype=y.dtype)
-    noise = torch.randn(m, l, d, generator=gen, dtype=y.dtype)
+    dirichlet = torch.distributions.Dirichlet(torch.ones(l, dtype=y.dtype, device="cpu"))
+    trans = torch.stack([0.5 * torch.eye(l, dtype=y.dtype, device="cpu") + 0.5 * _dirichlet(dirichlet, l, gen) for _ in range(m)])
+    trans = trans.to(y.device)
+    init_logits = y.new_zeros(m, l)
+    noise = torch.randn(m, l, d, generator=gen, dtype=y.dtype, device="cpu").to(y.device)
     if args.emission == "gaussian":
         centred = rows - rows.mean(0)
-        cov = centred.T @ centred / rows.shape[0] + 1e-6 * torch.eye(d, dtype=y.dtype)
+        cov = centred.T @ centred / rows.shape[0] + 1e-6 * torch.eye(d, dtype=y.dtype, device=y.device)
         weights = rows.mean(0) / m + noise @ torch.linalg.cholesky(cov / m).T
         return FHMMParams(init_logits, torch.log(trans), weights, cov=cov)
     freq = rows.mean(0).clamp(0.01, 0.99)
@@ -222,7 +223,7 @@ def init_params(y: Tensor, args: FHMMArgs, seed: int) -> FHMMParams:
 
 
 def _dirichlet(d, l: int, gen: torch.Generator) -> Tensor:
-    g = -torch.log(torch.rand(l, l, generator=gen, dtype=d.concentration.dtype))  # Exp(1) = Gamma(1): Dir(1) rows
+    g = -torch.log(torch.rand(l, l, generator=gen, dtype=d.concentration.dtype, device=gen.device))  # Exp(1) = Gamma(1): Dir(1) rows
     return g / g.sum(-1, keepdim=True)
 
 

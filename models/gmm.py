@@ -88,7 +88,7 @@ def model(x: Tensor, params: GMMParams) -> None:
     z_n ~ Cat(pi);  x_n | z_n ~ N(mu_{z_n}, diag(sigma_{z_n}^2))
     x: (num_points, dim)
     """
-    with pyro.plate("points", x.shape[0]):
+    with pyro.plate("points", x.shape[0], device=x.device):
         z = pyro.sample("z", dist.Categorical(params.weights))  # (N,) or (K, 1) enumerated
         pyro.sample("x", dist.Normal(params.locs[z], params.scales[z]).to_event(1), obs=x)
 
@@ -127,7 +127,7 @@ def marginal_model(x: Tensor, params: GMMParams, features: Tensor | None = None)
     x: (num_points, dim); features: [x, x^2] (num_points, 2 dim), if already computed.
     """
     cache = None if features is None else (x, features)
-    with pyro.plate("points", x.shape[0]):
+    with pyro.plate("points", x.shape[0], device=x.device):
         pyro.sample("x", DiagNormalMixture(params, cache), obs=x)
 
 
@@ -257,16 +257,16 @@ def init_params(x: Tensor, args: GMMArgs, seed: int) -> GMMParams:
     k = args.num_components
     if args.init == "random":
         gen = torch.Generator().manual_seed(seed)
-        locs = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+        locs = x[torch.randperm(x.shape[0], generator=gen, device="cpu")[:k].to(x.device)].clone()
         var = x.var(0, unbiased=False) + args.reg_covar
         if args.covariance == "spherical":
             var = var.mean().expand_as(var)
-        return GMMParams(torch.full((k,), 1.0 / k, dtype=x.dtype), locs, var.sqrt().expand(k, -1).clone())
+        return GMMParams(x.new_full((k,), 1.0 / k), locs, var.sqrt().expand(k, -1).clone())
 
     from sklearn.cluster import kmeans_plusplus  # heavy import, only needed here
 
     centres, _ = kmeans_plusplus(x.detach().cpu().numpy(), k, random_state=seed)
-    centres = torch.as_tensor(centres, dtype=x.dtype)
+    centres = torch.as_tensor(centres, dtype=x.dtype, device=x.device)
     nearest = torch.cdist(x, centres).argmin(-1)
     resp = torch.nn.functional.one_hot(nearest, k).to(x.dtype)
     return exact.m_step(x, resp, args.covariance, args.reg_covar)

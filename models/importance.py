@@ -25,7 +25,8 @@ def log_weights(model: Callable, model_args: tuple, guide: Callable, guide_args:
     """log w[s, n] = log p(x_n, z_s) - log q(z_s | x_n): (S, n). The guide runs under an outer plate of S samples
     (dim -2) and the model is replayed on its trace, so any guide of the model works; ``kwargs`` go to both.
     Differentiable (reparameterised guides)."""
-    with pyro.plate("samples", num_samples, dim=-2):
+    device = next((a.device for a in (*guide_args, *model_args) if isinstance(a, Tensor)), None)  # the data's
+    with pyro.plate("samples", num_samples, dim=-2, device=device):
         guide_trace = poutine.trace(guide).get_trace(*guide_args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*model_args, **kwargs)
     return log_density(model_trace) - log_density(guide_trace)

@@ -24,7 +24,8 @@ are a flat plate ``words`` (E = number of non-zero counts), each tied to its doc
 Plate subsampling: ``subsample_size = B`` draws B documents per step; Pyro scales the ``docs`` plate by
 D / B and the model scales the ``words`` plate by the same factor (it is not nested in ``docs``: a
 document's entries are a ragged slice), so every step's ELBO estimate is unbiased for the whole corpus.
-Peak memory per step then grows with B, not with D.
+Peak memory per step then grows with B, not with D. ``subsample`` gives the B documents instead of drawing them
+(model and guides alike: a data-parallel process's own documents, experiments/distributed.py).
 
 Tensor shapes (``Trace.format_shapes()``; B documents in the step, E_B of their non-zero entries)::
 
@@ -143,7 +144,7 @@ class LDAParams:
     def state_dict(self) -> dict[str, Tensor]:
         out = {"alpha": self.alpha}
         if self.eta is not None:
-            out["eta"] = torch.tensor(self.eta, dtype=self.alpha.dtype)
+            out["eta"] = self.alpha.new_tensor(self.eta)
         out.update({k: getattr(self, k) for k in ("beta", "lam") if getattr(self, k) is not None})
         return out
 
@@ -191,29 +192,30 @@ def batch_entries(e: Entries, docs: Tensor, num_docs: int) -> tuple[Tensor, Tens
     position of each entry's document within ``docs`` (E_B,), and each entry's ELBO weight
     n_dv * D / B (E_B,)."""
     if docs.shape[0] == num_docs:  # the whole corpus, in order
-        pos = torch.arange(e.doc.shape[0])
+        pos = torch.arange(e.doc.shape[0], device=e.doc.device)
         return pos, e.doc, e.count
     pos = e.positions(docs)
     lengths = e.rowptr[docs + 1] - e.rowptr[docs]
-    local = torch.repeat_interleave(torch.arange(docs.shape[0]), lengths, output_size=pos.shape[0])
+    local = torch.repeat_interleave(torch.arange(docs.shape[0], device=docs.device), lengths, output_size=pos.shape[0])
     return pos, local, e.count[pos] * (num_docs / docs.shape[0])
 
 
-def model(x: Tensor, params: LDAParams, subsample_size: int | None = None) -> None:
-    r"""LDA on counts x: (D, V); ``subsample_size`` documents per step (None: all)."""
+def model(x: Tensor, params: LDAParams, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+    r"""LDA on counts x: (D, V); ``subsample_size`` documents per step (None: all), or the given documents
+    ``subsample`` (B,) (a data-parallel process's, experiments/distributed.py)."""
     e = corpus_entries(x)
     num_docs, vocab = e.num_docs, e.num_words
     dtype = e.count.dtype
     if params.bayesian:
-        with pyro.plate("topics", params.num_topics):
-            beta = pyro.sample("beta", dist.Dirichlet(torch.full((vocab,), params.eta, dtype=dtype)))
+        with pyro.plate("topics", params.num_topics, device=x.device):
+            beta = pyro.sample("beta", dist.Dirichlet(e.count.new_full((vocab,), params.eta)))
         log_beta = torch.log(beta.clamp_min(torch.finfo(dtype).tiny))
     else:
         log_beta = torch.log(params.beta)
-    with pyro.plate("docs", num_docs, subsample_size=subsample_size) as docs:
+    with pyro.plate("docs", num_docs, subsample_size=subsample_size, subsample=subsample, device=x.device) as docs:
         theta = pyro.sample("theta", dist.Dirichlet(params.alpha))  # (B, K)
     pos, local, weight = batch_entries(e, docs, num_docs)
-    with pyro.plate("words", pos.shape[0]), poutine.scale(scale=weight):
+    with pyro.plate("words", pos.shape[0], device=x.device), poutine.scale(scale=weight):
         z = pyro.sample("z", dist.Categorical(theta[local]))  # (E_B,)
         pyro.sample("w", TopicWord(log_beta, z), obs=e.word[pos])
 
@@ -232,8 +234,8 @@ class LDA(PyroModule):
         beta = None if self.beta_logits is None else torch.softmax(self.beta_logits, -1)
         return LDAParams(self.alpha, self.eta, beta)
 
-    def forward(self, x: Tensor, subsample_size: int | None = None) -> None:
-        model(x, self.params, subsample_size)
+    def forward(self, x: Tensor, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
+        model(x, self.params, subsample_size, subsample)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def init_params(x: Tensor, args: LDAArgs, seed: int) -> LDAParams:
     (bayesian), or point topics equal to its normalised rows."""
     k = args.num_topics
     e = corpus_entries(x)
-    alpha = torch.full((k,), args.alpha_value, dtype=e.count.dtype)
+    alpha = e.count.new_full((k,), args.alpha_value)
     lam = exact.initial_lambda(e, k, args.eta_value, seed)
     if args.topics == "point":
         return LDAParams(alpha, beta=lam / lam.sum(-1, keepdim=True))
@@ -363,22 +365,23 @@ def split_halves(x, seed: int) -> tuple[Entries, Entries]:
 
     A bag of words has no order, so "the first half" is a uniformly random half (seeded), the same
     for every method evaluated. The draw depends only on the entries in row-major order, so a dense and
-    a sparse copy of one corpus split identically."""
+    a sparse copy of one corpus split identically, on any device (the draw is made on the CPU)."""
     e = corpus_entries(x)
     gen = torch.Generator().manual_seed(seed)
     n = e.count.long()
-    tok_entry = torch.repeat_interleave(torch.arange(e.doc.shape[0]), n)
+    device = e.doc.device
+    tok_entry = torch.repeat_interleave(torch.arange(e.doc.shape[0], device=device), n)
     tok_doc = e.doc[tok_entry]
-    order = torch.argsort(torch.rand(tok_doc.shape[0], generator=gen, dtype=torch.float64))
+    order = torch.argsort(torch.rand(tok_doc.shape[0], generator=gen, dtype=torch.float64, device="cpu").to(device))
     order = order[torch.argsort(tok_doc[order], stable=True)]  # grouped by document, random within
     tok_doc, tok_entry = tok_doc[order], tok_entry[order]
     lengths = torch.bincount(tok_doc, minlength=e.num_docs)
     start = torch.cumsum(lengths, 0) - lengths
-    rank = torch.arange(tok_doc.shape[0]) - start[tok_doc]
+    rank = torch.arange(tok_doc.shape[0], device=device) - start[tok_doc]
     first = rank < (lengths // 2)[tok_doc]
     halves = []
     for mask in (first, ~first):
-        count = torch.zeros_like(e.count).index_add_(0, tok_entry[mask], torch.ones(int(mask.sum()), dtype=e.count.dtype))
+        count = torch.zeros_like(e.count).index_add_(0, tok_entry[mask], e.count.new_ones(int(mask.sum())))
         keep = count > 0
         rowptr = torch.zeros_like(e.rowptr)
         rowptr[1:] = torch.cumsum(torch.bincount(e.doc[keep], minlength=e.num_docs), 0)
@@ -415,26 +418,27 @@ def npmi(x, topics: Tensor, num_words: int = 10) -> Tensor:
     e = corpus_entries(x)
     k, n = topics.shape[0], min(num_words, topics.shape[1])
     top = torch.argsort(topics, dim=1, descending=True, stable=True)[:, :n]  # (K, n)
-    column = torch.full((e.num_words,), -1, dtype=torch.long)
-    words = torch.unique(top)
-    column[words] = torch.arange(words.shape[0])
+    column = torch.full((e.num_words,), -1, dtype=torch.long, device=e.word.device)
+    words = torch.unique(top).to(e.word.device)
+    column[words] = torch.arange(words.shape[0], device=e.word.device)
     hit = column[e.word] >= 0
-    present = torch.zeros(e.num_docs, words.shape[0], dtype=torch.float64)
+    present = torch.zeros(e.num_docs, words.shape[0], dtype=torch.float64, device=e.word.device)
     present[e.doc[hit], column[e.word[hit]]] = 1.0
-    sub = present[:, column[top.reshape(-1)]].reshape(e.num_docs, k, n)
+    sub = present[:, column[top.reshape(-1).to(e.word.device)]].reshape(e.num_docs, k, n)
     joint = torch.einsum("dki,dkj->kij", sub, sub) / e.num_docs  # (K, n, n)
     p = torch.diagonal(joint, dim1=-2, dim2=-1)  # (K, n)
     pmi = torch.log(joint) - torch.log(p[:, :, None] * p[:, None, :])
     score = torch.where(joint > 0, pmi / -torch.log(joint).clamp_max(-1e-12), torch.full_like(pmi, -1.0))
-    pairs = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
-    return score[:, pairs].mean(-1) if n > 1 else torch.zeros(k, dtype=torch.float64)
+    pairs = torch.triu(torch.ones(n, n, dtype=torch.bool, device=score.device), diagonal=1)
+    return score[:, pairs].mean(-1) if n > 1 else score.new_zeros(k)
 
 
 def stack_entries(*parts) -> Entries:
     """The documents of several corpora (dense, sparse or :class:`Entries`, one vocabulary), one after another."""
     es = [corpus_entries(p) for p in parts]
-    offsets = torch.cumsum(torch.tensor([0] + [e.num_docs for e in es]), 0)          # documents before each part
-    starts = torch.cumsum(torch.tensor([0] + [e.count.shape[0] for e in es]), 0)     # entries before each part
+    device = es[0].doc.device
+    offsets = torch.cumsum(torch.tensor([0] + [e.num_docs for e in es], device=device), 0)       # documents before each part
+    starts = torch.cumsum(torch.tensor([0] + [e.count.shape[0] for e in es], device=device), 0)  # entries before each part
     rowptr = torch.cat([es[0].rowptr[:1]] + [e.rowptr[1:] + starts[i] for i, e in enumerate(es)])
     return Entries(torch.cat([e.doc + offsets[i] for i, e in enumerate(es)]), torch.cat([e.word for e in es]),
                    torch.cat([e.count for e in es]), rowptr, es[0].num_words)
@@ -451,7 +455,7 @@ def topic_usage(x, fitted: LDAParams) -> dict[str, object]:
     gamma = exact.fixed_topics_gamma(e, alpha, torch.log(topics))
     share = (gamma - alpha).sum(0) / e.count.sum()
     unit = topics / topics.norm(dim=-1, keepdim=True)
-    cos = unit @ unit.T - 2 * torch.eye(k, dtype=topics.dtype)
+    cos = unit @ unit.T - 2 * torch.eye(k, dtype=topics.dtype, device=topics.device)
     return {"topic_shares": [float(v) for v in share], "min_share": float(share.min()),
             "max_cosine": float(cos.max()) if k > 1 else 0.0}
 

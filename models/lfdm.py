@@ -74,16 +74,18 @@ class LFDMArgs:
             raise ValueError(f"model_args.init_scale must be > 0, got {self.init_scale}")
 
 
-def model(x: Tensor, params: LFDMParams) -> None:
+def model(x: Tensor, params: LFDMParams, subsample: Tensor | None = None) -> None:
     r"""Pyro model of the documents given the parameters.
 
     z_d ~ prod_k Bern(sigmoid(a_k));  x_d | z_d ~ WordCounts(softmax(g(z_d)))
-    x: (num_docs, vocab_size) word counts
+    x: (num_docs, vocab_size) word counts; ``subsample`` (B,): only these documents, the plate scaled by D / B
+    (a data-parallel process's shard, experiments/distributed.py)
     """
     num_docs, k = x.shape[0], params.num_latents
-    with pyro.plate("docs", num_docs):
-        z = pyro.sample("z", BernoulliVector(params.prior_logits.expand(num_docs, k)))  # (D, K)
-        pyro.sample("x", WordCounts(decode(z, params), total_count=x.sum(-1)), obs=x)
+    with pyro.plate("docs", num_docs, subsample=subsample, device=x.device) as idx:
+        rows = x if subsample is None else x[idx]
+        z = pyro.sample("z", BernoulliVector(params.prior_logits.expand(len(idx), k)))  # (D, K)
+        pyro.sample("x", WordCounts(decode(z, params), total_count=rows.sum(-1)), obs=rows)
 
 
 class LFDM(PyroModule):
@@ -94,7 +96,7 @@ class LFDM(PyroModule):
         self.prior_logits = PyroParam(init.prior_logits.detach().clone())
         linears = []
         for w, b in init.layers:
-            layer = nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype)
+            layer = nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)
             with torch.no_grad():
                 layer.weight.copy_(w)
                 layer.bias.copy_(b)
@@ -105,22 +107,23 @@ class LFDM(PyroModule):
     def params(self) -> LFDMParams:
         return LFDMParams(self.prior_logits, tuple((layer.weight, layer.bias) for layer in self.decoder))
 
-    def forward(self, x: Tensor) -> None:
-        model(x, self.params)
+    def forward(self, x: Tensor, subsample: Tensor | None = None) -> None:
+        model(x, self.params, subsample)
 
 
 def random_params(num_factors: int, vocab_size: int, hidden: tuple[int, ...], seed: int, scale: float,
-                  bias: Tensor | None = None, dtype=torch.float64) -> LFDMParams:
-    """Decoder weights ~ N(0, scale^2) (a generator seeded with ``seed``), biases 0 or ``bias`` at the
-    output; P(z_k = 1) = 0.2."""
+                  bias: Tensor | None = None, dtype=torch.float64, device: torch.device | str = "cpu") -> LFDMParams:
+    """Decoder weights ~ N(0, scale^2) (a generator seeded with ``seed``, drawn on the CPU and moved to
+    ``device``), biases 0 or ``bias`` at the output; P(z_k = 1) = 0.2."""
     gen = torch.Generator().manual_seed(seed)
     sizes = [num_factors, *hidden, vocab_size]
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers.append((scale * torch.randn(b, a, generator=gen, dtype=dtype), torch.zeros(b, dtype=dtype)))
+        weight = scale * torch.randn(b, a, generator=gen, dtype=dtype, device="cpu").to(device)
+        layers.append((weight, torch.zeros(b, dtype=dtype, device=device)))
     if bias is not None:
-        layers[-1] = (layers[-1][0], bias.to(dtype))
-    return LFDMParams(torch.full((num_factors,), math.log(0.2 / 0.8), dtype=dtype), tuple(layers))
+        layers[-1] = (layers[-1][0], bias.to(device, dtype))
+    return LFDMParams(torch.full((num_factors,), math.log(0.2 / 0.8), dtype=dtype, device=device), tuple(layers))
 
 
 def true_params(num_factors: int, vocab_size: int, hidden: tuple[int, ...], seed: int, dtype=torch.float64) -> LFDMParams:
@@ -172,7 +175,8 @@ def init_params(x: Tensor, args: LFDMArgs, seed: int) -> LFDMParams:
     """Starting parameters shared by generalised EM and every guide: random decoder weights
     (N(0, init_scale^2)), output biases at the corpus's smoothed log word frequencies, P(z_k = 1) = 0.2."""
     freq = (x.sum(0) + 0.5) / (x.sum() + 0.5 * x.shape[1])
-    return random_params(args.num_factors, x.shape[1], args.hidden, seed, args.init_scale, bias=freq.log(), dtype=x.dtype)
+    return random_params(args.num_factors, x.shape[1], args.hidden, seed, args.init_scale, bias=freq.log(), dtype=x.dtype,
+                         device=x.device)
 
 
 def synthetic(opts: DataOptions, args: LFDMArgs, seed: int) -> Dataset:

@@ -71,18 +71,19 @@ class NoisyORArgs:
             raise ValueError(f"model_args.init_weight must be > 0, got {self.init_weight}")
 
 
-def model(s: Tensor, params: NoisyORParams) -> None:
+def model(s: Tensor, params: NoisyORParams, subsample: Tensor | None = None) -> None:
     r"""Pyro model of the network given its parameters.
 
     d_n ~ prod_i Bern(sigmoid(a_i));  s_nj | d_n ~ Bern(1 - (1 - leak_j) exp(-(d_n W)_j))
-    s: (num_points, num_symptoms) of 0/1
+    s: (num_points, num_symptoms) of 0/1; ``subsample`` (B,): only these points, the plate scaled by N / B
+    (a data-parallel process's shard, experiments/distributed.py)
     """
     num_points, k = s.shape[0], params.num_latents
-    with pyro.plate("points", num_points):
-        d = pyro.sample("d", BernoulliVector(params.prior_logits.expand(num_points, k)))  # (N, K)
+    with pyro.plate("points", num_points, subsample=subsample, device=s.device) as idx:
+        d = pyro.sample("d", BernoulliVector(params.prior_logits.expand(len(idx), k)))  # (N, K)
         off = log_p_off(d, params)  # log P(s_j = 0 | d): (N, J)
         # Bernoulli with logit log(1 - P0) - log P0 scores s log(1 - P0) + (1 - s) log P0
-        pyro.sample("s", dist.Bernoulli(logits=log1mexp(off) - off).to_event(1), obs=s)
+        pyro.sample("s", dist.Bernoulli(logits=log1mexp(off) - off).to_event(1), obs=s if subsample is None else s[idx])
 
 
 class NoisyOR(PyroModule):
@@ -101,8 +102,8 @@ class NoisyOR(PyroModule):
     def params(self) -> NoisyORParams:
         return NoisyORParams(self.prior_logits, self.weights, self.leak)
 
-    def forward(self, s: Tensor) -> None:
-        model(s, self.params)
+    def forward(self, s: Tensor, subsample: Tensor | None = None) -> None:
+        model(s, self.params, subsample)
 
 
 def simulate(params: NoisyORParams, num_points: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -175,11 +176,11 @@ def init_params(s: Tensor, args: NoisyORArgs, seed: int) -> NoisyORParams:
     P(d_i = 1) = 0.2; W_ij ~ Uniform(0.5, 1.5) * init_weight (random, to break the symmetry between
     causes); leak_j = half the observed rate of symptom j, clamped to [0.005, 0.5].
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU, then moved: the same start on every device
     k, j = args.num_causes, s.shape[1]
-    weights = args.init_weight * (0.5 + torch.rand(k, j, generator=gen, dtype=s.dtype))
+    weights = args.init_weight * (0.5 + torch.rand(k, j, generator=gen, dtype=s.dtype, device="cpu").to(s.device))
     leak = (0.5 * s.mean(0)).clamp(0.005, 0.5)
-    return NoisyORParams(torch.full((k,), float(torch.logit(torch.tensor(0.2))), dtype=s.dtype), weights, leak)
+    return NoisyORParams(s.new_full((k,), float(torch.logit(torch.tensor(0.2, device="cpu")))), weights, leak)
 
 
 def synthetic(opts: DataOptions, args: NoisyORArgs, seed: int) -> Dataset:

@@ -154,8 +154,8 @@ class LinearChain(TorchDistribution):
             log_alpha = self._log_alpha()
             n, t_max, k = log_alpha.shape
             last = self.lengths - 1
-            rows = torch.arange(n)
-            path = torch.zeros(s, n, t_max, dtype=torch.long)
+            rows = torch.arange(n, device=log_alpha.device)
+            path = torch.zeros(s, n, t_max, dtype=torch.long, device=log_alpha.device)
             path[:, rows, last] = torch.multinomial(torch.softmax(log_alpha[rows, last], -1), s, replacement=True).T
             for t in range(t_max - 2, -1, -1):
                 w = torch.softmax(log_alpha[:, t][None] + self.log_trans[:, path[:, :, t + 1]].permute(1, 2, 0), -1)
@@ -176,7 +176,7 @@ def model(x: Tensor, params: TaggerParams) -> None:
     k = params.num_tags
     pyro.factor("prior", exact.log_prior(params))
     log_theta = exact.log_emission(params)  # (V, K)
-    with pyro.plate("sentences", n, dim=-1):
+    with pyro.plate("sentences", n, dim=-1, device=x.device):
         trans = params.trans_logits.expand(t - 1, k, k)
         tags = pyro.sample("t", MarkovChain(params.init_logits, trans, lengths))  # (N, T)
         pyro.sample("w", TopicWord(log_theta.T, tags.long()).mask(mask).to_event(1), obs=words)
@@ -195,7 +195,7 @@ def model_vb(x: Tensor, params: TaggerParams) -> None:
     a = pyro.sample("A", dist.Dirichlet(params.concentration.expand(k, k)).to_event(1))
     pyro.factor("prior", exact.log_weight_prior(params))
     log_theta = exact.log_emission(params)  # (V, K)
-    with pyro.plate("sentences", n, dim=-1):
+    with pyro.plate("sentences", n, dim=-1, device=x.device):
         tags = pyro.sample("t", MarkovChain(params.init_logits, torch.log(a).expand(t - 1, k, k), lengths))  # (N, T)
         pyro.sample("w", TopicWord(log_theta.T, tags.long()).mask(mask).to_event(1), obs=words)
 
@@ -283,13 +283,14 @@ def init_params(x: Tensor, args: TaggerArgs, seed: int) -> TaggerParams:
     features, num_features = exact.feature_table(vocab, args.features)
     words, _, mask = exact.word_ids(x)
     counts = torch.bincount(words[mask], minlength=vocab.shape[0]).to(x.dtype)
-    weights = 0.1 * torch.randn(num_features, k, generator=gen, dtype=x.dtype)
+    cpu = {"generator": gen, "dtype": x.dtype, "device": "cpu"}  # drawn on the CPU, then moved: the same start on every device
+    weights = 0.1 * torch.randn(num_features, k, **cpu).to(x.device)
     if "word" in args.features:
         weights[features[:, 0]] += torch.log(counts + 0.5)[:, None]
-    g = -torch.log(torch.rand(k, k, generator=gen, dtype=x.dtype))
+    g = -torch.log(torch.rand(k, k, **cpu).to(x.device))
     trans = 0.5 / k + 0.5 * g / g.sum(-1, keepdim=True)
-    return TaggerParams(torch.zeros(k, dtype=x.dtype), torch.log(trans), weights, features,
-                        torch.tensor(float(args.concentration), dtype=x.dtype), torch.tensor(float(args.weight_scale), dtype=x.dtype))
+    return TaggerParams(x.new_zeros(k), torch.log(trans), weights, features,
+                        x.new_tensor(float(args.concentration)), x.new_tensor(float(args.weight_scale)))
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -379,12 +380,12 @@ def evaluate(predicted: Tensor, gold: Tensor) -> dict[str, float]:
     v_measure: the harmonic mean of homogeneity and completeness (Rosenberg & Hirschberg 2007)."""
     keep = gold >= 0
     p, g = predicted[keep].long(), gold[keep].long()
-    counts = torch.zeros(int(p.max()) + 1, int(g.max()) + 1, dtype=torch.float64)
+    counts = torch.zeros(int(p.max()) + 1, int(g.max()) + 1, dtype=torch.float64, device=p.device)
     counts.index_put_((p, g), torch.ones_like(p, dtype=torch.float64), accumulate=True)
     total = counts.sum()
     many = float(counts.max(1).values.sum() / total)
-    rows, cols = linear_sum_assignment(-counts.numpy())
-    one = float(counts[torch.as_tensor(rows), torch.as_tensor(cols)].sum() / total)
+    rows, cols = linear_sum_assignment(-counts.cpu().numpy())
+    one = float(counts[torch.as_tensor(rows, device=p.device), torch.as_tensor(cols, device=p.device)].sum() / total)
     joint = counts / total
     pp, pg = joint.sum(1), joint.sum(0)
     h_g, h_p = -torch.special.xlogy(pg, pg).sum(), -torch.special.xlogy(pp, pp).sum()

@@ -37,6 +37,10 @@ class GuideSpec:
     certify(x, params, q, lower, tol=..., max_boxes=...) -> a :class:`models.exact.binary.Certificate` bounding
     the family's global optimum per point (optional; binary mean field by branch and bound).
     The search over these starts, per point, is :mod:`models.exact.restarts`, run by the gap split.
+    data_parallel: the guide (and its model) take ``subsample`` (given point indices) and keep no state that a
+    step changes outside their parameters' gradients, apart from statistics they expose (``step_statistics``),
+    so data-parallel SVI over processes (experiments/distributed.py) is the same algorithm; other guides are
+    refused there before any work.
     """
 
     name: str
@@ -49,6 +53,7 @@ class GuideSpec:
     random_start: Callable[..., Any] | None = None
     mode_start: Callable[..., Any] | None = None
     certify: Callable[..., Any] | None = None
+    data_parallel: bool = False
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,10 @@ def exact_size_error(args: VAEArgs) -> str:
     return "the VAE's exact reference (probabilistic PCA) needs model_args.linear = true"
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+def _mlp(sizes: Sequence[int], device: torch.device | None = None) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.Tanh()]
+        layers += [nn.Linear(a, b, device=device), nn.Tanh()]
     return nn.Sequential(*layers[:-1])
 
 
@@ -129,9 +129,9 @@ def rows(x: Tensor, idx: Tensor) -> Tensor:
 class GaussianLayer(nn.Module):
     """in -> MLP -> (loc, scale) of a diagonal Gaussian over ``out`` dimensions; scale = softplus + 1e-4."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int):
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, device: torch.device | None = None):
         super().__init__()
-        self.net = _mlp([in_dim, *hidden, 2 * out_dim])
+        self.net = _mlp([in_dim, *hidden, 2 * out_dim], device)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         loc, raw = self.net(h).chunk(2, -1)
@@ -142,18 +142,18 @@ class Decoder(PyroModule):
     """Every generative network. ``layers[l]`` maps h^{l+2} to the Gaussian over h^{l+1} (0-based l, L-1 of them);
     ``out`` maps h^1 to x's logits (Bernoulli), (loc, scale) (Gaussian), or W h + b with ``noise_var`` (linear)."""
 
-    def __init__(self, dim: int, args: VAEArgs, noise_var: float = 1.0):
+    def __init__(self, dim: int, args: VAEArgs, noise_var: float = 1.0, device: torch.device | None = None):
         super().__init__()
         self.args = args
         sizes = args.latent_sizes
-        self.layers = nn.ModuleList(GaussianLayer(sizes[l + 1], args.hidden, sizes[l]) for l in range(len(sizes) - 1))
+        self.layers = nn.ModuleList(GaussianLayer(sizes[l + 1], args.hidden, sizes[l], device) for l in range(len(sizes) - 1))
         if args.linear:
-            self.out = nn.Linear(sizes[0], dim)
-            self.noise_var = PyroParam(torch.tensor(float(noise_var)), constraint=constraints.positive)
+            self.out = nn.Linear(sizes[0], dim, device=device)
+            self.noise_var = PyroParam(torch.tensor(float(noise_var), device=device), constraint=constraints.positive)
         elif args.likelihood == "gaussian":
-            self.out = GaussianLayer(sizes[0], args.hidden, dim)
+            self.out = GaussianLayer(sizes[0], args.hidden, dim, device)
         else:
-            self.out = _mlp([sizes[0], *args.hidden, dim])
+            self.out = _mlp([sizes[0], *args.hidden, dim], device)
 
     def likelihood(self, h1: Tensor):
         """p(x | h^1) as a distribution with event shape (D,)."""
@@ -194,7 +194,7 @@ def model(x: Tensor, decoder: Decoder, subsample_size: int | None = None, subsam
     sizes = decoder.args.latent_sizes
     depth = len(sizes)
     layers = network(decoder, "layers")
-    with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample) as idx:
+    with pyro.plate("points", x.shape[0], subsample_size=subsample_size, subsample=subsample, device=x.device) as idx:
         top = x.new_zeros(len(idx), sizes[-1])
         h = pyro.sample(f"h{depth}", dist.Normal(top, 1.0).to_event(1))
         for l in reversed(range(depth - 1)):  # h^{l+2} -> h^{l+1}
@@ -232,7 +232,7 @@ def init_params(x: Tensor, args: VAEArgs, seed: int) -> Decoder:
     """A decoder with torch's default initialisation (seeded); the output bias starts at the data's mean
     (its logit for Bernoulli pixels); the linear case's sigma^2 at the data's mean variance."""
     torch.manual_seed(seed)
-    decoder = Decoder(x.shape[1], args, noise_var=float(x.var(0).mean())).to(x.dtype)
+    decoder = Decoder(x.shape[1], args, noise_var=float(x.var(0).mean()), device=x.device).to(x.dtype)
     mean = x.mean(0)
     with torch.no_grad():
         last = decoder.out if isinstance(decoder.out, nn.Linear) else None
@@ -257,7 +257,8 @@ def simulate(decoder: Decoder, num_points: int, dim: int, seed: int) -> Tensor:
     """x: (N, D) drawn from the model (ancestral sampling through the Pyro model)."""
     pyro.set_rng_seed(seed)
     with torch.no_grad():
-        trace = pyro.poutine.trace(pyro.poutine.uncondition(model)).get_trace(torch.zeros(num_points, dim), decoder)
+        device = next(decoder.parameters()).device
+        trace = pyro.poutine.trace(pyro.poutine.uncondition(model)).get_trace(torch.zeros(num_points, dim, device=device), decoder)
     return trace.nodes["x"]["value"]
 
 

@@ -106,3 +106,14 @@ def kill_after(monkeypatch, saves: int, guide: str) -> None:
 
 def run_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: bit-for-bit comparisons within it (float sums depend on the thread count),
+    and small tensors that would only wait on a busy second core. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -101,8 +101,11 @@ def test_a_diverging_run_fails_cleanly_and_keeps_its_last_good_checkpoint(tmp_pa
     """SGD with an absurd step size on the GMM: the first update sends the scales out of range and the next
     ELBO is -inf. Exit 1 with one line naming step, guide and site; metrics.json "failed"; the checkpoint
     written after step 0 is the last one, finite, and resuming the failed run is refused."""
+    # local_steps=0: the guide's exact local E-step would meet the broken parameters first (its own one-line
+    # error, checked below); without it the diagnosis reaches the model's site, which is what this test names
     args = ["run", "gmm_synthetic", "--out", str(tmp_path), "--no-progress", "--set", "svi.optimiser='sgd'",
-            "--set", "svi.lr=1e8", "--set", "svi.lr_final=1e8", "--set", "checkpoint.every_steps=1", "--set", "svi.steps=20"]
+            "--set", "svi.lr=1e8", "--set", "svi.lr_final=1e8", "--set", "checkpoint.every_steps=1", "--set", "svi.steps=20",
+            "--set", "guide_args.local_steps=0"]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("vizoo: training stopped:")
@@ -115,6 +118,9 @@ def test_a_diverging_run_fails_cleanly_and_keeps_its_last_good_checkpoint(tmp_pa
     assert not list((run_dir / "params").glob("mean_field.pt"))  # nothing of the failed guide's is saved
     assert main(["run", "--resume", str(run_dir)]) == 2
     assert "failed" in capsys.readouterr().err
+    assert main(args[:-2] + ["--out", str(tmp_path / "local")]) == 1  # the default exact local step: one line too
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not finite at step 1 (mean_field)" in err and "stopped before the update" in err
 
 
 # --------------------------------------------------------------------------- safe loading

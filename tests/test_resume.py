@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import Killed, assert_same_run, kill_after, run_dirs, tiny_config
 from vizoo.experiments import checkpoint as ck
 from vizoo.experiments.cli import main
@@ -28,13 +27,7 @@ from vizoo.experiments.run import resume_experiment, run_experiment
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The subprocess and the in-process runs use the same thread count (float sums depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("model", list(MODELS))

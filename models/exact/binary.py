@@ -64,11 +64,12 @@ def check_enumerable(num_latents: int, field: str = "num_latents") -> None:
         )
 
 
-def configurations(num_latents: int, start: int = 0, stop: int | None = None, dtype=torch.float64) -> Tensor:
-    """Configurations start..stop-1 of K bits as a (C, K) 0/1 tensor; bit k of the integer c is z_k."""
+def configurations(num_latents: int, start: int = 0, stop: int | None = None, dtype=torch.float64,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """Configurations start..stop-1 of K bits as a (C, K) 0/1 tensor on ``device``; bit k of the integer c is z_k."""
     stop = 2**num_latents if stop is None else stop
-    c = torch.arange(start, stop, dtype=torch.int64)
-    return ((c[:, None] >> torch.arange(num_latents)) & 1).to(dtype)
+    c = torch.arange(start, stop, dtype=torch.int64, device=device)
+    return ((c[:, None] >> torch.arange(num_latents, device=device)) & 1).to(dtype)
 
 
 def chunk_size(num_points: int, width: int, num_latents: int) -> int:
@@ -78,11 +79,11 @@ def chunk_size(num_points: int, width: int, num_latents: int) -> int:
     return min(size, 2**num_latents)
 
 
-def chunks(num_latents: int, size: int, dtype=torch.float64) -> Iterator[Tensor]:
-    """Yield every configuration once, ``size`` at a time, as (C, K) tensors."""
+def chunks(num_latents: int, size: int, dtype=torch.float64, device: torch.device | str = "cpu") -> Iterator[Tensor]:
+    """Yield every configuration once, ``size`` at a time, as (C, K) tensors on ``device``."""
     total = 2**num_latents
     for start in range(0, total, size):
-        yield configurations(num_latents, start, min(start + size, total), dtype)
+        yield configurations(num_latents, start, min(start + size, total), dtype, device)
 
 
 def log_prior(configs: Tensor, prior_logits: Tensor) -> Tensor:
@@ -135,7 +136,7 @@ def log_joint_chunks(log_lik: LogLik, prior_logits: Tensor, num_points: int, wid
     """Yield (configs (C, K), log p(x_n, c) (N, C)) over every configuration, chunk by chunk."""
     k = prior_logits.shape[-1]
     size = chunk_size(num_points, width, k)
-    for configs in chunks(k, size, prior_logits.dtype):
+    for configs in chunks(k, size, prior_logits.dtype, prior_logits.device):
         yield configs, log_lik(configs) + log_prior(configs, prior_logits)
 
 
@@ -143,11 +144,10 @@ def posterior(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: int
     """log p(x_n), the posterior marginals and optionally second moments, in one streaming pass."""
     k = prior_logits.shape[-1]
     check_enumerable(k)
-    dtype = prior_logits.dtype
-    run_max = torch.full((num_points,), -math.inf, dtype=dtype)
-    total = torch.zeros(num_points, dtype=dtype)
-    first = torch.zeros(num_points, k, dtype=dtype)
-    second = torch.zeros(num_points, k * k, dtype=dtype) if moments else None
+    run_max = prior_logits.new_full((num_points,), -math.inf)
+    total = prior_logits.new_zeros(num_points)
+    first = prior_logits.new_zeros(num_points, k)
+    second = prior_logits.new_zeros(num_points, k * k) if moments else None
     for configs, table in log_joint_chunks(log_lik, prior_logits, num_points, width):
         new_max = torch.maximum(run_max, table.max(-1).values)
         rescale = torch.exp(run_max - new_max)  # exp(-inf) = 0 on the first chunk
@@ -173,7 +173,7 @@ def log_evidence(log_lik: LogLik, prior_logits: Tensor, num_points: int, width: 
 def point_elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
     """ELBO_n(q) = E_q[log p(x_n, z)] + H(q_n) per point: (N,), exactly, for a mean-field table probs: (N, K)."""
     check_enumerable(prior_logits.shape[-1])
-    expected = torch.zeros(probs.shape[0], dtype=probs.dtype)
+    expected = probs.new_zeros(probs.shape[0])
     for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
         expected = expected + weighted(torch.exp(log_q_table(configs, probs)), table).sum(-1)
     return expected - (torch.special.xlogy(probs, probs) + torch.special.xlogy(1 - probs, 1 - probs)).sum(-1)
@@ -182,7 +182,7 @@ def point_elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int)
 def elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
     """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly, for a mean-field table probs: (N, K)."""
     check_enumerable(prior_logits.shape[-1])
-    expected = torch.zeros((), dtype=probs.dtype)
+    expected = probs.new_zeros(())
     for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
         expected = expected + weighted(torch.exp(log_q_table(configs, probs)), table).sum()
     return expected + entropy(probs)
@@ -191,7 +191,7 @@ def elbo(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Te
 def kl_to_posterior(log_lik: LogLik, prior_logits: Tensor, probs: Tensor, width: int) -> Tensor:
     """KL(q || p(z | x)) = sum_n sum_c q_n(c) (log q_n(c) - log p(c | x_n)), exactly: a scalar."""
     log_px = posterior(log_lik, prior_logits, probs.shape[0], width).log_evidence
-    kl = torch.zeros((), dtype=probs.dtype)
+    kl = probs.new_zeros(())
     for configs, table in log_joint_chunks(log_lik, prior_logits, probs.shape[0], width):
         log_q = log_q_table(configs, probs)
         kl = kl + weighted(torch.exp(log_q), log_q - (table - log_px[:, None])).sum()
@@ -207,7 +207,7 @@ def full_table(log_lik: LogLik, prior_logits: Tensor, num_points: int) -> tuple[
             f"the full table has N * 2^K = {num_points} * 2^{k} = {num_points * 2**k:,} entries, "
             f"more than the limit {MAX_TABLE:,}: use fewer points or latents"
         )
-    configs = configurations(k, dtype=prior_logits.dtype)
+    configs = configurations(k, dtype=prior_logits.dtype, device=prior_logits.device)
     return configs, log_lik(configs) + log_prior(configs, prior_logits)
 
 
@@ -215,7 +215,7 @@ def random_probs(shape: tuple[int, ...], generator: torch.Generator, dtype=torch
     """Random starts for coordinate ascent: b = sigmoid(scale eps), eps ~ N(0, 1). With scale 3 about a third of
     the draws lie beyond 0.9 or below 0.1, so starts reach the narrow basins near the cube's corners that
     uniform draws rarely do."""
-    return torch.sigmoid(scale * torch.randn(shape, generator=generator, dtype=dtype))
+    return torch.sigmoid(scale * torch.randn(shape, generator=generator, dtype=dtype, device=generator.device))
 
 
 def mode_start(log_lik: LogLik, prior_logits: Tensor, num_points: int, soft: float = 1e-3) -> Tensor:
@@ -264,7 +264,7 @@ def best_mean_field(
 
     def sweep(probs: Tensor) -> tuple[Tensor, float]:
         for j in range(k):  # a loop over latents, not data: each step updates b_{:, j} for every point
-            others = torch.ones(k, dtype=torch.bool)
+            others = torch.ones(k, dtype=torch.bool, device=probs.device)
             others[j] = False
             log_q_others = log_q_table(configs[:, others], probs[:, others])  # (N, 2^K)
             terms = weighted(torch.exp(log_q_others), table)
@@ -472,7 +472,7 @@ def fit_gem(
     """
     k = init.prior_logits.shape[-1]
     check_enumerable(k)
-    dtype = init.prior_logits.dtype
+    dtype, device = init.prior_logits.dtype, init.prior_logits.device
     size = chunk_size(num_points, width, k)
     cache_r = num_points * 2**k <= MAX_TABLE
     post = posterior(lambda c: log_lik(c, init), init.prior_logits, num_points, width)
@@ -484,13 +484,13 @@ def fit_gem(
         if cache_r:
             resp = [
                 torch.exp(log_lik(c, old) + log_prior(c, old.prior_logits) - old_log_px[:, None]).detach()
-                for c in chunks(k, size, dtype)
+                for c in chunks(k, size, dtype, device)
             ]
 
         def q_value(p: Any) -> Tensor:
             """Q(p) = sum_n sum_c r_n(c) log p(x_n | c; p); gradients accumulate chunk by chunk."""
-            total = torch.zeros((), dtype=dtype)
-            for i, c in enumerate(chunks(k, size, dtype)):
+            total = torch.zeros((), dtype=dtype, device=device)
+            for i, c in enumerate(chunks(k, size, dtype, device)):
                 if resp is not None:
                     r = resp[i]
                 else:

@@ -109,6 +109,10 @@ class DeclaredParams:
     def dtype(self) -> torch.dtype:
         return next(iter(self.tensors.values())).dtype
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
     def detach(self) -> "DeclaredParams":
         return DeclaredParams({k: v.detach().clone() for k, v in self.tensors.items()}, self.slots)
 
@@ -190,7 +194,7 @@ def natural(decl: Declaration, params: DeclaredParams, name: str, values: Mappin
     elif g.scale == "linked":
         scale = torch.exp(affine(decl, link, values, params[f"{name}.scale_weight"], params[f"{name}.scale_bias"]))
     else:
-        scale = torch.full((g.size,), float(g.scale), dtype=pre.dtype)
+        scale = pre.new_full((g.size,), float(g.scale))
     return {"loc": pre, "scale": scale.expand(pre.shape)}
 
 
@@ -208,14 +212,17 @@ def radix(g: Group) -> int:
     return 2**g.size if g.family == "bernoulli" else g.size
 
 
-def configurations(decl: Declaration, start: int, stop: int, dtype=torch.float64) -> dict[str, Tensor]:
-    """Joint configurations start..stop-1 of the latent groups: bernoulli (C, K) 0/1, categorical (C,) int64."""
-    c = torch.arange(start, stop, dtype=torch.int64)
+def configurations(decl: Declaration, start: int, stop: int, dtype=torch.float64,
+                   device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Joint configurations start..stop-1 of the latent groups, on ``device``: bernoulli (C, K) 0/1, categorical
+    (C,) int64."""
+    c = torch.arange(start, stop, dtype=torch.int64, device=device)
     out = {}
     for g in decl.latents:
         digit = c % radix(g)
         c = c // radix(g)
-        out[g.name] = ((digit[:, None] >> torch.arange(g.size)) & 1).to(dtype) if g.family == "bernoulli" else digit
+        bits = torch.arange(g.size, device=device)
+        out[g.name] = ((digit[:, None] >> bits) & 1).to(dtype) if g.family == "bernoulli" else digit
     return out
 
 
@@ -281,7 +288,7 @@ def log_joint_chunks(decl: Declaration, params: DeclaredParams, x: Tensor) -> It
     total = decl.num_configurations
     size = min(total, max(1, binary.CHUNK_ELEMENTS // (x.shape[0] + x.shape[1])))
     for start in range(0, total, size):
-        values = configurations(decl, start, min(start + size, total), params.dtype)
+        values = configurations(decl, start, min(start + size, total), params.dtype, params.device)
         yield values, log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
 
 
@@ -295,9 +302,9 @@ class Posterior(NamedTuple):
 def posterior(decl: Declaration, params: DeclaredParams, x: Tensor) -> Posterior:
     """log p(x_n) and the posterior marginals of every latent group, in one streaming pass."""
     n = x.shape[0]
-    run_max = torch.full((n,), -math.inf, dtype=params.dtype)
-    total = torch.zeros(n, dtype=params.dtype)
-    first = {g.name: torch.zeros(n, g.size, dtype=params.dtype) for g in decl.latents}
+    run_max = x.new_full((n,), -math.inf, dtype=params.dtype)
+    total = x.new_zeros(n, dtype=params.dtype)
+    first = {g.name: x.new_zeros(n, g.size, dtype=params.dtype) for g in decl.latents}
     for values, table in log_joint_chunks(decl, params, x):
         new_max = torch.maximum(run_max, table.max(-1).values)
         rescale = torch.exp(run_max - new_max)
@@ -312,7 +319,7 @@ def posterior(decl: Declaration, params: DeclaredParams, x: Tensor) -> Posterior
 def draws(decl: Declaration, params: DeclaredParams, x: Tensor, num_samples: int, generator: torch.Generator) -> dict[str, Tensor]:
     """Exact posterior draws of every latent group for a few points: group -> (S, N, size) bits or (S, N) categories."""
     check_enumerable(decl)
-    values = configurations(decl, 0, decl.num_configurations, params.dtype)
+    values = configurations(decl, 0, decl.num_configurations, params.dtype, params.device)
     table = log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
     index = from_table(table, num_samples, generator)
     return {name: v[index] for name, v in values.items()}
@@ -337,7 +344,7 @@ def log_q_group(g: Group, probs: Tensor, value: Tensor) -> Tensor:
 
 def entropy(decl: Declaration, q: Mapping[str, Tensor]) -> Tensor:
     """H(q) in closed form, summed over points and groups: a scalar."""
-    total = torch.zeros((), dtype=next(iter(q.values())).dtype)
+    total = next(iter(q.values())).new_zeros(())
     for g in decl.latents:
         p = q[g.name]
         total = total + (binary.entropy(p) if g.family == "bernoulli" else -torch.special.xlogy(p, p).sum())
@@ -346,7 +353,7 @@ def entropy(decl: Declaration, q: Mapping[str, Tensor]) -> Tensor:
 
 def point_elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
     """ELBO_n(q) = E_q[log p(x_n, z)] + H(q_n) per point, exactly: (N,)."""
-    expected = torch.zeros(x.shape[0], dtype=params.dtype)
+    expected = x.new_zeros(x.shape[0], dtype=params.dtype)
     for values, table in log_joint_chunks(decl, params, x):
         expected = expected + binary.weighted(torch.exp(log_q(decl, q, values)), table).sum(-1)
     for g in decl.latents:
@@ -362,7 +369,7 @@ def random_start(decl: Declaration, x: Tensor, generator: torch.Generator) -> di
     {group: (N, size)}."""
     n = x.shape[0]
     return {g.name: binary.random_probs((n, g.size), generator, x.dtype) if g.family == "bernoulli"
-            else torch.softmax(3 * torch.randn(n, g.size, generator=generator, dtype=x.dtype), -1)
+            else torch.softmax(3 * torch.randn(n, g.size, generator=generator, dtype=x.dtype, device=generator.device).to(x.device), -1)
             for g in decl.latents}
 
 
@@ -373,7 +380,7 @@ def _full_table(decl: Declaration, params: DeclaredParams, x: Tensor) -> tuple[d
     if n * decl.num_configurations > binary.MAX_TABLE:
         raise ValueError(f"the full table, N x C = {n} x {decl.num_configurations:,}, is more than the limit "
                          f"{binary.MAX_TABLE:,}: use fewer points")
-    values = configurations(decl, 0, decl.num_configurations, params.dtype)
+    values = configurations(decl, 0, decl.num_configurations, params.dtype, params.device)
     return values, log_likelihood(decl, params, x, values) + log_prior(decl, params, values)
 
 
@@ -403,7 +410,7 @@ def certify(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str
 
 def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
     """ELBO(q) = sum_n E_q[log p(x_n, z)] + H(q_n), exactly: a scalar."""
-    expected = torch.zeros((), dtype=params.dtype)
+    expected = x.new_zeros((), dtype=params.dtype)
     for values, table in log_joint_chunks(decl, params, x):
         expected = expected + binary.weighted(torch.exp(log_q(decl, q, values)), table).sum()
     return expected + entropy(decl, q)
@@ -412,7 +419,7 @@ def elbo(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, T
 def kl_to_posterior(decl: Declaration, params: DeclaredParams, x: Tensor, q: Mapping[str, Tensor]) -> Tensor:
     """KL(q || p(z | x)) = sum_n sum_c q_n(c) (log q_n(c) - log p(c | x_n)), exactly: a scalar."""
     log_px = posterior(decl, params, x).log_evidence
-    kl = torch.zeros((), dtype=params.dtype)
+    kl = x.new_zeros((), dtype=params.dtype)
     for values, table in log_joint_chunks(decl, params, x):
         lq = log_q(decl, q, values)
         kl = kl + binary.weighted(torch.exp(lq), lq - (table - log_px[:, None])).sum()
@@ -435,7 +442,7 @@ def best_mean_field(decl: Declaration, params: DeclaredParams, x: Tensor, init: 
     """
     n = x.shape[0]
     values, table = _full_table(decl, params, x)  # (N, C)
-    q = {g.name: (torch.full((n, g.size), 0.5 if g.family == "bernoulli" else 1.0 / g.size, dtype=params.dtype)
+    q = {g.name: (x.new_full((n, g.size), 0.5 if g.family == "bernoulli" else 1.0 / g.size, dtype=params.dtype)
                   if init is None else init[g.name].clone()) for g in decl.latents}
 
     def bound() -> float:
@@ -481,7 +488,7 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 2
                 if n * decl.num_configurations <= binary.MAX_TABLE else None
 
         def q_value(p: DeclaredParams) -> Tensor:
-            total = torch.zeros((), dtype=p.dtype)
+            total = x.new_zeros((), dtype=p.dtype)
             for i, (values, table) in enumerate(log_joint_chunks(decl, p, x)):
                 if resp is not None:
                     r = resp[i]

@@ -23,7 +23,7 @@ def from_table(log_joint: Tensor, num_samples: int, generator: torch.Generator) 
 
 def gaussian(mean: Tensor, cov: Tensor, num_samples: int, generator: torch.Generator) -> Tensor:
     """(S, N, K) draws from N(mean_n, cov_n); mean (N, K), cov (N, K, K) or diagonal variances (N, K)."""
-    eps = torch.randn((num_samples, *mean.shape), generator=generator, dtype=mean.dtype)
+    eps = torch.randn((num_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=generator.device).to(mean.device)
     if cov.dim() == 2:
         return mean + cov.sqrt() * eps
     chol = torch.linalg.cholesky(cov)

@@ -76,17 +76,18 @@ def check_joint_size(num_chains: int, num_states: int) -> int:
     return s
 
 
-def joint_states(num_chains: int, num_states: int) -> Tensor:
-    """(S, M) long: every joint configuration, row-major (chain 1 slowest)."""
-    return torch.tensor(list(itertools.product(range(num_states), repeat=num_chains)), dtype=torch.long).reshape(-1, num_chains)
+def joint_states(num_chains: int, num_states: int, device: torch.device | str = "cpu") -> Tensor:
+    """(S, M) long on ``device``: every joint configuration, row-major (chain 1 slowest)."""
+    table = list(itertools.product(range(num_states), repeat=num_chains))
+    return torch.tensor(table, dtype=torch.long, device=device).reshape(-1, num_chains)
 
 
 def emission_log_prob(y: Tensor, params: FHMMParams) -> Tensor:
     """log p(y_nt | joint state c): (N, T, S) for y: (N, T, D)."""
     m, l = params.num_chains, params.num_states
     check_joint_size(m, l)
-    states = joint_states(m, l)
-    mean = params.weights[torch.arange(m), states].sum(1)  # (S, D): sum_m W_m[c_m]
+    states = joint_states(m, l, y.device)
+    mean = params.weights[torch.arange(m, device=y.device), states].sum(1)  # (S, D): sum_m W_m[c_m]
     if params.bias is not None:
         logits = mean + params.bias
         return y @ torch.nn.functional.logsigmoid(logits).T + (1 - y) @ torch.nn.functional.logsigmoid(-logits).T
@@ -95,7 +96,7 @@ def emission_log_prob(y: Tensor, params: FHMMParams) -> Tensor:
     diff = y[:, :, None, :] - mean  # (N, T, S, D)
     z = torch.linalg.solve_triangular(chol, diff.unsqueeze(-1), upper=False).squeeze(-1)
     log_det = 2 * torch.log(torch.diagonal(chol)).sum()
-    return -0.5 * ((z**2).sum(-1) + log_det + d * torch.log(torch.tensor(2 * torch.pi, dtype=y.dtype)))
+    return -0.5 * ((z**2).sum(-1) + log_det + d * torch.log(y.new_tensor(2 * torch.pi)))
 
 
 def _chainwise(x: Tensor, trans: Tensor, axis: int) -> Tensor:
@@ -143,7 +144,7 @@ def sequence_lengths(y: Tensor) -> Tensor:
         n, t = map(int, torch.nonzero(torch.isnan(y).any(-1) & ~nan_rows)[0])
         raise ValueError(f"sequence {n} has NaN in step {t} next to numbers: only whole rows past a sequence's end may be NaN (padding)")
     lengths = (~nan_rows).sum(1)
-    steps = torch.arange(y.shape[1])
+    steps = torch.arange(y.shape[1], device=y.device)
     if ((steps[None, :] < lengths[:, None]) == nan_rows).any():
         n = int(torch.nonzero(((steps[None, :] < lengths[:, None]) == nan_rows).any(1))[0])
         raise ValueError(f"sequence {n} has NaN rows before its last observed step: padding must come after a sequence's end")
@@ -162,7 +163,7 @@ def _lengths(y: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def _checked_lengths(y: Tensor, lengths: Tensor) -> Tensor:
-    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=y.device)
     if lengths.shape != (y.shape[0],) or (lengths < 1).any() or (lengths > y.shape[1]).any():
         raise ValueError(f"lengths must be (N,) = ({y.shape[0]},) integers in [1, {y.shape[1]}], got {lengths.tolist()}")
     return lengths
@@ -178,12 +179,12 @@ def _padding_zeroed(y: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         n, t = map(int, torch.nonzero(inside)[0])
         raise ValueError(f"y has NaN inside sequence {n} at step {t} (its length is {int(lengths[n])}); only the "
                          "padding past a sequence's end may be NaN")
-    return torch.where(mask[..., None], y, torch.zeros((), dtype=y.dtype)), lengths
+    return torch.where(mask[..., None], y, y.new_zeros(())), lengths
 
 
 def step_mask(lengths: Tensor, num_steps: int) -> Tensor:
     """(N, T) bool: step t is inside sequence n."""
-    return torch.arange(num_steps)[None, :] < lengths[:, None]
+    return torch.arange(num_steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class _Forward(NamedTuple):
@@ -206,8 +207,8 @@ def _forward(y: Tensor, params: FHMMParams, lengths: Tensor | None) -> _Forward:
     log_shift = log_e.max(-1, keepdim=True).values
     e = torch.exp(log_e - log_shift)  # (N, T, S), max 1 per step
     trans = torch.softmax(params.trans_logits, -1)
-    states = joint_states(m, l)
-    prior = torch.softmax(params.init_logits, -1)[torch.arange(m), states].prod(-1)  # (S,)
+    states = joint_states(m, l, y.device)
+    prior = torch.softmax(params.init_logits, -1)[torch.arange(m, device=y.device), states].prod(-1)  # (S,)
     mask = step_mask(lengths, t_max)
     a = prior * e[:, 0]
     norms = [a.sum(-1)]
@@ -232,7 +233,7 @@ def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = Non
     n, t_max, _ = alpha.shape
     m, l = params.num_chains, params.num_states
     log_evidence = ((torch.log(norm) + f.log_shift[..., 0]) * mask).sum(1)
-    b = torch.ones(n, l**m, dtype=alpha.dtype)
+    b = alpha.new_ones(n, l**m)
     betas = [b]
     for t in range(t_max - 2, -1, -1):
         new = _pull(b * e[:, t + 1], trans) / norm[:, t + 1, None]
@@ -240,7 +241,7 @@ def forward_backward(y: Tensor, params: FHMMParams, lengths: Tensor | None = Non
         betas.append(b)
     beta = torch.stack(betas[::-1], 1)
     joint = alpha * beta * mask[..., None]
-    onehot = torch.nn.functional.one_hot(joint_states(m, l), l).to(alpha.dtype)  # (S, M, L)
+    onehot = torch.nn.functional.one_hot(joint_states(m, l, alpha.device), l).to(alpha.dtype)  # (S, M, L)
     marginals = torch.einsum("nts,sml->ntml", joint, onehot)
     pairwise = _pairwise(alpha, beta * e / norm[..., None], trans) * mask[:, 1:, None, None, None]
     return Posterior(log_evidence, marginals, pairwise, joint)
@@ -252,18 +253,18 @@ def draws(y: Tensor, params: FHMMParams, num_samples: int, generator: torch.Gene
     f = _forward(y, params, lengths)
     n, t_max, _ = f.alpha.shape
     m, l = params.num_chains, params.num_states
-    states = joint_states(m, l)  # (S_joint, M)
+    states = joint_states(m, l, y.device)  # (S_joint, M)
     last = (f.lengths - 1).clamp_min(0)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=y.device)
     probs = f.alpha[rows, last]  # (N, S_joint): p(s_T | y)
     c = torch.multinomial(probs, num_samples, replacement=True, generator=generator).T  # (draws, N)
-    path = torch.zeros(num_samples, n, t_max, dtype=torch.long)
+    path = torch.zeros(num_samples, n, t_max, dtype=torch.long, device=y.device)
     path[:, rows, last] = c
     for t in range(t_max - 2, -1, -1):
         inside = t < last  # (N,): step t + 1 is inside, so s_t is drawn given s_{t+1}
         nxt = path[:, :, t + 1]  # (draws, N) joint indices
         # A(c -> c') for every c and the drawn c': prod over chains of trans[k, c_k, c'_k]: (draws, N, S_joint)
-        a = torch.ones(num_samples, n, states.shape[0], dtype=f.alpha.dtype)
+        a = f.alpha.new_ones(num_samples, n, states.shape[0])
         for k in range(m):
             a = a * f.trans[k][states[:, k]][:, states[nxt, k]].permute(1, 2, 0)
         w = f.alpha[:, t] * a
@@ -286,7 +287,7 @@ def _pairwise(alpha: Tensor, g: Tensor, trans: Tensor) -> Tensor:
         return alpha.new_zeros(n, 0, m, l, l)
     a = alpha[:, :-1].reshape(-1, s)  # (N (T-1), S)
     g = g[:, 1:].reshape((-1,) + (l,) * m)
-    eye = torch.eye(l, dtype=trans.dtype)
+    eye = torch.eye(l, dtype=trans.dtype, device=trans.device)
     out = []
     for i in range(m):
         others = torch.stack([trans[k] if k != i else eye for k in range(m)])
@@ -346,7 +347,7 @@ def chain_forward_backward(log_init: Tensor, log_trans: Tensor, log_unary: Tenso
         new = torch.logsumexp(alphas[-1][:, :, None] + log_trans, 1) + log_unary[:, t]
         alphas.append(torch.where(keep[:, t, None], new, alphas[-1]))
     log_alpha = torch.stack(alphas, 1)
-    log_z = torch.logsumexp(log_alpha[torch.arange(b), lengths - 1], -1)
+    log_z = torch.logsumexp(log_alpha[torch.arange(b, device=lengths.device), lengths - 1], -1)
     betas = [log_unary.new_zeros(b, l)]
     for t in range(t_max - 2, -1, -1):
         new = torch.logsumexp(log_trans + (betas[-1] + log_unary[:, t + 1])[:, None, :], -1)
@@ -384,7 +385,7 @@ def _gaussian_terms(params: FHMMParams) -> tuple[Tensor, Tensor, Tensor, Tensor]
     prec = torch.cholesky_inverse(chol)
     pw = params.weights @ prec  # (M, L, D)
     quad = (pw * params.weights).sum(-1)
-    log_det = 2 * torch.log(torch.diagonal(chol)).sum() + params.cov.shape[0] * torch.log(torch.tensor(2 * torch.pi, dtype=prec.dtype))
+    log_det = 2 * torch.log(torch.diagonal(chol)).sum() + params.cov.shape[0] * torch.log(prec.new_tensor(2 * torch.pi))
     return prec, pw, quad, log_det
 
 
@@ -450,7 +451,7 @@ def random_start(y: Tensor, params: FHMMParams, generator: torch.Generator) -> T
     """Random starting marginals (N, T, M, L) for :func:`fit_mean_field`: softmax(3 eps), eps ~ N(0, 1), so
     starts spread towards the simplex's corners as well as its middle."""
     shape = (y.shape[0], y.shape[1], params.num_chains, params.num_states)
-    return torch.softmax(3 * torch.randn(shape, generator=generator, dtype=y.dtype), -1)
+    return torch.softmax(3 * torch.randn(shape, generator=generator, dtype=y.dtype, device=generator.device).to(y.device), -1)
 
 
 def fit_mean_field(
@@ -476,8 +477,8 @@ def fit_mean_field(
     mask = step_mask(lengths, t_max)
     log_init = torch.log_softmax(params.init_logits, -1)
     log_trans = torch.log_softmax(params.trans_logits, -1)
-    probs = torch.full((n, t_max, m, l), 1.0 / l, dtype=y.dtype) if init is None else init.clone()
-    unary = torch.zeros(n, t_max, m, l, dtype=y.dtype)
+    probs = y.new_full((n, t_max, m, l), 1.0 / l) if init is None else init.clone()
+    unary = y.new_zeros(n, t_max, m, l)
 
     def sweep(q: Variational) -> tuple[Variational, float]:  # updates probs (and unary) in place
         for c in range(m):
@@ -574,7 +575,7 @@ def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths
         theta = post.marginals * mask[..., None, None]  # (N, T, M, L)
         esy = torch.einsum("ntml,ntd->mld", theta, y).reshape(m * l, -1)  # sum_t E[s_t] y_t^T: (M L, D)
         if isinstance(post, Posterior):  # cross-chain terms of E[s s^T] from the joint table
-            onehot = torch.nn.functional.one_hot(joint_states(m, l), l).to(dtype).reshape(-1, m * l)  # (S, M L)
+            onehot = torch.nn.functional.one_hot(joint_states(m, l, y.device), l).to(dtype).reshape(-1, m * l)  # (S, M L)
             ess = onehot.T @ (post.joint.sum((0, 1))[:, None] * onehot)
         else:  # chains independent under q: E[s^m s^k^T] = theta^m theta^k^T (k != m), diag(theta^m) (k = m)
             flat = theta.reshape(-1, m * l)
@@ -592,7 +593,7 @@ def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths
         cov = (yy - cross - cross.T + w.T @ ess @ w) / lengths.sum()
         cov = 0.5 * (cov + cov.T)
         return FHMMParams(init_logits, trans_logits, w.reshape(m, l, -1), cov=cov)
-    states = joint_states(m, l)
+    states = joint_states(m, l, y.device)
     joint = post.joint if isinstance(post, Posterior) else _product_joint(post.marginals) * mask[..., None]
     weight = joint.sum((0, 1))  # (S,)
     y_joint = torch.einsum("nts,ntd->sd", joint, y)  # (S, D): sum_t q(s_t = c) y_t
@@ -602,7 +603,7 @@ def m_step(y: Tensor, post: Posterior | Variational, params: FHMMParams, lengths
 
     def closure():
         opt.zero_grad()
-        logits = weights[torch.arange(m), states].sum(1) + bias  # (S, D)
+        logits = weights[torch.arange(m, device=states.device), states].sum(1) + bias  # (S, D)
         q = (y_joint * torch.nn.functional.logsigmoid(logits) + (weight[:, None] - y_joint) * torch.nn.functional.logsigmoid(-logits)).sum()
         (-q).backward()
         return -q
@@ -615,7 +616,7 @@ def _product_joint(marginals: Tensor) -> Tensor:
     """q(s_t = c) = prod_m q(s_t^m = c_m): (N, T, S) from marginals (N, T, M, L)."""
     m, l = marginals.shape[2:]
     check_joint_size(m, l)
-    return marginals[:, :, torch.arange(m), joint_states(m, l)].prod(-1)
+    return marginals[:, :, torch.arange(m, device=marginals.device), joint_states(m, l, marginals.device)].prod(-1)
 
 
 def fit_em(y: Tensor, init: FHMMParams, max_iter: int = 100, tol: float = 1e-8, lengths: Tensor | None = None) -> EMFit:

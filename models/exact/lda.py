@@ -84,7 +84,7 @@ def elbo(counts, alpha: Tensor, state: CAVIState, eta: float | None = None) -> T
 
 
 def _topic_elbo(lam: Tensor, e_log_beta: Tensor, eta: float) -> Tensor:
-    eta_t = torch.full((lam.shape[-1],), float(eta), dtype=lam.dtype)
+    eta_t = lam.new_full((lam.shape[-1],), float(eta))
     return (_log_dirichlet_norm(eta_t) - _log_dirichlet_norm(lam) + ((eta - lam) * e_log_beta).sum(-1)).sum()
 
 
@@ -118,7 +118,7 @@ class Entries(NamedTuple):
     @property
     def lengths(self) -> Tensor:
         """N_d: (D,) the number of tokens of each document."""
-        return torch.zeros(self.num_docs, dtype=self.count.dtype).index_add_(0, self.doc, self.count)
+        return self.count.new_zeros(self.num_docs).index_add_(0, self.doc, self.count)
 
     def positions(self, docs: Tensor) -> Tensor:
         """The entry positions (E_b,) of documents ``docs`` (B,) in that order, each document's words
@@ -127,20 +127,20 @@ class Entries(NamedTuple):
         lengths = self.rowptr[docs + 1] - starts
         offsets = torch.cumsum(lengths, 0) - lengths
         total = int(lengths.sum())
-        return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total)
+        return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total, device=docs.device)
 
     def rows(self, docs: Tensor) -> "Entries":
         """The entries of documents ``docs`` (B,), as a corpus of B documents (``counts[docs]``)."""
         pos = self.positions(docs)
         lengths = self.rowptr[docs + 1] - self.rowptr[docs]
-        rowptr = torch.zeros(docs.shape[0] + 1, dtype=torch.long)
+        rowptr = lengths.new_zeros(docs.shape[0] + 1)
         rowptr[1:] = torch.cumsum(lengths, 0)
-        doc = torch.repeat_interleave(torch.arange(docs.shape[0]), lengths, output_size=pos.shape[0])
+        doc = torch.repeat_interleave(torch.arange(docs.shape[0], device=docs.device), lengths, output_size=pos.shape[0])
         return Entries(doc, self.word[pos], self.count[pos], rowptr, self.num_words)
 
     def dense(self) -> Tensor:
         """The (D, V) count matrix (for small corpora and minibatches only)."""
-        out = torch.zeros(self.num_docs, self.num_words, dtype=self.count.dtype)
+        out = self.count.new_zeros(self.num_docs, self.num_words)
         out[self.doc, self.word] = self.count
         return out
 
@@ -159,7 +159,7 @@ def entries(counts) -> Entries:
         keep = count != 0
         if not bool(keep.all()):  # explicit zeros
             return entries(counts.to_sparse_coo())
-        doc = torch.repeat_interleave(torch.arange(d), rowptr[1:] - rowptr[:-1], output_size=word.shape[0])
+        doc = torch.repeat_interleave(torch.arange(d, device=rowptr.device), rowptr[1:] - rowptr[:-1], output_size=word.shape[0])
         return Entries(doc, word, count, rowptr, v)
     if counts.layout == torch.sparse_coo:
         c = counts.coalesce()
@@ -168,7 +168,7 @@ def entries(counts) -> Entries:
     else:
         doc, word = counts.nonzero(as_tuple=True)
         count = counts[doc, word]
-    rowptr = torch.zeros(d + 1, dtype=torch.long)
+    rowptr = torch.zeros(d + 1, dtype=torch.long, device=doc.device)
     rowptr[1:] = torch.cumsum(torch.bincount(doc, minlength=d), 0)
     return Entries(doc, word, count, rowptr, v)
 
@@ -223,7 +223,7 @@ def _csr(rowptr: Tensor, word: Tensor, values: Tensor, shape: tuple[int, int]) -
 
 def _sampled_products(rowptr: Tensor, word: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Z_e = sum_k a_{d_e k} b_{k w_e} for the entries of a CSR pattern: (E,), never the (D, V) product."""
-    pattern = _csr(rowptr, word, torch.ones(word.shape[0], dtype=a.dtype), (a.shape[0], b.shape[1]))
+    pattern = _csr(rowptr, word, a.new_ones(word.shape[0]), (a.shape[0], b.shape[1]))
     return torch.sparse.sampled_addmm(pattern, a, b, beta=0.0).values()
 
 
@@ -248,8 +248,8 @@ def doc_step(e: Entries, alpha: Tensor, log_beta: Tensor, gamma: Tensor, tol: fl
     b, shift_b = _scaled_exp(log_beta, 0)              # (K, V): each word's column scaled to max 1
     b_t = b.T.contiguous()                             # (V, K)
     gamma = gamma.clone()
-    iters = torch.zeros(num_docs, dtype=torch.long)
-    active = torch.arange(num_docs)
+    iters = torch.zeros(num_docs, dtype=torch.long, device=gamma.device)
+    active = torch.arange(num_docs, device=gamma.device)
     rowptr, word, count = e.rowptr, e.word, e.count    # the working set's entries (CSR)
     for _ in range(max_iters):
         g = gamma[active]
@@ -265,7 +265,7 @@ def doc_step(e: Entries, alpha: Tensor, log_beta: Tensor, gamma: Tensor, tol: fl
             lengths = rowptr[1:] - rowptr[:-1]
             keep = torch.repeat_interleave(moving, lengths, output_size=word.shape[0])
             word, count = word[keep], count[keep]
-            rowptr = torch.zeros(int(moving.sum()) + 1, dtype=torch.long)
+            rowptr = torch.zeros(int(moving.sum()) + 1, dtype=torch.long, device=rowptr.device)
             rowptr[1:] = torch.cumsum(lengths[moving], 0)
             active = active[moving]
     # phi at the final gamma, for the topics' statistics and the ELBO
@@ -307,12 +307,13 @@ class CAVIResult(NamedTuple):
 
 def initial_lambda(counts, num_topics: int, eta: float, seed: int) -> Tensor:
     """A starting lambda: (K, V): eta + Gamma(100, 1/100) noise times the mean count per topic and word
-    (the usual symmetric-breaking start, as in Hoffman et al.'s online LDA), from a seeded generator."""
+    (the usual symmetric-breaking start, as in Hoffman et al.'s online LDA), from a seeded generator (drawn on the
+    CPU and moved to the counts' device: the same start on every device)."""
     gen = torch.Generator().manual_seed(seed)
     e = entries(counts)
     v = e.num_words
-    noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64), generator=gen) / 100.0
-    return (eta + noise * float(e.count.sum()) / (num_topics * v)).to(e.count.dtype)
+    noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64, device="cpu"), generator=gen) / 100.0
+    return (eta + noise.to(e.count.device) * float(e.count.sum()) / (num_topics * v)).to(e.count.dtype)
 
 
 def fit_cavi(

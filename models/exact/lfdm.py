@@ -67,7 +67,8 @@ class LFDMParams:
         """How switching factor k on alone moves each word's log-probability: (K, V),
         log f(e_k) - log f(0). For a linear decoder this is row k of the weights, centred."""
         k = self.num_latents
-        z = torch.cat([torch.zeros(1, k, dtype=self.prior_logits.dtype), torch.eye(k, dtype=self.prior_logits.dtype)])
+        like = {"dtype": self.prior_logits.dtype, "device": self.prior_logits.device}
+        z = torch.cat([torch.zeros(1, k, **like), torch.eye(k, **like)])
         log_f = torch.log_softmax(decode(z, self), -1)
         return log_f[1:] - log_f[:1]
 

@@ -57,14 +57,12 @@ def standard_form(decl: Declaration, params: DeclaredParams) -> tuple[Tensor, Te
     k, d = sum(g.size for g in decl.latents), decl.data_width
     m = torch.cat([params[f"{g.name}.loc"] for g in decl.latents])
     s = torch.cat([params[f"{g.name}.scale"] for g in decl.latents])
-    w = torch.zeros(k, d, dtype=params.dtype)
-    b = torch.zeros(d, dtype=params.dtype)
-    var = torch.zeros(d, dtype=params.dtype)
+    w, b, var = m.new_zeros(k, d), m.new_zeros(d), m.new_zeros(d)
     for g in decl.observed:
-        rows = torch.cat([torch.arange(k)[lat[p]] for p in decl.links[g.name].parents])
+        rows = torch.cat([torch.arange(k, device=m.device)[lat[p]] for p in decl.links[g.name].parents])
         w[rows, obs[g.name]] = params[f"{g.name}.weight"]
         b[obs[g.name]] = params[f"{g.name}.bias"]
-        scale = params[f"{g.name}.scale"] if g.scale == "shared" else torch.full((g.size,), float(g.scale), dtype=params.dtype)
+        scale = params[f"{g.name}.scale"] if g.scale == "shared" else m.new_full((g.size,), float(g.scale))
         var[obs[g.name]] = scale**2
     return s[:, None] * w, m @ w + b, var
 
@@ -85,7 +83,7 @@ def posterior_u(decl: Declaration, params: DeclaredParams, x: Tensor) -> Gaussia
     """p(u_n | x_n): mean (N, K), covariance (N, K, K) (shared)."""
     w, b, var = standard_form(decl, params)
     k = w.shape[0]
-    cov = torch.linalg.inv(torch.eye(k, dtype=w.dtype) + (w / var) @ w.T)
+    cov = torch.linalg.inv(torch.eye(k, dtype=w.dtype, device=w.device) + (w / var) @ w.T)
     mean = ((x - b) / var) @ w.T @ cov
     return GaussianQ(mean, cov.expand(x.shape[0], k, k))
 
@@ -152,14 +150,14 @@ def fit_em(decl: Declaration, x: Tensor, init: DeclaredParams, max_iter: int = 1
         suu = n * post.cov[0] + mu.T @ mu  # sum_n E[u u^T]: (K, K)
         new = dict(params.tensors)
         for g in decl.observed:
-            rows = torch.cat([torch.arange(kk)[lat[p]] for p in decl.links[g.name].parents])
+            rows = torch.cat([torch.arange(kk, device=x.device)[lat[p]] for p in decl.links[g.name].parents])
             xo = x[:, obs[g.name]]
             mu_p = mu[:, rows]
-            a = torch.zeros(len(rows) + 1, len(rows) + 1, dtype=x.dtype)
+            a = x.new_zeros(len(rows) + 1, len(rows) + 1)
             a[:-1, :-1] = suu[rows][:, rows]
             a[:-1, -1] = a[-1, :-1] = mu_p.sum(0)
             a[-1, -1] = n
-            rhs = torch.cat([mu_p, torch.ones(n, 1, dtype=x.dtype)], -1).T @ xo  # (P + 1, D_o)
+            rhs = torch.cat([mu_p, x.new_ones(n, 1)], -1).T @ xo  # (P + 1, D_o)
             coef = torch.linalg.solve(a, rhs)
             w_std, b_std = coef[:-1], coef[-1]
             weight = w_std / s[rows, None]

@@ -110,8 +110,8 @@ def vocabulary(x: Tensor) -> Tensor:
     lengths = sequence_lengths(x)
     rows = x[step_mask(lengths, x.shape[1])].long()  # (tokens, 7)
     v = int(rows[:, 0].max()) + 1
-    table = torch.full((v, x.shape[-1]), -1, dtype=torch.long)
-    table[:, 0] = torch.arange(v)
+    table = torch.full((v, x.shape[-1]), -1, dtype=torch.long, device=x.device)
+    table[:, 0] = torch.arange(v, device=x.device)
     table[rows[:, 0]] = rows  # one of each word's tokens wins
     bad = (table[rows[:, 0]] != rows).any(-1)
     if bad.any():
@@ -142,8 +142,9 @@ def indicator(features: Tensor, num_features: int, dtype: torch.dtype) -> Tensor
     """The (V, F) sparse 0/1 matrix of each word's features, from the (V, J) ids (-1: none)."""
     v, j = features.shape
     keep = features.reshape(-1) >= 0
-    rows = torch.arange(v).repeat_interleave(j)[keep]
-    return torch.sparse_coo_tensor(torch.stack([rows, features.reshape(-1)[keep]]), torch.ones(int(keep.sum()), dtype=dtype),
+    rows = torch.arange(v, device=features.device).repeat_interleave(j)[keep]
+    ones = torch.ones(int(keep.sum()), dtype=dtype, device=features.device)
+    return torch.sparse_coo_tensor(torch.stack([rows, features.reshape(-1)[keep]]), ones,
                                    (v, num_features), is_coalesced=True, check_invariants=False)
 
 
@@ -323,9 +324,9 @@ def draws(x: Tensor, params: TaggerParams, num_samples: int, generator: torch.Ge
     for t in range(1, t_max):
         alphas.append(torch.logsumexp(alphas[-1][:, :, None] + log_a, 1) + log_e[:, t])
     log_alpha = torch.stack(alphas, 1)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=x.device)
     last = lengths - 1
-    path = torch.zeros(num_samples, n, t_max, dtype=torch.long)
+    path = torch.zeros(num_samples, n, t_max, dtype=torch.long, device=x.device)
     path[:, rows, last] = torch.multinomial(torch.softmax(log_alpha[rows, last], -1), num_samples, replacement=True, generator=generator).T
     for t in range(t_max - 2, -1, -1):
         w = torch.softmax(log_alpha[:, t][None] + log_a[:, path[:, :, t + 1]].permute(1, 2, 0), -1)  # (S, N, K)
@@ -349,7 +350,7 @@ class MeanFieldFit(NamedTuple):
 def random_start(x: Tensor, params: TaggerParams, generator: torch.Generator) -> Tensor:
     """Random starting marginals (N, T, K): softmax(3 eps), eps ~ N(0, 1)."""
     shape = (x.shape[0], x.shape[1], params.num_tags)
-    return torch.softmax(3 * torch.randn(shape, generator=generator, dtype=x.dtype), -1)
+    return torch.softmax(3 * torch.randn(shape, generator=generator, dtype=x.dtype, device=generator.device).to(x.device), -1)
 
 
 def fit_mean_field(x: Tensor, params: TaggerParams, init: Tensor | None = None, max_sweeps: int = 200,
@@ -363,7 +364,7 @@ def fit_mean_field(x: Tensor, params: TaggerParams, init: Tensor | None = None, 
     log_e = token_log_emission(x, params, lengths)
     log_pi = torch.log_softmax(params.init_logits, -1)
     log_a = torch.log_softmax(params.trans_logits, -1)
-    probs = torch.full(log_e.shape, 1.0 / k, dtype=log_e.dtype) if init is None else init.clone().to(log_e.dtype)
+    probs = log_e.new_full(log_e.shape, 1.0 / k) if init is None else init.clone().to(log_e.dtype)
     probs = probs * mask[..., None]
 
     def sweep(q: Variational) -> tuple[Variational, float]:
@@ -401,7 +402,7 @@ class EMFit(NamedTuple):
 def emission_counts(x: Tensor, marginals: Tensor, vocab_size: int) -> Tensor:
     """Expected emission counts c[v, k] = sum over tokens of word v of q(t = k): (V, K)."""
     words, _, mask = word_ids(x)
-    counts = torch.zeros(vocab_size, marginals.shape[-1], dtype=marginals.dtype)
+    counts = marginals.new_zeros(vocab_size, marginals.shape[-1])
     return counts.index_add_(0, words[mask], marginals[mask])
 
 
@@ -474,7 +475,7 @@ def expected_log_dirichlet(beta: Tensor) -> Tensor:
 def dirichlet_kl(beta: Tensor, alpha: Tensor) -> Tensor:
     """sum_j KL(Dir(beta_j) || Dir(alpha 1)), in closed form: a scalar."""
     k = beta.shape[-1]
-    alpha = torch.as_tensor(alpha, dtype=beta.dtype)
+    alpha = torch.as_tensor(alpha, dtype=beta.dtype, device=beta.device)
     total = beta.sum(-1)
     out = torch.lgamma(total) - torch.lgamma(beta).sum(-1) - torch.lgamma(k * alpha) + k * torch.lgamma(alpha)
     return (out + ((beta - alpha) * expected_log_dirichlet(beta)).sum(-1)).sum()
@@ -535,7 +536,7 @@ def fit_vb(x: Tensor, init: TaggerParams, max_iter: int = 100, tol: float = 1e-6
     def step(state: tuple[TaggerParams, Tensor, Chain]) -> tuple[tuple[TaggerParams, Tensor, Chain], float]:
         params, beta, c = state
         beta = params.concentration + c.transitions.sum(0)
-        q = Variational(c.marginals, c.transitions, torch.zeros(n, dtype=c.marginals.dtype))
+        q = Variational(c.marginals, c.transitions, c.marginals.new_zeros(n))
         init_counts = c.marginals[:, 0].sum(0)
         tiny = torch.finfo(init_counts.dtype).tiny
         params = params._replace(init_logits=torch.log((init_counts / init_counts.sum()).clamp_min(tiny)),

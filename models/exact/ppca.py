@@ -47,7 +47,7 @@ class GaussianQ(NamedTuple):
 def marginal_cov(params: PPCAParams) -> Tensor:
     """C = W W^T + sigma^2 I: (D, D)."""
     d = params.weight.shape[0]
-    return params.weight @ params.weight.T + params.noise_var * torch.eye(d, dtype=params.weight.dtype)
+    return params.weight @ params.weight.T + params.noise_var * torch.eye(d, dtype=params.weight.dtype, device=params.weight.device)
 
 
 def log_evidence(x: Tensor, params: PPCAParams) -> Tensor:
@@ -62,7 +62,7 @@ def posterior(x: Tensor, params: PPCAParams) -> GaussianQ:
     """p(h_n | x_n) = N(M^{-1} W^T (x_n - b), sigma^2 M^{-1}): mean (N, K), cov (N, K, K) (the same for every n)."""
     w, s2 = params.weight, params.noise_var
     k = w.shape[1]
-    m = w.T @ w + s2 * torch.eye(k, dtype=w.dtype)
+    m = w.T @ w + s2 * torch.eye(k, dtype=w.dtype, device=w.device)
     mean = torch.linalg.solve(m, w.T @ (x - params.bias).T).T
     cov = s2 * torch.linalg.inv(m)
     return GaussianQ(mean, cov.expand(x.shape[0], k, k))
@@ -86,7 +86,7 @@ def best_diagonal(x: Tensor, params: PPCAParams) -> GaussianQ:
     (1 / the diagonal of the posterior precision M / sigma^2), which minimise KL(q || p(h | x)) over diagonal q."""
     post = posterior(x, params)
     w, s2 = params.weight, params.noise_var
-    m = w.T @ w + s2 * torch.eye(w.shape[1], dtype=w.dtype)
+    m = w.T @ w + s2 * torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
     return GaussianQ(post.mean, (s2 / torch.diagonal(m)).expand_as(post.mean))
 
 
