@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_report.py
 	$(BIN)/python benchmarks/bench_resume.py
 	$(BIN)/python benchmarks/bench_configs.py
+	$(BIN)/python benchmarks/bench_fair.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 install: $(STAMP)
 

@@ -46,6 +46,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .distributions import BernoulliPixels
 from .errors import DataError
 from .exact import ppca
 
@@ -163,7 +164,7 @@ class Decoder(PyroModule):
         if self.args.likelihood == "gaussian":
             loc, scale = out(h1)
             return dist.Normal(loc, scale).to_event(1)
-        return dist.Bernoulli(logits=out(h1)).to_event(1)
+        return BernoulliPixels(out(h1))  # = dist.Bernoulli(logits=...).to_event(1), one pass cheaper
 
     @property
     def params(self) -> "Decoder":

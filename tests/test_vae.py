@@ -17,6 +17,7 @@ from vizoo.experiments.train import train_svi
 from vizoo.guides import vae as guides
 from vizoo.models import vae
 from vizoo.models.datasets import DataOptions, images
+from vizoo.models.distributions import BernoulliPixels
 from vizoo.models.errors import DataError
 from vizoo.models.exact import ppca
 
@@ -320,3 +321,21 @@ def test_rows_taken_once_and_never_stale():
     assert vae.rows(x, torch.arange(6)) is x  # every point, in order: x itself, no copy
     perm = torch.tensor([5, 4, 3, 2, 1, 0])
     assert torch.equal(vae.rows(x, perm), x[perm])  # every point, reordered: a real gather
+
+
+def test_the_pixel_likelihood_is_bernoullis_to_the_last_bit():
+    """models.distributions.BernoulliPixels, the VAE's image likelihood: log_prob equal (torch.equal, not close) to
+    Bernoulli(logits).to_event(1)'s, negation after the pixel sum being exact; the same gradient in the logits;
+    shapes of draws and of an expanded copy as Pyro's."""
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(7, 784, generator=gen, dtype=torch.float64)).requires_grad_()
+    x = torch.bernoulli(torch.full((7, 784), 0.3, dtype=torch.float64), generator=gen)
+    ours = BernoulliPixels(logits).log_prob(x)
+    pyros = pyro.distributions.Bernoulli(logits=logits).to_event(1).log_prob(x)
+    assert ours.shape == (7,) and torch.equal(ours, pyros)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (g_pyro,) = torch.autograd.grad(pyros.sum(), logits)
+    torch.testing.assert_close(g_ours, g_pyro, rtol=0, atol=1e-14)
+    d = BernoulliPixels(logits.detach())
+    assert d.sample((3,)).shape == (3, 7, 784) and d.expand((2, 7)).batch_shape == (2, 7)
+    assert d.event_shape == (784,) and torch.equal(d.mean, torch.sigmoid(logits.detach()))
