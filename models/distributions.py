@@ -81,41 +81,29 @@ class BernoulliVector(TorchDistribution):
         return values.expand((2**k,) + self.batch_shape + (k,)) if expand else values
 
 
-class BernoulliPixels(TorchDistribution):
+class BernoulliPixels(BernoulliVector):
     """prod_d Bern(x_d | sigmoid(logits_d)) as one event of shape (D,): the VAE's image likelihood. The same
     numbers as ``Bernoulli(logits=...).to_event(1)`` (the log-likelihood is -sum_d BCE(logits_d, x_d), and
     negating after the pixel sum is exact in floating point), one pass over the pixels cheaper: the negation
-    runs on the (batch,) sums, not on every pixel, forward and backward."""
+    runs on the (batch,) sums, not on every pixel, forward and backward. Observed only: no enumeration."""
 
-    arg_constraints = {"logits": constraints.independent(constraints.real, 1)}
-    support = constraints.independent(constraints.boolean, 1)
+    has_enumerate_support = False
 
     def __init__(self, logits: Tensor, validate_args=None):
-        self.logits = logits
-        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
-
-    @property
-    def probs(self) -> Tensor:
-        return torch.sigmoid(self.logits)
-
-    @property
-    def mean(self) -> Tensor:
-        return self.probs
+        super().__init__(logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         return BernoulliPixels(self.logits.expand(batch_shape + self.event_shape), validate_args=False)
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        shape = self._extended_shape(sample_shape)
-        with torch.no_grad():
-            return torch.bernoulli(self.probs.expand(shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
         logits, value = torch.broadcast_tensors(self.logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        raise NotImplementedError("BernoulliPixels is an observed likelihood: 2^D values are not enumerated")
 
 
 class WordCounts(TorchDistribution):

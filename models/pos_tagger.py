@@ -221,24 +221,15 @@ class Tagger(PyroModule):
         model(x, self.params)
 
 
-class TaggerVB(PyroModule):
+class TaggerVB(Tagger):
     """The tagger with Bayesian transitions (:func:`model_vb`): learnable pi and W; A is a latent variable, so
     ``trans_logits`` is a buffer holding the start (the guide's q(A) gives the fitted transitions,
     :meth:`guides.pos_tagger._PathGuide.fitted_params`)."""
 
     def __init__(self, init: TaggerParams):
-        super().__init__()
-        self.init_logits = PyroParam(init.init_logits.detach().clone())
-        self.weights = PyroParam(init.weights.detach().clone())
+        super().__init__(init)
+        del self.trans_logits  # the PyroParam: A is a latent here
         self.register_buffer("trans_logits", init.trans_logits.detach().clone())
-        self.register_buffer("features", init.features.clone())
-        self.register_buffer("concentration", init.concentration.clone())
-        self.register_buffer("weight_scale", init.weight_scale.clone())
-
-    @property
-    def params(self) -> TaggerParams:
-        return TaggerParams(self.init_logits, self.trans_logits, self.weights, self.features, self.concentration,
-                            self.weight_scale)
 
     def forward(self, x: Tensor) -> None:
         model_vb(x, self.params)
