@@ -16,6 +16,7 @@ settings.register_profile("fixed", derandomize=True, database=None)
 settings.register_profile("random", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
+from vizoo.experiments.run import run_experiment
 from vizoo.models.gmm import GMMArgs, init_params, random_params, simulate
 
 
@@ -102,6 +103,18 @@ def kill_after(monkeypatch, saves: int, guide: str) -> None:
             raise Killed
 
     monkeypatch.setattr(ck.Checkpointer, "save", dying_save)
+
+
+def killed_run(cfg, out: Path, monkeypatch, saves: int) -> tuple[Path, Path]:
+    """(an uninterrupted run's folder, the folder of the same run killed right after its first guide's ``saves``-th
+    checkpoint), both under ``out``: what a resume test resumes and compares."""
+    a = run_experiment(cfg, log=lambda *_: None).run_dir
+    kill_after(monkeypatch, saves, cfg.guides[0])
+    with pytest.raises(Killed):
+        run_experiment(cfg, log=lambda *_: None)
+    monkeypatch.undo()
+    (killed,) = set(run_dirs(out)) - {a}
+    return a, killed
 
 
 def run_dirs(out: Path) -> list[Path]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Killed, assert_same_run, kill_after, run_dirs
+from conftest import assert_same_run, killed_run
 from vizoo.experiments.compare import base_config, tiny_overrides
 from vizoo.experiments.config import apply_override, parse_config
 from vizoo.experiments.registry import MODELS
-from vizoo.experiments.run import load_data, prepare, resume_experiment, run_experiment
+from vizoo.experiments.run import load_data, prepare, resume_experiment
 from vizoo.experiments.train import train_svi
 from vizoo.guides import gmm as gmm_guides
 from vizoo.guides import vae as vae_guides
@@ -175,12 +175,7 @@ def test_without_local_steps_runs_are_unchanged(model, guide_name, builder, tmp_
 ])
 def test_resume_with_local_steps_is_bit_for_bit(model, extra, tmp_path, monkeypatch):
     cfg = tiny_config(model, tmp_path, *extra)
-    a = run_experiment(cfg, log=lambda *_: None).run_dir
-    kill_after(monkeypatch, 2, cfg.guides[0])  # after step 8 of 12
-    with pytest.raises(Killed):
-        run_experiment(cfg, log=lambda *_: None)
-    monkeypatch.undo()
-    (killed,) = set(run_dirs(tmp_path)) - {a}
+    a, killed = killed_run(cfg, tmp_path, monkeypatch, 2)  # after step 8 of 12
     resume_experiment(killed, log=lambda *_: None)
     assert_same_run(a, killed)
 

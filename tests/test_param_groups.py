@@ -19,7 +19,11 @@ import types
 import pyro
 import pytest
 import torch
-from conftest import Killed, assert_same_run, kill_after, run_dirs, tiny_config
+from conftest import (
+    assert_same_run,
+    killed_run,
+    tiny_config,
+)
 from vizoo.experiments import param_groups
 from vizoo.experiments import train as train_module
 from vizoo.experiments.cli import main
@@ -27,7 +31,7 @@ from vizoo.experiments.compare import CompareOptions, plan
 from vizoo.experiments.config import SIZE_LIMITS, GuideArgs, SVIConfig, parse_config
 from vizoo.experiments.convergence import smooth, time_to_within
 from vizoo.experiments.registry import MODELS
-from vizoo.experiments.run import resume_experiment, run_experiment
+from vizoo.experiments.run import resume_experiment
 from vizoo.experiments.train import Analytic_ELBO, train_svi
 from vizoo.guides import auto
 from vizoo.models.datasets import DataOptions
@@ -168,12 +172,7 @@ def test_a_run_with_groups_resumes_bit_for_bit(tmp_path, monkeypatch):
     minibatches drawn; killed after step 4 of the first guide and resumed."""
     cfg = tiny_config("vae", tmp_path, "svi.lr_model=0.003", "svi.lr_network=0.01", "svi.lr_local=0.2",
                       "svi.lr_final=0.001", "svi.batch_size=10")
-    a = run_experiment(cfg, log=lambda *_: None).run_dir
-    kill_after(monkeypatch, 1, cfg.guides[0])
-    with pytest.raises(Killed):
-        run_experiment(cfg, log=lambda *_: None)
-    monkeypatch.undo()
-    (killed,) = set(run_dirs(tmp_path)) - {a}
+    a, killed = killed_run(cfg, tmp_path, monkeypatch, 1)
     resume_experiment(killed, log=lambda *_: None)
     assert_same_run(a, killed)
 

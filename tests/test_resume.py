@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Killed, assert_same_run, kill_after, run_dirs, tiny_config
+from conftest import (
+    Killed,
+    assert_same_run,
+    kill_after,
+    killed_run,
+    run_dirs,
+    tiny_config,
+)
 from vizoo.experiments import checkpoint as ck
 from vizoo.experiments.cli import main
 from vizoo.experiments.registry import MODELS
@@ -60,12 +67,7 @@ def test_same_seed_twice_and_kill_then_resume_are_bit_for_bit(model, tmp_path, m
 ])
 def test_resume_restores_estimator_state_minibatches_and_schedules(model, extra, tmp_path, monkeypatch):
     cfg = tiny_config(model, tmp_path, *extra)
-    a = run_experiment(cfg, log=lambda *_: None).run_dir
-    kill_after(monkeypatch, 1, cfg.guides[0])  # the first guide, after step 4: nothing after it has run
-    with pytest.raises(Killed):
-        run_experiment(cfg, log=lambda *_: None)
-    monkeypatch.undo()
-    (killed,) = set(run_dirs(tmp_path)) - {a}
+    a, killed = killed_run(cfg, tmp_path, monkeypatch, 1)  # the first guide, after step 4: nothing after it has run
     if "TraceGraph" in extra[0]:
         assert ck.load_tensors(killed / "checkpoints" / f"{cfg.guides[0]}.pt")["param_store"]  # baselines saved
     resume_experiment(killed, log=lambda *_: None)
