@@ -80,6 +80,8 @@ def _pos_tagger_family(family: str) -> dict[str, Any]:
     return {"optimum": optimum, "random_start": pos_tagger_exact.random_start}
 
 
+_TAGGED_DATA = {"synthetic": pos_tagger.synthetic, "oanc": datasets.load_oanc, "wsj": datasets.load_wsj}  # both taggers'
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -363,11 +365,7 @@ MODELS: dict[str, ModelSpec] = {
                 fit=lambda x, init, args, max_iter, tol: pos_tagger_exact.fit_em(x, init, max_iter, tol),
                 method="exact EM (Baum-Welch, L-BFGS M-step)",
             ),
-            datasets={
-                "synthetic": pos_tagger.synthetic,
-                "oanc": datasets.load_oanc,
-                "wsj": datasets.load_wsj,
-            },
+            datasets=_TAGGED_DATA,
             describe=lambda args: f"K={args.num_tags} tags, features {'+'.join(args.features)}",
             describe_fit=pos_tagger.describe_fit,
             real_valued=False,
@@ -404,11 +402,7 @@ MODELS: dict[str, ModelSpec] = {
                 method="VB (Johnson 2007; L-BFGS for W)",
                 objective="ELBO",
             ),
-            datasets={
-                "synthetic": pos_tagger.synthetic,
-                "oanc": datasets.load_oanc,
-                "wsj": datasets.load_wsj,
-            },
+            datasets=_TAGGED_DATA,
             describe=lambda args: f"K={args.num_tags} tags, Dir({args.concentration:g}) transitions, "
                                   f"features {'+'.join(args.features)}",
             describe_fit=pos_tagger.describe_fit,
