@@ -320,8 +320,13 @@ def seed_rows(spec: ModelSpec, results: list[RunResult], seed: int,
 
 
 def _heldout(metrics: dict[str, Any], method: str) -> dict[str, float]:
-    values = (metrics.get("heldout") or {}).get(method, {})
-    return {f"heldout {k}": v for k, v in values.items() if isinstance(v, (int, float))}
+    """The method's extra columns: its held-out metrics ("heldout ...") and its agreement with the data's true
+    labels ("true labels ...", e.g. the tagger's accuracies against gold tags), where the run has them."""
+    out = {}
+    for key, prefix in (("heldout", "heldout"), ("labels", "true labels")):
+        values = (metrics.get(key) or {}).get(method, {})
+        out.update({f"{prefix} {k}": v for k, v in values.items() if isinstance(v, (int, float))})
+    return out
 
 
 def pictures(spec: ModelSpec, results: list[RunResult], out_dir: Path, opts: CompareOptions, log) -> list[str]:

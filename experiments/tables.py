@@ -65,7 +65,8 @@ def _cell(entry: dict[str, Any], key: str) -> str:
 
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     """Markdown: one row per method, every column as mean ± sd over seeds."""
-    heldout = list(dict.fromkeys(k for e in summary for k in e if k.startswith("heldout ") and not k.endswith(("_sd", "_se"))))
+    heldout = [k for prefix in ("heldout ", "true labels ")  # held-out columns, then agreement with true labels
+               for k in dict.fromkeys(k for e in summary for k in e if k.startswith(prefix) and not k.endswith(("_sd", "_se")))]
     keys = list(COLUMNS) + heldout
     headers = dict(COLUMNS)
     if any(e.get("log_p_se") is not None for e in summary):  # importance sampled: an IWAE estimate, not log p(x)

@@ -22,11 +22,13 @@ import pyro
 import pytest
 import torch
 from vizoo.experiments import cli, seeds
+from vizoo.experiments import compare as compare_module
 from vizoo.experiments.compare import CompareOptions, compare, tiny_overrides
 from vizoo.experiments.config import GuideArgs, SVIConfig
 from vizoo.experiments.gaps import SearchOptions, family_best, gap_split
 from vizoo.experiments.overview import ReportOptions, to_html, write_report
 from vizoo.experiments.registry import MODELS
+from vizoo.experiments.tables import markdown_table, summarise
 from vizoo.experiments.train import train_svi
 from vizoo.models.datasets import DataOptions
 
@@ -282,3 +284,17 @@ def test_exact_draws_follow_the_exact_posterior(name):
         mean = v.double().mean(0)
         sd = v.double().std(0) if name == "factor_analysis" else (target * (1 - target)).clamp_min(1e-4).sqrt()
         assert ((mean - target).abs() <= 5 * sd / math.sqrt(s) + 1e-9).all(), (site, (mean - target).abs().max())
+
+
+def test_the_true_labels_become_columns_of_the_comparison():
+    """A run's agreement with the data's true labels (metrics["labels"], the tagger's accuracies) reaches the
+    comparison's rows and its table as "true labels ..." columns, beside the held-out ones, per method."""
+    metrics = {"heldout": {"SVI a": {"perplexity": 900.0}},
+               "labels": {"SVI a": {"many_to_one": 0.5, "v_measure": 0.25}, "EM": {"many_to_one": 0.75}}}
+    assert compare_module._heldout(metrics, "SVI a") == {"heldout perplexity": 900.0, "true labels many_to_one": 0.5,
+                                                         "true labels v_measure": 0.25}
+    rows = [{"seed": 0, "method": "EM", "kind": "reference", "elbo": -1.0, **compare_module._heldout(metrics, "EM")},
+            {"seed": 0, "method": "SVI a", "kind": "guide", "elbo": -2.0, **compare_module._heldout(metrics, "SVI a")}]
+    table = markdown_table(summarise(rows))
+    assert "| heldout perplexity | true labels many_to_one | true labels v_measure |" in table
+    assert "| EM | -1.0000 |" in table and "0.7500 | – |" in table and "0.5000 | 0.2500 |" in table
