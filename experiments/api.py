@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..models.datasets import Dataset, standardise
@@ -41,6 +42,7 @@ from .registry import resolve
 from .run import (
     DATA_FILE,
     DTYPES,
+    SPARSE_DATA_FILE,
     RunResult,
     RunWriter,
     execute,
@@ -261,7 +263,9 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
     spec = resolve(model) if isinstance(model, str) else _bad_model(model)
     array = None
     data_name = None
-    if _is_array(data):
+    if _is_sparse(data):  # counts kept sparse (models with ModelSpec.sparse, LDA): saved as data.npz
+        array = _as_sparse(data, spec)
+    elif _is_array(data):
         array = _as_array(data, "data")
     elif isinstance(data, Mapping):
         data_name = data.get("name")
@@ -277,7 +281,9 @@ def fit(model: str, data: Any = None, *, guides: Sequence[str] | None = None, st
     raw.update(model=model, seed=seed, name=raw.get("name", spec.name))
     raw.pop("output_dir", None)
     raw["progress"] = False
-    if array is not None:
+    if array is not None and sp.issparse(array):
+        raw["data"] = {"name": "file", "path": SPARSE_DATA_FILE, "standardise": False}
+    elif array is not None:
         raw["data"] = {"name": "file", "path": DATA_FILE, "standardise": bool(standardise)}
     elif isinstance(data, Mapping):
         raw["data"] = dict(data)
@@ -335,6 +341,8 @@ def load(run_dir: str | os.PathLike, verbose: bool = False, device: str | None =
     if cfg.data.name == "file" and cfg.data.path == DATA_FILE and (path / DATA_FILE).is_file():
         array = np.load(path / DATA_FILE, allow_pickle=False)
         dataset, scale = _from_array(spec, cfg, array)
+    elif cfg.data.name == "file" and cfg.data.path == SPARSE_DATA_FILE and (path / SPARSE_DATA_FILE).is_file():
+        dataset, scale = _from_array(spec, cfg, _as_sparse(sp.load_npz(path / SPARSE_DATA_FILE), spec))
     else:
         dataset = load_data(cfg, spec, path)
     prep = prepare(cfg, spec, dataset)
@@ -393,6 +401,24 @@ def _is_array(data: Any) -> bool:
     return isinstance(data, (np.ndarray, torch.Tensor)) or (isinstance(data, (list, tuple)) and not isinstance(data, str))
 
 
+def _is_sparse(data: Any) -> bool:
+    return sp.issparse(data) or (isinstance(data, torch.Tensor) and data.layout != torch.strided)
+
+
+def _as_sparse(data: Any, spec: ModelSpec) -> sp.csr_matrix:
+    """Sparse data (a scipy sparse matrix or a torch sparse COO/CSR tensor) as a scipy CSR matrix, for a model
+    that takes it (``ModelSpec.sparse``); anything else is a DataError naming the model."""
+    if not spec.sparse:
+        raise DataError(f"data is a sparse matrix; model {spec.name} takes dense data only (a numpy array or a dense tensor)")
+    if sp.issparse(data):
+        return sp.csr_matrix(data)
+    if data.dim() != 2:
+        raise DataError(f"data must be 2-D (documents x words), got a sparse tensor of shape {tuple(data.shape)}")
+    data = data.detach().cpu()
+    csr = (data.coalesce() if data.layout == torch.sparse_coo else data).to_sparse_csr()
+    return sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()), shape=tuple(csr.shape))
+
+
 def _as_array(data: Any, name: str) -> np.ndarray:
     """A numpy array of real numbers (what a .npy file would hold), or DataError naming ``name``."""
     if isinstance(data, torch.Tensor):
@@ -409,7 +435,11 @@ def _as_array(data: Any, name: str) -> np.ndarray:
 def _from_array(spec: ModelSpec, cfg: RunConfig, values: np.ndarray) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor] | None]:
     """In-memory data as a data set, exactly as a .npy file holding it would load (``datasets.from_file``), and
     validated by the model; standardised (real-valued data only) when ``data.standardise`` asks. Returns the
-    column mean and sd used, for scaling new data the same way."""
+    column mean and sd used, for scaling new data the same way. Sparse counts (``_as_sparse``) stay sparse."""
+    if sp.issparse(values):
+        x = spec.validate(values, cfg.model_args)
+        return Dataset(x, f"sparse array {tuple(values.shape)} ({values.nnz:,} stored entries)",
+                       tuple(f"x{i}" for i in range(values.shape[1]))), None
     x = torch.as_tensor(values)
     features = tuple(f"x{i}" for i in range(x.shape[-1] if x.dim() else 0))
     scale = None

@@ -73,9 +73,14 @@ def _damage(data: bytes) -> str:
 
 
 def fingerprint(value: Any) -> str:
-    """SHA-256 of a tensor's bytes (with its dtype and shape), or of a JSON-serialisable value."""
+    """SHA-256 of a tensor's bytes (with its dtype and shape), or of a JSON-serialisable value. A sparse CSR
+    tensor's: its row pointers, columns and values (a dense tensor's fingerprint never equals a sparse one's)."""
     h = hashlib.sha256()
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and value.layout == torch.sparse_csr:
+        h.update(f"sparse_csr {value.dtype} {tuple(value.shape)}".encode())
+        for part in (value.crow_indices(), value.col_indices(), value.values()):
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+    elif isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"{t.dtype} {tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())

@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 import pyro
+import scipy.sparse as sp
 import torch
 
-from ..models.datasets import Dataset
+from ..models.datasets import Dataset, take_rows
 from ..models.errors import ConfigError, DataError, ImpossibleResult
 from ..models.exact.binary import MAX_LATENTS
 from ..models.importance import ImportanceEstimate, log_weights
@@ -57,6 +58,7 @@ from .train import NonFiniteLoss, SVIResult, interruptible, stop_requested, trai
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DATA_FILE = "data.npy"  # in-memory data, saved into its run folder (config: data.name = "file", data.path = "data.npy")
+SPARSE_DATA_FILE = "data.npz"  # in-memory sparse counts, saved the same way (scipy.sparse.save_npz)
 
 
 @dataclasses.dataclass
@@ -229,7 +231,7 @@ class RunWriter:
     def __init__(self, run_dir: Path, new: bool, data: np.ndarray | None = None):
         self.run_dir = Path(run_dir)
         self.new = new
-        self.data = data  # in-memory data to save as data.npy
+        self.data = data  # in-memory data to save as data.npy (a scipy sparse matrix: data.npz)
         self.begun = False  # begin() done: the run's work has started
         self.metrics: dict[str, Any] | None = None  # the runner's metrics so far, for fail()
 
@@ -249,8 +251,12 @@ class RunWriter:
         if self.new:
             if self.data is not None:
                 buf = io.BytesIO()
-                np.save(buf, self.data, allow_pickle=False)
-                report.write_atomic(self.run_dir / DATA_FILE, buf.getvalue())
+                if sp.issparse(self.data):
+                    sp.save_npz(buf, self.data)
+                    report.write_atomic(self.run_dir / SPARSE_DATA_FILE, buf.getvalue())
+                else:
+                    np.save(buf, self.data, allow_pickle=False)
+                    report.write_atomic(self.run_dir / DATA_FILE, buf.getvalue())
             report.write_atomic(self.run_dir / "config.toml", report.to_toml(cfg.to_dict()))
         self.begun = True
         return {g: Checkpointer(self.run_dir / "checkpoints" / f"{g}.pt", {**prep.identity, "guide": g},
@@ -430,7 +436,13 @@ def _check_preprocessing(cfg: RunConfig, data: Dataset, x: torch.Tensor, x_test:
         finite = t[torch.isfinite(t)]
         return float(finite.abs().max()) if finite.numel() else float("nan")
 
+    def stored(t: torch.Tensor | None) -> torch.Tensor | None:  # a sparse tensor's stored entries, a dense one itself
+        if t is None or t.layout == torch.strided:
+            return t
+        return (t.coalesce() if t.layout == torch.sparse_coo else t).values()
+
     for rows, given, cast in (("data", data.x, x), ("held-out data", data.x_test, x_test)):
+        given, cast = stored(given), stored(cast)
         if cast is not None and given is not None and torch.isinf(cast).any() and not torch.isinf(given).any():
             raise DataError(f"dtype={cfg.dtype!r}: the {rows} overflow it (largest |value| {largest(given):.3g}); "
                             "use dtype = 'float64', or rescale the data")
@@ -502,7 +514,7 @@ def heldout_split(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Te
     if not 1 <= num_test < n:
         raise ConfigError(f"data.heldout={fraction} holds out {num_test} of {n} rows; it must leave at least one on each side")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu").to(x.device)  # the same split on every device
-    return x[perm[num_test:].sort().values], x[perm[:num_test].sort().values]
+    return take_rows(x, perm[num_test:].sort().values), take_rows(x, perm[:num_test].sort().values)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from . import datasets
@@ -102,6 +103,9 @@ class ModelSpec:
     real_valued: data are real numbers (a user's file is standardised when asked); False for binary
         or count data, which are never rescaled.
     minibatch: model and guides take ``subsample_size`` (plate subsampling, ``svi.batch_size``).
+    sparse: the model, its guides, exact reference and evaluation take sparse counts (a torch sparse CSR
+        tensor; a ``.npz`` file, a scipy sparse matrix in memory), kept sparse throughout (LDA); any other
+        model refuses sparse data in one line.
     fitted(model, guide) -> the fitted parameters to save, report and evaluate (default: the model's
         ``params``; LDA adds the guide's q(beta)).
     bound(x, fitted, guide) -> the guide's ELBO in closed form (scalar), for models that are not
@@ -138,6 +142,7 @@ class ModelSpec:
     latent_field: str = ""
     real_valued: bool = True
     minibatch: bool = False
+    sparse: bool = False
     fitted: Callable[..., Any] = lambda model, guide: model.params.detach()
     bound: Callable[..., Tensor] | None = None
     heldout: Callable[..., dict[str, float]] | None = None
@@ -152,6 +157,9 @@ class ModelSpec:
             data = datasets.load_file(replace(opts, standardise=opts.standardise and self.real_valued), args, seed)
         else:
             data = self.datasets[opts.name](opts, args, seed)
+        for what, value in (("data", data.x), ("test data", data.x_test)):
+            if value is not None and not self.sparse and getattr(value, "layout", torch.strided) != torch.strided:
+                raise DataError(f"the {what} of {opts.name!r} are a sparse matrix; model {self.name} takes dense data only")
         x = self.validate(data.x, args)
         x_test = None if data.x_test is None else self.validate(data.x_test, args)
         if x_test is not None and x_test.shape[-1] != x.shape[-1]:

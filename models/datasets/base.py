@@ -3,6 +3,7 @@ loader returns) and column standardisation."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -95,3 +96,32 @@ def scaled(x: Tensor, features: tuple[str, ...], standardised: bool) -> tuple[Te
     if not standardised:
         return x, features
     return standardise(x), tuple(f"{f} (standardised)" for f in features)
+
+
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[idx]`` for a dense tensor, and the same rows of a sparse one (COO, or CSR, which torch cannot index),
+    kept sparse: what a held-out split takes from a corpus without making it dense."""
+    if x.layout == torch.strided:
+        return x[idx]
+    if x.layout == torch.sparse_coo:
+        return x.index_select(0, idx)
+    if x.layout != torch.sparse_csr:
+        raise ValueError(f"take_rows: layout {x.layout} is not supported (dense, sparse COO or CSR)")
+    crow, col, values = x.crow_indices(), x.col_indices(), x.values()
+    idx = idx.to(crow.device)
+    starts, lengths = crow[idx], crow[idx + 1] - crow[idx]
+    new_crow = torch.zeros(len(idx) + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(lengths, 0, out=new_crow[1:])
+    total = int(new_crow[-1])
+    pos = torch.repeat_interleave(starts - new_crow[:-1], lengths, output_size=total)
+    pos = pos + torch.arange(total, dtype=crow.dtype, device=crow.device)
+    return sparse_csr(new_crow, col[pos], values[pos], (len(idx), x.shape[1]), check=False)  # rows of a valid one
+
+
+def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], check: bool = True) -> Tensor:
+    """A torch sparse CSR tensor (torch's "beta" warning silenced); ``check``: torch checks the invariants (sorted,
+    in-range columns, consistent row pointers), as it must for anything read from outside."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), dtype=values.dtype, device=values.device,
+                                       check_invariants=check)

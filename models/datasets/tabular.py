@@ -10,16 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import tarfile
+import zipfile
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..errors import DataError
-from .base import DataOptions, Dataset, scaled
+from .base import DataOptions, Dataset, scaled, sparse_csr
 
 
 @lru_cache(maxsize=4)
@@ -85,8 +87,10 @@ def from_file(path: str, standardised: bool = True) -> Dataset:
         raise DataError(f"data.path {path!r} is a folder, not a file: give a .npy or .csv file")
     if not p.is_file():
         raise DataError(f"data.path: no such file: {path!r}")
-    if p.suffix not in (".npy", ".csv"):
-        raise DataError(f"data.path must end in .npy or .csv, got {path!r}")
+    if p.suffix not in (".npy", ".csv", ".npz"):
+        raise DataError(f"data.path must end in .npy, .csv or .npz, got {path!r}")
+    if p.suffix == ".npz":
+        return _from_npz(p, path, standardised)
     try:
         values = _read_npy(p, path) if p.suffix == ".npy" else _read_csv(p, path)
     except (ValueError, OSError) as err:
@@ -103,6 +107,32 @@ def from_file(path: str, standardised: bool = True) -> Dataset:
         except DataError as err:
             raise DataError(f"data.path {path!r}: {err}") from None
     return Dataset(x, f"file {p.name} {tuple(x.shape)}", features)
+
+
+def _from_npz(p: Path, path: str, standardised: bool) -> Dataset:
+    """A sparse matrix written by ``scipy.sparse.save_npz`` (never unpickled), as a torch sparse CSR tensor of its
+    values: counts for a model that takes sparse data (LDA). Standardising would make it dense: refused."""
+    if standardised:
+        raise DataError(f"data.path {path!r} is a sparse matrix (.npz): standardising it would make it dense; "
+                        "set data.standardise = false")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"data.path {path!r} is not a sparse matrix written by scipy.sparse.save_npz (not a .npz archive)")
+    try:
+        matrix = sp.load_npz(p).tocsr()
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"data.path {path!r} is not a sparse matrix written by scipy.sparse.save_npz "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'damaged'})") from None
+    if matrix.dtype.kind not in "iuf":
+        raise DataError(f"data.path {path!r} holds dtype {matrix.dtype}, not real numbers")
+    matrix = matrix.astype(np.float64)
+    matrix.sort_indices()
+    try:
+        x = sparse_csr(torch.as_tensor(matrix.indptr, dtype=torch.int64), torch.as_tensor(matrix.indices, dtype=torch.int64),
+                       torch.as_tensor(matrix.data), matrix.shape)
+    except RuntimeError as err:
+        raise DataError(f"data.path {path!r} holds an inconsistent sparse matrix: {str(err).splitlines()[0]}") from None
+    return Dataset(x, f"file {p.name} {tuple(x.shape)}, sparse ({matrix.nnz:,} stored entries)",
+                   tuple(f"x{i}" for i in range(x.shape[1])))
 
 
 def _read_npy(p: Path, path: str) -> np.ndarray:
