@@ -13,8 +13,12 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
   sklearn online  learning_method="online", batch_size=256, total_samples = number of training documents
                   (fit ignores it; partial_fit uses it), learning_offset --online-offset (10, its default: the best
                   of 10, 64, 256, 1024 measured, see docs/models/lda.md), --online-passes passes (10)
+  gensim          gensim.models.LdaModel (online VB, its default chunks of 2,000 documents), --gensim-passes passes
+                  (10); skipped with a note when gensim is not installed (the optional extra: pip install -e '.[bench]')
   CAVI            models.lda.fit_cavi: every document iterated to convergence per sweep (mean change of
-                  gamma_d < 1e-3, at most 100 updates, warm started), then lambda; --cavi-sweeps sweeps
+                  gamma_d < 1e-3, at most 100 updates), then lambda; --cavi-sweeps (30) sweeps, the first
+                  --cavi-restarts (20) restarting every document from gamma = 1 as scikit-learn does, the rest
+                  warm started (restarted sweeps keep improving the optimum, warm ones converge it cheaply)
   SVI mean-field  guides.lda.mean_field(local="cavi"): Hoffman et al.'s SVI in Pyro (TraceEnum_ELBO): each
                   minibatch's documents by converged CAVI from their own last gamma, lambda by the natural step
   SVI amortised   guides.lda.amortised(local="cavi"): the same, each document's CAVI started from the
@@ -39,6 +43,7 @@ mark), with the size of the sparse counts and of what dense counts would take.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -102,12 +107,28 @@ def method_sklearn(x, seed, **kw):
     return lda.LDAParams(alpha, eta=1.0 / K, lam=lam), cpu, wall, {k: v for k, v in kw.items()}
 
 
-def method_cavi(x, seed, sweeps):
+def method_gensim(x, seed, passes):
+    """gensim's LdaModel (Hoffman et al.'s online VB; its defaults: chunks of 2,000 documents, 50 document
+    updates at most), ``passes`` passes, the same alpha and eta; the corpus converted to gensim's
+    bag-of-words lists before the clock starts (as scikit-learn gets its CSR matrix)."""
+    from gensim.matutils import Sparse2Corpus
+    from gensim.models import LdaModel
+    from vizoo.models import lda
+
+    corpus = list(Sparse2Corpus(to_scipy(x), documents_columns=False))
+    words = {v: str(v) for v in range(x.shape[1])}  # ids only: gensim takes V from it
+    model, cpu, wall = timed(lambda: LdaModel(corpus, num_topics=K, id2word=words, alpha=np.full(K, 1.0 / K),
+                                              eta=1.0 / K, passes=passes, random_state=seed, eval_every=None))
+    lam = torch.as_tensor(model.state.get_lambda(), dtype=torch.float64)  # gensim's state.sstats + eta is lambda
+    return lda.LDAParams(torch.full((K,), 1.0 / K, dtype=torch.float64), eta=1.0 / K, lam=lam), cpu, wall, {"passes": passes}
+
+
+def method_cavi(x, seed, sweeps, restarts):
     from vizoo.models import lda
 
     init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
-    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7))
-    return fit.params, cpu, wall, {"sweeps": fit.num_iters, "converged": fit.converged,
+    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts))
+    return fit.params, cpu, wall, {"sweeps": fit.num_iters, "restarts": restarts, "converged": fit.converged,
                                    "doc_updates_per_sweep": [round(v, 1) for v in fit.doc_iters]}
 
 
@@ -150,7 +171,8 @@ def methods(args):
         "sklearn batch": (method_sklearn, {"learning_method": "batch", "max_iter": 30}),
         "sklearn online": (method_sklearn, {"learning_method": "online", "batch_size": 256, "max_iter": args.online_passes,
                                             "learning_offset": args.online_offset, "total_samples": None}),
-        "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps}),
+        "gensim": (method_gensim, {"passes": args.gensim_passes}),
+        "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts}),
         "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                         "learning_offset": args.svi_offset}),
         "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
@@ -176,6 +198,9 @@ def part_quality(args) -> list[dict]:
         print(f"{corpus}: {desc}; {x.shape[0]:,} training, {x_test.shape[0]:,} held-out documents", flush=True)
         for name in args.methods.split(","):
             fn, kw = table[name]
+            if name == "gensim" and importlib.util.find_spec("gensim") is None:
+                print("  gensim: not installed, skipped (pip install -e '.[bench]')", flush=True)
+                continue
             for seed in (int(s) for s in args.seeds.split(",")):
                 params, cpu, wall, detail = fn(x, seed, **dict(kw))
                 row = {"corpus": corpus, "method": name, "seed": seed, "cpu_s": cpu, "wall_s": wall,
@@ -259,9 +284,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="1,2")
     parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--methods", default="sklearn batch,sklearn online,CAVI,SVI mean-field,SVI amortised,SVI amortised + CAVI")
+    parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,SVI mean-field,SVI amortised,SVI amortised + CAVI")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cavi-sweeps", type=int, default=30)
+    parser.add_argument("--cavi-restarts", type=int, default=20)
     parser.add_argument("--svi-passes", type=float, default=5)
     parser.add_argument("--svi-offset", type=float, default=10.0)
     parser.add_argument("--hybrid-passes", type=float, default=1)
@@ -271,6 +297,7 @@ def main() -> None:
     parser.add_argument("--finish-sweeps", type=int, default=24)
     parser.add_argument("--finish-restarts", type=int, default=6)
     parser.add_argument("--online-passes", type=int, default=10)
+    parser.add_argument("--gensim-passes", type=int, default=10)
     parser.add_argument("--online-offset", type=float, default=10.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lda.json"))
     args = parser.parse_args()

@@ -87,7 +87,9 @@ def to_inference_data(spec: ModelSpec, x: torch.Tensor, params: Any, draws: dict
 
 
 def _numpy(v: torch.Tensor) -> np.ndarray:
-    return v.detach().cpu().numpy()
+    """A tensor as numpy; sparse counts (LDA) as the dense (documents, words) table ArviZ's observed_data holds."""
+    v = v.detach().cpu()
+    return (v.to_dense() if v.layout != torch.strided else v).numpy()
 
 
 @torch.no_grad()

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro
+import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
+
+from ..models.datasets import take_rows
 
 KINDS: dict[str, type] = {"AutoNormal": AutoNormal, "AutoDelta": AutoDelta}
 SUMMARIES = {
@@ -29,7 +32,7 @@ SUMMARIES = {
 def why_not(model: nn.Module, x: Tensor) -> str:
     """Why Pyro's autoguides do not apply to ``model`` on data ``x`` ("" when they do): a discrete latent site."""
     with poutine.block(), pyro.validation_enabled(False):
-        trace = poutine.trace(model).get_trace(x[:2])
+        trace = poutine.trace(model).get_trace(take_rows(x, torch.arange(min(2, x.shape[0]), device=x.device)))  # dense or sparse
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
             if site["fn"].support.is_discrete:

@@ -126,3 +126,83 @@ def test_sparse_and_dense_counts_give_the_same_fit():
     e = lda.entries(counts)
     torch.testing.assert_close(e.dense(), counts)
     torch.testing.assert_close(e.rows(torch.tensor([5, 2, 9])).dense(), counts[[5, 2, 9]])
+
+
+# --- the blocked document step: the same updates as one document at a time ----------------------------
+
+
+def reference_doc_step(counts, alpha, log_beta, gamma, tol, max_iters):
+    """CAVI's document updates written plainly, one document at a time on its dense columns (as
+    scikit-learn's loop): gamma (D, K) and the updates each document took (D,)."""
+    b = torch.exp(log_beta)
+    out, iters = gamma.clone(), torch.zeros(gamma.shape[0], dtype=torch.long)
+    for d in range(counts.shape[0]):
+        words = counts[d].nonzero()[:, 0]
+        n, b_d, g = counts[d, words], b[:, words], gamma[d]
+        for _ in range(max_iters):
+            a = torch.exp(torch.digamma(g) - torch.digamma(g.sum()))
+            new = alpha + a * ((n / (a @ b_d)) @ b_d.T)
+            iters[d] += 1
+            change, g = (new - g).abs().mean(), new
+            if change < tol:
+                break
+        out[d] = g
+    return out, iters
+
+
+_REFERENCE: dict = {}
+
+
+def _ragged_corpus(seed: int, k: int = 5, v: int = 80, d: int = 70):
+    """Documents of very different lengths (1 to ~300 tokens) and one empty row, as a minibatch may have."""
+    gen = torch.Generator().manual_seed(seed)  # every draw from it: the same corpus in every test
+    topics = torch.softmax(3 * torch.randn(k, v, generator=gen, dtype=torch.float64), -1)
+    theta = torch.softmax(2 * torch.randn(d, k, generator=gen, dtype=torch.float64), -1)
+    lengths = torch.randint(1, 300, (d,), generator=gen)
+    lengths[::9] = 1
+    counts = torch.stack([torch.bincount(torch.multinomial(theta[i] @ topics, int(lengths[i]), replacement=True, generator=gen),
+                                         minlength=v) for i in range(d)]).to(torch.float64)
+    counts[d // 2] = 0.0
+    return counts, topics, gen
+
+
+@pytest.mark.parametrize("block_entries", [16, 300, lda.BLOCK_ENTRIES])
+@pytest.mark.parametrize("tol,max_iters", [(1e-3, 100), (1e-6, 1000), (0.0, 7)])
+def test_blocked_document_step_equals_one_document_at_a_time(block_entries, tol, max_iters):
+    """doc_step (documents in length-sorted blocks, stopped documents dropped, stragglers re-blocked) gives
+    every document the same updates as the plain loop: the same number of updates, gamma equal to 1e-10
+    relative (the same sums in another order, with rescaled exponentials), from a random start; and its
+    topic statistics and log Z equal sum_d n_dv phi_dvk and log sum_k a_dk b_kv computed densely. Small
+    blocks force many blocks, drops and hand-backs; the default puts the corpus in one block."""
+    counts, topics, gen = _ragged_corpus(0)
+    k = topics.shape[0]
+    alpha = torch.full((k,), 0.2, dtype=torch.float64)
+    log_beta = torch.log_softmax(2 * torch.randn(k, counts.shape[1], generator=gen, dtype=torch.float64), -1)
+    gamma0 = 0.05 + 3 * torch.rand(counts.shape[0], k, generator=gen, dtype=torch.float64)
+    step = lda.doc_step(lda.entries(counts), alpha, log_beta, gamma0, tol, max_iters, block_entries=block_entries)
+    if (tol, max_iters) not in _REFERENCE:  # the plain loop is slow: once per setting, not per block size
+        _REFERENCE[tol, max_iters] = reference_doc_step(counts, alpha, log_beta, gamma0, tol, max_iters)
+    want, iters = _REFERENCE[tol, max_iters]
+    assert torch.equal(step.iters, iters)
+    torch.testing.assert_close(step.gamma, want, rtol=1e-10, atol=0)
+    a = torch.exp(torch.digamma(want) - torch.digamma(want.sum(-1, keepdim=True)))
+    z = a @ torch.exp(log_beta)                                                     # (D, V)
+    stats = torch.einsum("dk,kv,dv->kv", a, torch.exp(log_beta), torch.where(counts > 0, counts / z, 0.0))
+    torch.testing.assert_close(step.topic_stats, stats, rtol=1e-10, atol=1e-12)
+    e = lda.entries(counts)
+    torch.testing.assert_close(step.log_z, torch.log(z[e.doc, e.word]), rtol=1e-10, atol=1e-12)
+
+
+def test_doc_step_drops_and_hand_backs_do_not_change_gamma(monkeypatch):
+    """Dropping stopped documents from a block's working set and re-blocking a block's stragglers only move
+    work around: with neither (every block runs all its documents to the end) gamma is the same to 1e-12."""
+    counts, topics, gen = _ragged_corpus(1)
+    alpha = torch.full((5,), 0.2, dtype=torch.float64)
+    e = lda.entries(counts)
+    gamma0 = torch.ones(counts.shape[0], 5, dtype=torch.float64)
+    blocked = lda.doc_step(e, alpha, torch.log(topics), gamma0, block_entries=1000)
+    monkeypatch.setattr(lda, "DROP_FRACTION", 2.0)
+    monkeypatch.setattr(lda, "HAND_BACK", 0.0)
+    plain = lda.doc_step(e, alpha, torch.log(topics), gamma0, block_entries=1000)
+    assert torch.equal(blocked.iters, plain.iters)
+    torch.testing.assert_close(blocked.gamma, plain.gamma, rtol=1e-12, atol=0)
