@@ -24,14 +24,21 @@ replicated work outside the batch) and whether the split itself costs accuracy p
 scaling over machines, where each process has its own cores and the all-reduce crosses a network
 (docs/ARCHITECTURE.md, "Data-parallel SVI").
 
+Also computed (not timed): the bytes each process holds in a mean-field guide's free per-point parameters
+(the VAE's per-image loc and scale on MNIST-5k, LDA's gamma and phi on the news corpus), replicated (every
+process all N rows, as before they were sharded) against sharded (the largest shard's rows) for 1 to 8
+processes: ``local_parameter_bytes`` in the results.
+
 Run:  .venv/bin/python benchmarks/bench_scale.py          (under 8 minutes: 7.8 with other work on the 2 cores)
       .venv/bin/python benchmarks/bench_scale.py --out /tmp/scale.json --lda-steps 20 --vae-steps 40   (quick)
+      .venv/bin/python benchmarks/bench_scale.py --out /tmp/mem.json --memory-only     (the bytes alone, seconds)
 Results: benchmarks/results/scale.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import functools
 import json
@@ -120,8 +127,7 @@ def work(rank: int, world: int, threads: int, port: int, name: str, steps: int, 
     if parallel is not None:
         record["collective_s"] = parallel.comm_seconds
         record["reduces"] = parallel.reduces
-        numel = len(parallel.params) + sum(p.numel() for p in parallel.params)
-        numel += guide.lam.numel() if getattr(guide, "natural", False) else 0  # the natural step's (K, V) statistics
+        numel = parallel.reduced_numel  # the buffer the last step all-reduced: global parameters and statistics
         dtype = functools.reduce(torch.promote_types, [p.dtype for p in parallel.params], torch.float32)
         flat = torch.zeros(numel, dtype=dtype)  # the buffer DataParallel.reduce sends (dtype: the parameters')
         bare = []
@@ -159,6 +165,35 @@ def measure(name: str, world: int, threads: int, steps: int, every: int) -> dict
     return row
 
 
+MEMORY_CASES = {  # mean-field guides: their free per-point parameters are what sharding divides
+    "vae_mnist": ["guides=['mean_field']", "guide_args.hidden=[32]"],  # (hidden: the default; the guide has no network)
+    "lda_news": ["guides=['mean_field']", "guide_args.refine=0"],
+}
+
+
+def local_parameter_bytes(name: str, worlds=(1, 2, 4, 8)) -> dict:
+    """Bytes of ``name``'s mean-field guide's free per-point parameters held by one process: every row
+    (replicated, as before sharding) against the rows of the largest shard (sharded), computed from the built
+    guide by the same split a run uses (experiments.distributed.shard_local)."""
+    cfg = load_config(bundled_configs()[name], MEMORY_CASES[name])
+    prep = prepare(cfg, cfg.spec, load_data(cfg, cfg.spec))
+    guide = prep.guides[cfg.guides[0]]
+    x = prep.x
+    sizes = {n: (p.shape[0], p[:1].numel() * p.element_size()) for n, p in guide.named_parameters()
+             if n.removesuffix("_unconstrained") in guide.local_parameters}  # name -> (rows, bytes per row)
+    whole = sum(rows * row for rows, row in sizes.values())
+    out = {"guide": cfg.guides[0], "num_points": x.shape[0], "dtype": str(x.dtype),
+           "rows": {n: rows for n, (rows, _) in sizes.items()}, "per_process": []}
+    for world in worlds:
+        shards = distributed.Shards(x.shape[0], world, cfg.svi.batch_size, cfg.seed + 1, x.device)
+        _, counts = distributed.shard_local(copy.deepcopy(guide), x, shards, 0)
+        keys = {n.removesuffix("_unconstrained"): n for n in sizes}
+        sharded = sum(max(counts[n]) * sizes[keys[n]][1] for n in counts)
+        out["per_process"].append({"processes": world, "replicated_bytes": whole, "sharded_bytes": sharded,
+                                   "ratio": sharded / whole})
+    return out
+
+
 def time_to(curve: list, target: float, lower_is_better: bool) -> float | None:
     for step, seconds, value in curve:
         if (value <= target) if lower_is_better else (value >= target):
@@ -171,7 +206,18 @@ def main() -> None:
     parser.add_argument("--lda-steps", type=int, default=150, help="SVI steps for lda_news (the config's 150)")
     parser.add_argument("--vae-steps", type=int, default=600, help="SVI steps for vae_mnist (15 passes over the 4,000)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--memory-only", action="store_true", help="only the per-process bytes of per-point parameters")
     ns = parser.parse_args()
+    memory = {name: local_parameter_bytes(name) for name in MEMORY_CASES}
+    for name, m in memory.items():
+        print(f"{name} {m['guide']}: per-point parameters per process, replicated -> sharded: " + ", ".join(
+            f"{r['processes']} proc {r['replicated_bytes'] / 2**20:.2f} -> {r['sharded_bytes'] / 2**20:.2f} MiB"
+            for r in m["per_process"]))
+    if ns.memory_only:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.out).write_text(json.dumps({"benchmark": "bench_scale", "local_parameter_bytes": memory}, indent=1))
+        print(f"wrote {ns.out}")
+        return
     load_before = os.getloadavg()
     start, cpu = time.perf_counter(), time.process_time()
     results = {}
@@ -195,6 +241,7 @@ def main() -> None:
         "benchmark": "bench_scale", "cores": os.cpu_count(), "torch": torch.__version__,
         "settings": {"lda_steps": ns.lda_steps, "vae_steps": ns.vae_steps, "configurations": SETTINGS},
         "results": results,
+        "local_parameter_bytes": memory,
         "wall_s": time.perf_counter() - start, "cpu_s_parent": time.process_time() - cpu,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "cannot_show": "2 cores shared by every process: no scaling over machines, loopback gloo only",

@@ -71,6 +71,7 @@ class GuideArgs:
         0 off; N: N coordinate-ascent sweeps (closed form: the GMM's exact E-step, binary CAVI, the factorial
         HMM's fixed points) or N inner Adam steps (the VAE). Unset: the guide's default, on where the update is
         exact and cheap (gmm 1, noisy_or/lfdm 20 for K <= 12, fhmm 1), off for the VAE.
+    local_lr: the VAE mean field's inner Adam step size (> 0; unset: guides.vae.LOCAL_LR), with local_steps > 0.
     finish_sweeps, finish_restarts: LDA's guides: full-corpus CAVI sweeps after the last SVI step (0: none),
         the first finish_restarts of them (unset: all) restarting every document (see guides/lda.py).
     Each guide's builder gets the keys it takes; a key that no guide of the run takes must stay at its
@@ -89,6 +90,7 @@ class GuideArgs:
     finish_sweeps: int = 0
     finish_restarts: int | None = None
     local_steps: int | None = None
+    local_lr: float | None = None
 
     def __post_init__(self) -> None:
         if any(h < 1 for h in self.hidden):
@@ -105,6 +107,8 @@ class GuideArgs:
             raise ValueError(f"guide_args.local must be 'gradient', 'network' or 'cavi', got {self.local!r}")
         if self.local_steps is not None and self.local_steps < 0:
             raise ValueError(f"guide_args.local_steps must be >= 0, got {self.local_steps}")
+        if self.local_lr is not None and not 0 < self.local_lr < math.inf:
+            raise ValueError(f"guide_args.local_lr must be > 0, got {self.local_lr}")
         if self.finish_sweeps < 0 or (self.finish_restarts is not None and self.finish_restarts < 1):
             raise ValueError(f"guide_args.finish_sweeps must be >= 0 and finish_restarts >= 1, got "
                              f"{self.finish_sweeps}, {self.finish_restarts}")

@@ -5,8 +5,9 @@ r"""Data-parallel SVI over processes with ``torch.distributed``: gloo on the CPU
                                                                           RANK, LOCAL_RANK, MASTER_ADDR/PORT)
 
 Every process runs the same runner (:func:`experiments.run.execute`) on the whole data set: the same checks,
-the same initialisation and guides (same seeds; rank 0's parameters are broadcast before each guide's first
-step anyway), the same reference fit and evaluations, so the processes reach each guide's training together.
+the same initialisation and guides (same seeds; rank 0's global parameters are broadcast before each guide's
+first step anyway), the same reference fit and evaluations (each process on all the data, after the per-point
+rows are gathered back), so the processes reach each guide's training together.
 Only rank 0 logs and writes the run folder, its checkpoints and its metrics. During SVI, process r of R owns
 the shard S_r = {r, r + R, r + 2R, ...} of the N point indices (``DistributedSampler``'s split, without its
 shuffling or padding), and each step draws its batch B_r from its shard alone (the whole shard without
@@ -29,21 +30,41 @@ terms have no draws of their own (the VAE, the binary models, enumerated sites) 
 draws of them otherwise. With equal batches w_r = 1 / R: the average, as DistributedDataParallel takes it.
 It holds for global parameters (model, networks, lambda) and for free per-point parameters alike: point n's
 parameters get a gradient only from the process whose batch holds n (grad_{phi_n} L_r = 0 elsewhere), so
-their combined gradient is (N / B) grad l_n, again the single process's. Every process then applies the same
-optimiser step to the same parameters, so they stay identical without ever being sent again.
+their combined gradient is w_r (N / b_r) grad l_n = (N / B) grad l_n, again the single process's. Only the
+global parameters go through the all-reduce; every process then applies the same optimiser step to them, so
+they stay identical without ever being sent again.
+
+Per-point parameters (the guide's ``local_parameters``, experiments/param_groups.py) are sharded with their
+points: process r keeps only the rows of the points in S_r (n_r of N; LDA's phi: the rows of its documents'
+entries, ``local_row_points``), and the guide indexes them by global point indices through
+:func:`guides.sharding.rows`. Their gradient is the owner's own, multiplied by w_r on the spot (the sum above
+has one non-zero term), and the owner steps them; their optimiser state lives there alone. Elementwise
+optimisers (Adam, SGD) make the owner's update of its rows the single process's, to the rounding of that one
+product. Each process builds
+the whole guide (same seed and data: the same rows everywhere) and keeps its part before the optimiser is
+built, so start-up still holds N rows for a moment; training holds n_r.
 
 Random numbers. Each step first seeds Pyro's generators (torch, Python, NumPy) with (seed, rank, step), and
 draws the step's batch from a generator seeded the same way: a step's draws depend on nothing before it. A
 single process can replay any process's step (the tests do: the weighted sum of the per-rank estimates at
 the per-rank seeds is the distributed step, to round-off), and a resumed run continues bit for bit on the
-same machine and process count from rank 0's checkpoint alone (parameters, optimiser, schedule and histories
-are the same on every process, and the random state each process needs is a function of the step).
+same machine and process count from rank 0's checkpoint alone (global parameters, optimiser, schedule and
+histories are the same on every process, and the random state each process needs is a function of the step).
+
+Checkpoints. Rank 0 writes the whole, device-independent checkpoint a single process would: at each save
+(rank 0's schedule, agreed in the step's all-reduce so that every process joins at the same step) every process
+sends its per-point rows and their optimiser moments to rank 0 (``dist.gather``, padded to the largest shard,
+with their global row indices), which puts them in place (:class:`GatheringCheckpointer`). A resumed process
+reads the whole file and keeps its rows (:meth:`DataParallel.local_state`). When training ends every process
+gathers every row (``all_gather``), so the evaluation sees all the points.
 
 Failure. ``init_process_group`` and every collective run under a timeout (``--timeout``, default
 :data:`TIMEOUT_S` seconds): a process that dies or stops answering makes the others raise
 :class:`ParallelError` (one line) within it, never hang; the launcher then stops the rest and prints one line.
 Ctrl-C is agreed on too: a process that receives it says so in its next all-reduce, and every process stops
-at the same step boundary.
+at the same step boundary; so is train_svi's periodic check that every parameter is finite
+(:meth:`DataParallel.agree`: a per-point row is checked by its owner alone), so every process replays the same
+steps after a bad one.
 
 What is refused, before any work (one-line :class:`ConfigError`): guides whose ``GuideSpec.data_parallel``
 is off (they do not take given indices), per-point updates outside the optimiser (``guide_args.local_steps``,
@@ -74,7 +95,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..guides import sharding
 from ..models.errors import ConfigError, VizooError
+from . import param_groups
 from .checkpoint import on_device
 from .config import RunConfig, load_config
 from .run import (
@@ -186,18 +209,33 @@ _INTERRUPTED = False  # this process received Ctrl-C; told to the others in the 
 
 
 class DataParallel:
-    """The ``parallel`` hook of :func:`experiments.train.train_svi` for one process: ``broadcast()`` before the
-    first step, ``step_kwargs(step)`` (this process's points and seed), ``reduce(loss)`` (the weighted all-reduce
-    of the module docstring over gradients, statistics, the estimate and the stop flag). ``comm_seconds``: time
-    spent in collectives (waiting for the slowest process included); ``reduces``: their count."""
+    """The ``parallel`` hook of :func:`experiments.train.train_svi` for one process. Built before the optimiser: it
+    cuts the guide's per-point parameters to this process's rows (``row_maps``: name -> :class:`RowMap`;
+    ``row_counts``: name -> rows held by each process; ``params``: the global trainable parameters, the only ones
+    all-reduced). Then ``begin(optim, checkpoint, resume)`` (this process's part of a resumed state, and the
+    checkpointer every process uses), ``broadcast()`` before the first step, ``step_kwargs(step)`` (this
+    process's points and seed), ``reduce(loss)`` (the weighted all-reduce of the module docstring over the global
+    gradients, statistics, the estimate, the stop flag and the save schedule), and ``finish()`` (every row on
+    every process again). ``comm_seconds``: time spent in collectives (waiting for the slowest process included);
+    ``reduces``: their count; ``reduced_numel``: the last all-reduced buffer's size."""
 
     def __init__(self, model: nn.Module, guide: nn.Module, shards: Shards, rank: int, timeout: float = TIMEOUT_S,
-                 group=None):
+                 group=None, x: Tensor | None = None):
         self.model, self.guide, self.shards, self.rank = model, guide, shards, rank
         self.timeout, self.group = timeout, group
-        self.params = [p for p in model.parameters() if p.requires_grad] + [p for p in guide.parameters() if p.requires_grad]
+        # the guide's free per-point parameters: this process keeps the rows of its shard's points only
+        self.row_maps, self.row_counts = shard_local(guide, x, shards, rank)
+        self.local_keys = {name: sharding.parameter_key(guide, name) for name in self.row_maps}
+        local = {id(guide._parameters[k]) for k in self.local_keys.values()}  # noqa: SLF001
+        self.local_params = [guide._parameters[k] for k in self.local_keys.values()]  # noqa: SLF001
+        self.params = [p for p in model.parameters() if p.requires_grad] + \
+            [p for p in guide.parameters() if p.requires_grad and id(p) not in local]
         self.comm_seconds = 0.0
         self.reduces = 0
+        self.reduced_numel = 0  # elements in the last all-reduce's buffer (global parameters, flags, statistics)
+        self.optim, self.checkpoint = None, None  # train_svi's optimiser and (rank 0) checkpointer: begin()
+        self._step = 0
+        self._save_due = False  # rank 0's checkpoint schedule, agreed in the all-reduce of the step before
 
     def _collective(self, what: str, fn: Callable[[], None]) -> None:
         start = time.perf_counter()
@@ -210,8 +248,10 @@ class DataParallel:
         self.comm_seconds += time.perf_counter() - start
 
     def broadcast(self) -> None:
-        """Rank 0's parameters and buffers (model and guide) to every process."""
-        tensors = [*self.model.state_dict().values(), *self.guide.state_dict().values()]
+        """Rank 0's parameters and buffers (model and guide) to every process, but for the per-point rows each
+        process holds of its own points (built from the same seed and data in every process)."""
+        skip = set(self.local_keys.values())
+        tensors = [*self.model.state_dict().values(), *(v for k, v in self.guide.state_dict().items() if k not in skip)]
 
         def run() -> None:
             for t in tensors:
@@ -226,24 +266,31 @@ class DataParallel:
             self._collective("broadcasting rank 0's parameters", run)
 
     def step_kwargs(self, step: int) -> dict[str, Tensor]:
+        self._step = step
         return self.shards.step_kwargs(self.rank, step)
 
     def reduce(self, loss: float) -> float:
         """Replace this process's gradients (and ``guide.step_statistics()``) by sum_r w_r of every process's, and
-        return sum_r w_r loss_r. One flat buffer, one all-reduce: [loss, stop, has-gradient flags, gradients,
-        statistics], in the widest dtype of the parameters (float32 models send float32: half the bytes); the
-        estimate and the stop flag then go in a second, two-number float64 all-reduce. A parameter with no
-        gradient on any process keeps none (as one process)."""
+        return sum_r w_r loss_r. One flat buffer, one all-reduce: [loss, stop, save due, has-gradient flags,
+        global gradients, statistics], in the widest dtype of the parameters (float32 models send float32: half
+        the bytes); the estimate, the stop flag and rank 0's save schedule then go in a second, three-number
+        float64 all-reduce. A parameter with no gradient on any process keeps none (as one process). The
+        per-point rows' gradients are this process's alone: multiplied by w_r here, and sent nowhere."""
         w = self.shards.weight(self.rank)
         stats = list(getattr(self.guide, "step_statistics", lambda: [])())
         device = self.params[0].device if self.params else torch.device("cpu")
         dtype = functools.reduce(torch.promote_types, [p.dtype for p in self.params] + [s.dtype for s in stats], torch.float32)
-        head = torch.tensor([w * loss, float(_INTERRUPTED)], dtype=torch.float64, device=device)
+        due = self.rank == 0 and self.checkpoint is not None and self.checkpoint.due(self._step + 1, time.perf_counter())
+        head = torch.tensor([w * loss, float(_INTERRUPTED), float(due)], dtype=torch.float64, device=device)
         has = torch.tensor([p.grad is not None for p in self.params], dtype=dtype, device=device)
         parts = [head.to(dtype), has] if dtype == torch.float64 else [has]
+        for p in self.local_params:  # the owner's gradient, weighted as the all-reduce weights the rest; sent nowhere
+            if p.grad is not None:
+                p.grad.mul_(w)
         parts += [(p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) * w for p in self.params]
         parts += [s.reshape(-1).to(dtype) * w for s in stats]
         flat = torch.cat(parts)
+        self.reduced_numel = flat.numel()
 
         def run() -> None:
             dist.all_reduce(flat, group=self.group)
@@ -253,7 +300,8 @@ class DataParallel:
         self._collective("the all-reduce of the gradients", run)
         self.reduces += 1
         if dtype == torch.float64:
-            head, flat = flat[:2], flat[2:]
+            head, flat = flat[:3], flat[3:]
+        self._save_due = bool(head[2] > 0)
         if head[1] > 0:  # some process was interrupted: every process stops after this step
             request_stop()
         offset = len(self.params)
@@ -271,6 +319,160 @@ class DataParallel:
             s.copy_(flat[offset:offset + n].view_as(s))
             offset += n
         return float(head[0])
+
+    def agree(self, bad: str) -> str:
+        """train_svi's full check, agreed: ``bad`` (the name of a non-finite parameter here, or "") on every
+        process when any process found one (its own per-point rows are checked by it alone), so that every
+        process replays the same steps (one small all-reduce, at each full check)."""
+        flag = torch.tensor([float(bool(bad))], dtype=torch.float64,
+                            device=self.params[0].device if self.params else self.shards.device)
+        self._collective("agreeing on the parameter check", lambda: dist.all_reduce(flag, group=self.group))
+        if bad or not flag.item():
+            return bad
+        return "on another process (one of its per-point rows)"
+
+    # ------------------------------------------------------------------ the per-point rows: checkpoints and the end
+
+    def begin(self, optim, checkpoint, resume: dict | None):
+        """train_svi's start: its optimiser (built over the rows this process holds), its checkpointer (rank 0's;
+        None elsewhere) and the checkpoint it resumes from (whole, as rank 0 wrote it). Returns the checkpointer
+        every process uses (:class:`GatheringCheckpointer`: its saves gather the rows to rank 0, on a schedule
+        agreed in the all-reduce) and this process's part of ``resume`` (:meth:`local_state`)."""
+        self.optim, self.checkpoint = optim, checkpoint
+        self._save_due = False
+        return GatheringCheckpointer(self, checkpoint), self.local_state(resume)
+
+    def _optimiser_index(self) -> dict[str, int]:
+        """Local parameter name -> its index in the optimiser's state_dict (its position over the param groups)."""
+        order = {id(p): i for i, p in enumerate(p for group in self.optim.param_groups for p in group["params"])}
+        return {name: order[id(self.guide._parameters[key])] for name, key in self.local_keys.items()  # noqa: SLF001
+                if id(self.guide._parameters[key]) in order}  # noqa: SLF001
+
+    def _local_moments(self, entry: dict, rows: int, like: Tensor) -> list[str]:
+        """The keys of an optimiser state entry that hold one value per row (Adam's moments, SGD's momentum)."""
+        return sorted(k for k, v in entry.items() if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == rows
+                      and v.shape[1:] == like.shape[1:])
+
+    def local_state(self, state: dict | None) -> dict | None:
+        """A whole training state (a checkpoint) -> this process's: the rows of its points of every local
+        parameter and of their optimiser moments; the rest as it is."""
+        if state is None or not self.row_maps:
+            return state
+        guide_state = dict(state["guide_state"])
+        for name, key in self.local_keys.items():
+            guide_state[key] = guide_state[key][self.row_maps[name].held.to(guide_state[key].device)]
+        optimiser = {**state["optimiser"], "state": dict(state["optimiser"]["state"])}
+        for name, i in self._optimiser_index().items():
+            entry = optimiser["state"].get(i)
+            if entry is None:
+                continue
+            row_map, like = self.row_maps[name], self.guide._parameters[self.local_keys[name]]  # noqa: SLF001
+            entry = dict(entry)
+            for k in self._local_moments(entry, row_map.num_rows, like):
+                entry[k] = entry[k][row_map.held.to(entry[k].device)]
+            optimiser["state"][i] = entry
+        return {**state, "guide_state": guide_state, "optimiser": optimiser}
+
+    def full_state(self, state: dict) -> dict | None:
+        """This process's training state -> the whole one, on rank 0 (None elsewhere): every process sends its
+        rows of the local parameters and their optimiser moments to rank 0 (a collective: every process calls it
+        at the same step)."""
+        if not self.row_maps:
+            return state if self.rank == 0 else None
+        lead = self.rank == 0
+        guide_state = dict(state["guide_state"])
+        for name, key in self.local_keys.items():
+            guide_state[key] = self._gather(name, guide_state[key], to_all=False)
+        optimiser = {**state["optimiser"], "state": dict(state["optimiser"]["state"])}
+        for name, i in self._optimiser_index().items():
+            entry = optimiser["state"].get(i)
+            if entry is None:
+                continue
+            like = self.guide._parameters[self.local_keys[name]]  # noqa: SLF001
+            entry = dict(entry)
+            for k in self._local_moments(entry, like.shape[0], like):
+                entry[k] = self._gather(name, entry[k], to_all=False)
+            optimiser["state"][i] = entry
+        return {**state, "guide_state": guide_state, "optimiser": optimiser} if lead else None
+
+    def finish(self) -> None:
+        """The end of training: every process holds every row of the local parameters again (gathered from their
+        owners), for the evaluation on the whole data."""
+        for name in list(self.row_maps):
+            key = self.local_keys[name]
+            full = self._gather(name, self.guide._parameters[key].detach(), to_all=True)  # noqa: SLF001
+            sharding.release(self.guide, name, full)
+        self.row_maps = {}
+        self.local_params = []
+
+    def _gather(self, name: str, value: Tensor, to_all: bool) -> Tensor | None:
+        """The whole (num_rows, ...) tensor from every process's rows ``value`` (n_r, ...) of local parameter
+        ``name``: on every process (``to_all``) or on rank 0 (None elsewhere). Rows are padded to the largest
+        shard's count and sent with their global indices."""
+        row_map, counts = self.row_maps[name], self.row_counts[name]
+        most = max(counts)
+        rows = value.new_zeros((most, *value.shape[1:]))
+        rows[: value.shape[0]] = value
+        index = row_map.held.new_zeros(most)
+        index[: value.shape[0]] = row_map.held
+        world = self.shards.world_size
+        lead = to_all or self.rank == 0
+        all_rows = [torch.empty_like(rows) for _ in range(world)] if lead else None
+        all_index = [torch.empty_like(index) for _ in range(world)] if lead else None
+
+        def run() -> None:
+            if to_all:
+                dist.all_gather(all_rows, rows, group=self.group)
+                dist.all_gather(all_index, index, group=self.group)
+            else:
+                dist.gather(rows, all_rows, dst=0, group=self.group)
+                dist.gather(index, all_index, dst=0, group=self.group)
+
+        self._collective(f"gathering the rows of {name}", run)
+        if not lead:
+            return None
+        full = value.new_empty((row_map.num_rows, *value.shape[1:]))
+        for r in range(world):
+            full[all_index[r][: counts[r]]] = all_rows[r][: counts[r]]
+        return full
+
+
+class GatheringCheckpointer:
+    """The checkpointer of every process of a data-parallel run: ``due`` is rank 0's schedule as agreed in the
+    step's all-reduce (so every process reaches a save together), ``save`` gathers the per-point rows to rank 0
+    (:meth:`DataParallel.full_state`), which writes the whole, device-independent checkpoint; the other
+    processes write nothing."""
+
+    def __init__(self, parallel: DataParallel, inner):
+        self.parallel, self.inner = parallel, inner
+
+    def due(self, step: int, now: float) -> bool:
+        return self.parallel._save_due and step == self.parallel._step + 1
+
+    def save(self, state: dict) -> None:
+        whole = self.parallel.full_state(state)
+        if self.inner is not None:
+            self.inner.save(whole)
+
+
+def shard_local(guide: nn.Module, x: Tensor | None, shards: Shards, rank: int) -> tuple[dict, dict]:
+    """Keep, in ``guide``, only the rows of process ``rank``'s points of every local parameter
+    (``guide.local_parameters``; guides/sharding.py). Returns ({name: RowMap}, {name: [rows held by each
+    process]}). The rows' points come from ``sharding.row_points`` (point n, or the guide's own map)."""
+    names = param_groups.local_parameters(guide)
+    maps, counts = {}, {}
+    if not names:
+        return maps, counts
+    owner = torch.empty(shards.num_points, dtype=torch.long, device=shards.device)
+    for r in range(shards.world_size):
+        owner[shards.shard(r)] = r
+    for name in names:
+        points = sharding.row_points(guide, name, x, shards.num_points)
+        owners = owner[points.to(owner.device)]
+        counts[name] = torch.bincount(owners, minlength=shards.world_size).tolist()
+        held = torch.nonzero(owners == rank).reshape(-1)
+        maps[name] = sharding.hold(guide, name, held)
+    return maps, counts
 
 
 # --------------------------------------------------------------------------- the run, in one process of many
@@ -366,7 +568,7 @@ def worker(ctx: Context, cfg: RunConfig | None = None, resume: str | Path | None
 
                 def data_parallel(model: nn.Module, guide: nn.Module, seed: int) -> DataParallel:
                     shards = Shards(num_points, ctx.world_size, cfg.svi.batch_size, seed, prep.x.device)
-                    parallel.append(DataParallel(model, guide, shards, ctx.rank, timeout))
+                    parallel.append(DataParallel(model, guide, shards, ctx.rank, timeout, x=prep.x))
                     return parallel[-1]
 
                 log(f"data-parallel SVI: {ctx.world_size} processes ({backend}), each on its shard of the "

@@ -94,12 +94,37 @@ class NonFiniteLoss(RuntimeError):
 
 
 def _non_finite_name(named: list[tuple[str, Tensor]], attr: str = "") -> str:
-    """The name of the first parameter (or its gradient, attr="grad") with a NaN or infinite entry, or ""."""
-    for name, p in named:
-        t = getattr(p, attr) if attr else p
-        if t is not None and not torch.isfinite(t).all():
+    """The name of the first parameter (or its gradient, attr="grad") with a NaN or infinite entry, or "".
+
+    One sum per tensor first: a finite sum means every entry is finite (an infinite or NaN entry makes the sum
+    infinite or NaN), so only a tensor whose sum is not finite (a bad entry, or finite entries whose sum
+    overflows, here or in the float32 the sums are compared in) is looked at entry by entry. The answer is the
+    entry-by-entry one; the sums cost a tenth of it on the VAE's 0.4M parameters (no boolean copy of each)."""
+    tensors = [(name, getattr(p, attr) if attr else p) for name, p in named]
+    tensors = [(name, t.detach()) for name, t in tensors if t is not None]
+    if not tensors:
+        return ""
+    sums = torch.stack([t.sum().float() for _, t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return ""
+    for (name, t), ok in zip(tensors, torch.isfinite(sums).tolist()):
+        if not ok and not torch.isfinite(t).all():
             return name
     return ""
+
+
+def _cloned(state):
+    """``copy.deepcopy`` of a state dict, its tensors cloned directly (deepcopy's per-tensor path costs 2.5x)."""
+    if torch.is_tensor(state):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _cloned(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_cloned(v) for v in state]
+    if isinstance(state, tuple):
+        items = [_cloned(v) for v in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return copy.deepcopy(state)
 
 
 def _check_finite(named: list[tuple[str, Tensor]], step: int, desc: str, when: str) -> None:
@@ -245,7 +270,7 @@ def _snapshot(model: nn.Module, guide: nn.Module, optim, schedule, num_steps: in
         "step": num_steps,
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "guide_state": {k: v.detach().clone() for k, v in guide.state_dict().items()},
-        "optimiser": copy.deepcopy(optim.state_dict()),  # state_dict holds the live moment tensors
+        "optimiser": _cloned(optim.state_dict()),  # state_dict holds the live moment tensors
         "schedule": schedule.state_dict(), "param_store": param_store_state(), "rng": rng_state(),
     }
 
@@ -255,7 +280,7 @@ def _restore(state: dict, model: nn.Module, guide: nn.Module, optim, schedule) -
     with torch.no_grad():
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide_state"])
-    optim.load_state_dict(copy.deepcopy(state["optimiser"]))  # it would keep (and update) the given tensors
+    optim.load_state_dict(_cloned(state["optimiser"]))  # it would keep (and update) the given tensors
     schedule.load_state_dict(state["schedule"])
     set_param_store_state(state["param_store"])
     set_rng_state(state["rng"])
@@ -300,7 +325,9 @@ def train_svi(
     ``parallel`` (an :class:`experiments.distributed.DataParallel`, one process of a data-parallel run): it
     broadcasts rank 0's parameters before the first step, gives each step this process's point indices and seed
     (``subsample``), and combines the gradients and the estimate over the processes before the checks and the
-    update, so every process takes the same step. None (the default) leaves the loop exactly as it is."""
+    update, so every process takes the same step; the guide's per-point parameters hold only this process's rows
+    during training (its checkpoints gather them to rank 0, a resume scatters them) and every row again when it
+    returns. None (the default) leaves the loop exactly as it is."""
     pyro.set_rng_seed(seed)
     # Model and guide parameters live in their modules (module_local_params); the global store holds
     # only estimator state, such as TraceGraph_ELBO's decaying-average baselines. Start it empty.
@@ -324,11 +351,15 @@ def train_svi(
     trace: list[float] = []
     times: list[float] = []
     offset = 0.0  # seconds spent before a resume
+    if parallel is not None:  # per-point rows sharded: saves gather them to rank 0, a resume takes this process's
+        checkpoint, resume = parallel.begin(optim, checkpoint, resume)
     if resume is not None:
         _restore(resume, model, guide, optim, schedule)
         trace, times = list(resume["elbo_trace"]), list(resume["times"])
         offset = times[-1] if times else 0.0
         if resume.get("finished"):
+            if parallel is not None:
+                parallel.finish()
             return SVIResult(trace, len(trace), float(resume.get("wall_time", offset)), False, times,
                              len(trace) < cfg.steps and cfg.max_seconds is not None)
     if parallel is not None:  # every process starts from rank 0's parameters
@@ -406,6 +437,8 @@ def train_svi(
         if good["step"] == step:
             return
         bad = _non_finite_name(named)
+        if parallel is not None:  # a process's own per-point rows: every process replays when any finds one bad
+            bad = parallel.agree(bad)
         if bad:
             replay(f"parameter {bad} is not finite after the update of step {step - 1}", step - 1)
         if keep:
@@ -447,4 +480,6 @@ def train_svi(
         bar.close()
     if checkpoint is not None and clean:  # the end of training, or the step boundary where Ctrl-C stopped it
         checkpoint.save(state(finished=not interrupted and (len(trace) == cfg.steps or out_of_time)))
+    if parallel is not None:  # every process holds every point's parameters again, for the evaluation
+        parallel.finish()
     return SVIResult(trace, len(trace), offset + time.perf_counter() - start, interrupted, times, out_of_time)

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from ..models.exact import lda as exact
 from ..models.lda import LDAParams, batch_entries, corpus_entries
+from . import sharding
 from .nets import MLP
 
 VALID_ELBOS = ("Trace_ELBO", "TraceGraph_ELBO", "TraceEnum_ELBO")
@@ -217,6 +218,11 @@ class MeanField(_Topics):
         # free per document (gamma) and per word entry (phi): experiments/param_groups.py
         self.local_parameters = ("gamma",) if local == "cavi" else ("gamma", "phi_logits")
 
+    def local_row_points(self, name: str, x) -> Tensor | None:
+        """The document of each row of local parameter ``name``: phi's rows are the entries of x (guides/sharding.py);
+        gamma's are the documents themselves (None)."""
+        return corpus_entries(x).doc if name == "phi_logits" else None
+
     def forward(self, x, subsample_size: int | None = None, subsample: Tensor | None = None) -> None:
         self._sample_topics()
         e = corpus_entries(x)
@@ -229,7 +235,7 @@ class MeanField(_Topics):
                     with torch.no_grad():
                         self.gamma[docs] = gamma
             else:
-                gamma, logits = self.gamma[docs], self.phi_logits[pos]
+                gamma, logits = sharding.rows(self, "gamma", docs), sharding.rows(self, "phi_logits", pos)
             pyro.sample("theta", dist.Dirichlet(gamma))
         self._sample_z(x, pos, weight, logits)
 

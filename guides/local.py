@@ -28,7 +28,8 @@ noisy_or, lfdm         CAVI sweeps over the K bits, expectations by            c
 fhmm mean_field,       Ghahramani & Jordan's fixed-point sweeps                coord.    on (1)
   structured_mean_field  (:func:`models.exact.fhmm.fit_mean_field`)            ascent
 vae mean_field         Adam steps on the batch's (loc, log scale), decoder     no        off (0)
-                       fixed (reparameterised Monte Carlo ELBO)
+                       fixed (reparameterised Monte Carlo ELBO), each point
+                       continuing its own Adam state
 lda (``local``)        CAVI document updates to convergence (its own option)   coord.    off
 =====================  ======================================================  ========  ==========
 

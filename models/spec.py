@@ -40,8 +40,9 @@ class GuideSpec:
     The search over these starts, per point, is :mod:`models.exact.restarts`, run by the gap split.
     data_parallel: the guide (and its model) take ``subsample`` (given point indices) and keep no state that a
     step changes outside their parameters' gradients, apart from statistics they expose (``step_statistics``),
-    so data-parallel SVI over processes (experiments/distributed.py) is the same algorithm; other guides are
-    refused there before any work.
+    and read their per-point parameters (``local_parameters``) during training only through
+    ``guides.sharding.rows``, so data-parallel SVI over processes (experiments/distributed.py) is the same
+    algorithm with those rows sharded; other guides are refused there before any work.
     """
 
     name: str

@@ -9,6 +9,8 @@ must be left before the bad update, and no checkpoint may be written after the l
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -121,3 +123,44 @@ def test_a_clean_run_is_unchanged_by_the_checks(monkeypatch):
     monkeypatch.setattr(train, "CHECK_EVERY", 1)
     b = _train(Ramp(limit=10**9), FaultyGuide(fault=10**9), steps=2 * CHECK_EVERY + 5, lr=0.01)
     assert a.elbo_trace == b.elbo_trace
+
+
+def test_the_finite_check_by_sums_names_what_the_entry_by_entry_check_names():
+    """The sums are a shortcut, never a different answer: finite entries whose sum overflows (float32 and float64)
+    pass, a NaN or an infinity anywhere is named, and the first bad tensor in order is the one named."""
+    big32 = torch.full((4,), 3e38, dtype=torch.float32)  # finite entries, sum = inf in float32
+    big64 = torch.full((4,), 1e308, dtype=torch.float64)  # finite entries, sum = inf in float64
+    ok = torch.randn(3, 5, dtype=torch.float64)
+    named = [("a", big32), ("b", big64), ("c", ok)]
+    assert train._non_finite_name(named) == ""
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in range(3):
+            tensors = [t.clone() for _, t in named]
+            tensors[where].view(-1)[1] = bad
+            got = train._non_finite_name([(n, t) for (n, _), t in zip(named, tensors)])
+            assert got == "abc"[where]
+    two_bad = [("first", torch.tensor([1.0, float("nan")])), ("second", torch.tensor([float("inf")]))]
+    assert train._non_finite_name(two_bad) == "first"
+    # cancelling infinities (inf + -inf = NaN) and a gradient attribute
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([float("inf"), -float("inf")])
+    assert train._non_finite_name([("p", p)], "grad") == "p"
+    assert train._non_finite_name([("p", nn.Parameter(torch.zeros(2)))], "grad") == ""  # no gradient yet
+
+
+def test_the_snapshot_clone_of_the_optimiser_state_is_a_deep_copy():
+    """_cloned gives what copy.deepcopy gives (equal values, no shared tensors), the moments of a real Adam."""
+    w = nn.Parameter(torch.randn(3, dtype=torch.float64))
+    optim = torch.optim.Adam([w], lr=0.1)
+    (w**2).sum().backward()
+    optim.step()
+    state = optim.state_dict()
+    got, want = train._cloned(state), copy.deepcopy(state)
+    assert got["param_groups"] == want["param_groups"]
+    for k, s in want["state"].items():
+        for name, v in s.items():
+            assert torch.equal(got["state"][k][name], v)
+            assert got["state"][k][name].data_ptr() != state["state"][k][name].data_ptr()
+    point = ck.rng_state()
+    assert train._cloned(point)["python"] == point["python"]
