@@ -16,7 +16,8 @@ Part 1 (step time): one training step on a minibatch of 100 or 500 (drawn at ran
     the ELBO estimate's check at every step, the full check of every parameter and the snapshot every
     CHECK_EVERY = 100 steps, the ELBO trace).
   Interleaved in blocks of --block (100) steps: a block of plain steps, one of bare Pyro steps, one train_svi
-  call of that many steps, then again, --rounds (16) times, after warm-up; each block's mean seconds per step,
+  call of that many steps, in an order that rotates from round to round (each kind first, second and third
+  equally often), --rounds (18) times, after warm-up; each block's mean seconds per step,
   and each ratio is the median over rounds of (block / the same round's plain block), so that drifts in the
   machine's speed hit the three alike. The loop's block includes its one validated step (each call's first)
   and the full check and snapshot at its end; "loop_steady" leaves out that first step (what a long run's
@@ -101,7 +102,11 @@ def plain_loss(decoder, guide, xb: torch.Tensor, n: int) -> torch.Tensor:
     return -(log_p - log_q).sum() * (n / xb.shape[0])
 
 
-def part1(x: torch.Tensor, batches=(100, 500), rounds: int = 16, block: int = 100) -> dict:
+ORDERS = (("plain", "bare", "loop"), ("bare", "loop", "plain"), ("loop", "plain", "bare"))
+"""Part 1's order of the three blocks in successive rounds: a rotation, so that no kind always runs after another."""
+
+
+def part1(x: torch.Tensor, batches=(100, 500), rounds: int = 18, block: int = 100) -> dict:
     out = {}
     n = x.shape[0]
     for layers in (1, 2):
@@ -141,11 +146,13 @@ def part1(x: torch.Tensor, batches=(100, 500), rounds: int = 16, block: int = 10
                 loop(0)
                 times: dict[str, list[float]] = {"plain": [], "bare": [], "loop": [], "loop_steady": []}
                 for r in range(rounds):
-                    times["plain"].append(steps(plain))
-                    times["bare"].append(steps(bare))
-                    whole, steady = loop(r + 1)
-                    times["loop"].append(whole)
-                    times["loop_steady"].append(steady)
+                    for kind in ORDERS[r % len(ORDERS)]:  # each kind first, second and third equally often
+                        if kind == "loop":
+                            whole, steady = loop(r + 1)
+                            times["loop"].append(whole)
+                            times["loop_steady"].append(steady)
+                        else:
+                            times[kind].append(steps(plain if kind == "plain" else bare))
             t = {k: statistics.median(v) for k, v in times.items()}
             ratios = {k: [a / p for a, p in zip(times[k], times["plain"])] for k in ("bare", "loop", "loop_steady")}
             ratio = {k: statistics.median(v) for k, v in ratios.items()}
@@ -215,7 +222,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5000)
     ap.add_argument("--refit", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=16, help="part 1: rounds of interleaved blocks")
+    ap.add_argument("--rounds", type=int, default=18, help="part 1: rounds of interleaved blocks")
     ap.add_argument("--block", type=int, default=100, help="part 1: steps per block")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vae.json"))
