@@ -82,9 +82,9 @@ def load_corpus(name: str):
 
 
 def to_scipy(x):
-    import scipy.sparse as sp
+    from vizoo.models.datasets import to_scipy_csr
 
-    return sp.csr_matrix((x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()), shape=tuple(x.shape))
+    return to_scipy_csr(x)
 
 
 def timed(fn):

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..models.datasets import Dataset, standardise
+from ..models.datasets import Dataset, standardise, to_scipy_csr
 from ..models.errors import ConfigError, DataError
 from ..models.spec import ModelSpec
 from . import compare as compare_module
@@ -414,9 +414,7 @@ def _as_sparse(data: Any, spec: ModelSpec) -> sp.csr_matrix:
         return sp.csr_matrix(data)
     if data.dim() != 2:
         raise DataError(f"data must be 2-D (documents x words), got a sparse tensor of shape {tuple(data.shape)}")
-    data = data.detach().cpu()
-    csr = (data.coalesce() if data.layout == torch.sparse_coo else data).to_sparse_csr()
-    return sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()), shape=tuple(csr.shape))
+    return to_scipy_csr(data)
 
 
 def _as_array(data: Any, name: str) -> np.ndarray:

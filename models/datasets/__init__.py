@@ -29,7 +29,7 @@ The loaders, by module:
 here: each model draws them from its own simulator (``models.<model>.synthetic``, the same signature).
 """
 
-from .base import DataOptions, Dataset, standardise, take_rows
+from .base import DataOptions, Dataset, standardise, take_rows, to_scipy_csr
 from .chorales import load_chorales
 from .corpora import load_healthtweets, load_news, load_reuters, load_sparse_news
 from .images import load_digits, load_fashion_mnist, load_mnist
@@ -56,4 +56,5 @@ __all__ = [
     "load_wsj",
     "standardise",
     "take_rows",
+    "to_scipy_csr",
 ]

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -125,3 +126,10 @@ def sparse_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size=tuple(shape), dtype=values.dtype, device=values.device,
                                        check_invariants=check)
+
+
+def to_scipy_csr(x: Tensor):
+    """A torch sparse tensor (CSR or COO, any device) as a scipy CSR matrix on the CPU (values as stored)."""
+    x = x.detach().cpu()
+    csr = (x.coalesce() if x.layout == torch.sparse_coo else x).to_sparse_csr()
+    return sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()), shape=tuple(csr.shape))

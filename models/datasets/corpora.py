@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..errors import DataError
 from . import cache
-from .base import DataOptions, Dataset, sparse_csr
+from .base import DataOptions, Dataset, sparse_csr, to_scipy_csr
 
 # Bump when the way news() builds its matrix changes, so that old cache files are not reused.
 NEWS_CACHE_VERSION = "news-1"
@@ -464,10 +464,7 @@ def _validate_sparse_counts(x: Any, vocab_size: int | None) -> Tensor:
             raise DataError(f"counts must be numeric, got dtype {x.dtype}")
         if x.dim() != 2:
             raise DataError(f"counts must be 2-D (documents x words), got rank {x.dim()} with shape {tuple(x.shape)}")
-        x = x.detach().cpu()
-        csr = (x.coalesce() if x.layout == torch.sparse_coo else x).to_sparse_csr()
-        csr = sp.csr_matrix((csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()),
-                            shape=tuple(csr.shape))
+        csr = to_scipy_csr(x)
     else:
         csr = x.tocsr()
         if csr.dtype.kind not in "iuf":

@@ -149,7 +149,8 @@ class Entries(NamedTuple):
 
     def sparse(self) -> Tensor:
         """The counts as a torch sparse CSR tensor (D, V)."""
-        return torch.sparse_csr_tensor(self.rowptr, self.word, self.count, (self.num_docs, self.num_words))
+        return torch.sparse_csr_tensor(self.rowptr, self.word, self.count, (self.num_docs, self.num_words),
+                                       check_invariants=False)  # built from valid entries
 
 
 def entries(counts) -> Entries:
