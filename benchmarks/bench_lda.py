@@ -35,7 +35,9 @@ torch.set_num_threads(1)); wall time beside it (the machine may be shared).
 Part 2 (memory): peak resident memory of SVI amortised steps (local="cavi", sparse counts) beyond what was
 resident before them, on the full-vocabulary news training corpus and on it tiled 10x (34,410 articles), for
 minibatches of 64, 256 and 1,024, each in a fresh subprocess (/proc/self/clear_refs resets the high-water
-mark), with the size of the sparse counts and of what dense counts would take.
+mark), with the size of the sparse counts and of what dense counts would take. Two peaks: over the 2 warm-up
+steps beyond what was resident once the model and guide were built (everything a run adds), and over the next
+20 steps beyond what was resident after the warm-up (which keeps what the allocator retained from it).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_lda.py [--parts 1,2] [--corpora ...] [--seeds 0,1,2]
 """
@@ -247,18 +249,21 @@ if {tiles} > 1:
     x = lda.stack_entries(*([e] * {tiles})).sparse()
 init = lda.init_params(x, lda.LDAArgs(num_topics=20), 0)
 model, guide = lda.LDA(init), lda_guides.amortised(x, init, hidden=(100,), local="cavi")
-cfg = SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=2, batch_size={batch})
-train_svi(model, guide, x, cfg, seed=1, progress=False)
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) / 1024
+setup = rss("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+cfg = SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=2, batch_size={batch})
+train_svi(model, guide, x, cfg, seed=1, progress=False)  # warm-up: one-off allocations
+warm_peak = rss("VmHWM") - setup
 before = rss("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
 start = time.perf_counter()
 train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=1e-3, steps=20, batch_size={batch}), seed=1, progress=False)
 e = exact.entries(x)
-print(before, rss("VmHWM") - before, (time.perf_counter() - start) / 20, x.shape[0], x.shape[1], e.count.shape[0])
+print(before, rss("VmHWM") - before, (time.perf_counter() - start) / 20, x.shape[0], x.shape[1], e.count.shape[0], setup, warm_peak)
 """
 
 
@@ -271,11 +276,13 @@ def part_memory() -> list[dict]:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
             base, peak, step = float(out[0]), float(out[1]), float(out[2])
             docs, words, nonzeros = int(out[3]), int(out[4]), int(out[5])
+            setup, warm_peak = float(out[6]), float(out[7])
             rows.append({"docs": docs, "words": words, "nonzeros": nonzeros, "batch": batch, "resident_mb": base,
-                         "step_peak_mb": peak, "step_s": step, "sparse_counts_mb": nonzeros * 24 / 2**20,
+                         "step_peak_mb": peak, "step_s": step, "setup_resident_mb": setup, "warmup_peak_mb": warm_peak, "sparse_counts_mb": nonzeros * 24 / 2**20,
                          "dense_counts_mb": docs * words * 8 / 2**20})
-            print(f"{docs:6d} docs x {words} words, {nonzeros:,} non-zeros, batch {batch:5d}: resident {base:7.1f} MB, "
-                  f"peak during steps +{peak:6.1f} MB, {step * 1000:5.0f} ms/step "
+            print(f"{docs:6d} docs x {words} words, {nonzeros:,} non-zeros, batch {batch:5d}: resident {setup:7.1f} MB "
+                  f"built, +{warm_peak:6.1f} MB peak in the 2 warm-up steps; then resident {base:7.1f} MB, "
+                  f"peak during 20 steps +{peak:6.1f} MB, {step * 1000:5.0f} ms/step "
                   f"(dense counts would be {docs * words * 8 / 2**20:,.0f} MB)", flush=True)
     return rows
 

@@ -161,9 +161,12 @@ class WordCounts(TorchDistribution):
 class TopicWord(TorchDistribution):
     """w ~ Categorical(exp(log_table[index])): a categorical whose probabilities are a row of a table.
 
-    log_table: (K, V) normalised log-probabilities (rows log-sum-exp to 0); index: long tensor of any
-    shape (the batch shape), e.g. the topic z of each token, or (K, 1) under parallel enumeration.
-    log_prob(w) = log_table[index, w], broadcast: only the looked-up entries are touched.
+    log_table: (R, C) normalised log-probabilities (rows log-sum-exp to 0), e.g. LDA's topics (K, V) or
+    its documents' proportions (B, K); index: long tensor of any shape (the batch shape), e.g. the topic
+    z of each token, or each entry's document. log_prob(w) = log_table[index, w], broadcast (a value of
+    shape (C, 1) under parallel enumeration gives (C, *batch)): only the looked-up entries are touched,
+    and the gradient is a table, where ``Categorical(log_table[index])`` would broadcast its logits to
+    (C, *batch, C).
     """
 
     arg_constraints = {}

@@ -59,6 +59,7 @@ import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 from torch import Tensor, nn
+from torch.distributions.utils import clamp_probs
 
 from .datasets import DataOptions, Dataset, corpora
 from .distributions import TopicWord
@@ -215,8 +216,12 @@ def model(x: Tensor, params: LDAParams, subsample_size: int | None = None, subsa
     with pyro.plate("docs", num_docs, subsample_size=subsample_size, subsample=subsample, device=x.device) as docs:
         theta = pyro.sample("theta", dist.Dirichlet(params.alpha))  # (B, K)
     pos, local, weight = batch_entries(e, docs, num_docs)
+    # Categorical(theta[local])'s log-probabilities, formed per document and looked up per entry: under
+    # parallel enumeration (z: (K, 1)) torch's Categorical would broadcast to (K, E_B, K) and its gradient
+    # allocate that much (588 MB at 1,024 news documents); the lookup's gradient is (B, K)
+    log_theta = torch.log(clamp_probs(theta / theta.sum(-1, keepdim=True)))
     with pyro.plate("words", pos.shape[0], device=x.device), poutine.scale(scale=weight):
-        z = pyro.sample("z", dist.Categorical(theta[local]))  # (E_B,)
+        z = pyro.sample("z", TopicWord(log_theta, local))  # (E_B,)
         pyro.sample("w", TopicWord(log_beta, z), obs=e.word[pos])
 
 
