@@ -129,7 +129,7 @@ def method_cavi(x, seed, sweeps, restarts):
     from vizoo.models import lda
 
     init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
-    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts))
+    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts, seed=seed))
     return fit.params, cpu, wall, {"sweeps": fit.num_iters, "restarts": restarts, "converged": fit.converged,
                                    "doc_updates_per_sweep": [round(v, 1) for v in fit.doc_iters]}
 

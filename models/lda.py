@@ -329,16 +329,17 @@ class CAVIFit(NamedTuple):
 
 
 def fit_cavi(x, init: LDAParams, max_iter: int = 100, tol: float = 1e-8, doc_tol: float = exact.DOC_TOL,
-             max_doc_iters: int = exact.MAX_DOC_ITERS, restart_sweeps: int = 10) -> CAVIFit:
+             max_doc_iters: int = exact.MAX_DOC_ITERS, restart_sweeps: int = 10, seed: int = 0) -> CAVIFit:
     """Closed-form CAVI (bayesian topics) or variational EM (point topics) from ``init``; see
     :func:`models.exact.lda.fit_cavi`. ``tol``: stop when a sweep gains less than this per token; each
     sweep iterates every document to ``doc_tol`` (mean absolute change of gamma_d) first; the first
-    ``restart_sweeps`` (counted in ``max_iter``) restart every document from gamma = 1, the rest warm-start."""
+    ``restart_sweeps`` (counted in ``max_iter``) restart every document from scikit-learn's start, Gamma(100,
+    1/100) draws seeded by ``seed`` (:func:`models.exact.lda.restart_gamma`), the rest warm-start."""
     k = init.num_topics
     e = corpus_entries(x)
     restarts = min(restart_sweeps, max_iter)
     kw = {"max_sweeps": max_iter - restarts, "doc_tol": doc_tol, "max_doc_iters": max_doc_iters, "tol": tol,
-          "restart_sweeps": restarts}
+          "restart_sweeps": restarts, "seed": seed}
     if init.bayesian:
         r = exact.fit_cavi(e, init.alpha, k, eta=init.eta, lam=init.lam, **kw)
         params = LDAParams(init.alpha, eta=init.eta, lam=r.state.lam)

@@ -206,3 +206,49 @@ def test_doc_step_drops_and_hand_backs_do_not_change_gamma(monkeypatch):
     plain = lda.doc_step(e, alpha, torch.log(topics), gamma0, block_entries=1000)
     assert torch.equal(blocked.iters, plain.iters)
     torch.testing.assert_close(blocked.gamma, plain.gamma, rtol=1e-12, atol=0)
+
+
+# --- restarted sweeps: scikit-learn's batch method, draw for draw ------------------------------------------
+
+
+def test_restarted_sweeps_are_scikit_learns_batch_method():
+    """Given scikit-learn's random draws (its initial lambda, then each E-step's Gamma(100, 1/100) start of
+    every document), restarted doc_step sweeps with lambda = eta + statistics are its batch method: the
+    same topics after 8 iterations (each sweep's documents iterated to the same tolerance). Not to 1e-12:
+    scikit-learn's digamma is its own series (2.3e-9 from scipy's and torch's near 1), and 8 sweeps of
+    updates carry that to 2.5e-8 relative; starting every E-step from gamma = 1 instead misses by far more."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    counts, _ = _corpus(3)
+    k, prior = 4, 0.25
+    sk = LatentDirichletAllocation(k, doc_topic_prior=prior, topic_word_prior=prior, learning_method="batch",
+                                   max_iter=8, random_state=0).fit(counts.numpy())
+    draws = np.random.RandomState(0)  # the same stream, in scikit-learn's order
+    lam = torch.as_tensor(draws.gamma(100.0, 1.0 / 100.0, (k, counts.shape[1])))
+    e, alpha = lda.entries(counts), torch.full((k,), prior, dtype=torch.float64)
+    flat = lam.clone()
+    for _ in range(8):
+        start = torch.as_tensor(draws.gamma(100.0, 0.01, (e.num_docs, k)))
+        lam = prior + lda.doc_step(e, alpha, lda._expected_log_dirichlet(lam), start).topic_stats
+        flat = prior + lda.doc_step(e, alpha, lda._expected_log_dirichlet(flat), torch.ones_like(start)).topic_stats
+    target = torch.as_tensor(sk.components_)
+    torch.testing.assert_close(lam, target, rtol=1e-6, atol=0)
+    assert ((flat - target).abs() / target).max() > 1e-4
+
+
+def test_jittered_restart_leaves_the_symmetric_fixed_point():
+    """Two topics that weigh a document's words alike: from gamma = 1 exactly every update keeps the two
+    topics equal (the symmetric fixed point); from restart_gamma's draws the document leaves it for one
+    topic, at a higher ELBO (alpha < 1 makes the symmetric point a saddle)."""
+    counts = torch.tensor([[3.0, 4.0, 0.0]], dtype=torch.float64)
+    log_beta = torch.log(torch.tensor([[0.3, 0.3, 0.4], [0.3, 0.3, 0.4]], dtype=torch.float64))
+    alpha = torch.full((2,), 0.1, dtype=torch.float64)
+    e = lda.entries(counts)
+    flat = lda.doc_step(e, alpha, log_beta, torch.ones(1, 2, dtype=torch.float64), tol=1e-10, max_iters=500)
+    torch.testing.assert_close(flat.gamma, torch.full((1, 2), 0.1 + 3.5, dtype=torch.float64), rtol=0, atol=1e-12)
+    start = lda.restart_gamma(1, 2, counts, torch.Generator().manual_seed(0))
+    assert (start - 1).abs().max() < 0.5 and (start[0, 0] != start[0, 1])
+    moved = lda.doc_step(e, alpha, log_beta, start, tol=1e-10, max_iters=5000)
+    assert moved.gamma.max() > 0.1 + 7 - 1e-3  # every word to one topic
+    value = [float(lda.elbo(counts, alpha, lda.CAVIState(g.gamma, None, log_beta))) for g in (flat, moved)]
+    assert value[1] > value[0] + 0.1
