@@ -17,8 +17,11 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
                   (10); skipped with a note when gensim is not installed (the optional extra: pip install -e '.[bench]')
   CAVI            models.lda.fit_cavi: every document iterated to convergence per sweep (mean change of
                   gamma_d < 1e-3, at most 100 updates), then lambda; --cavi-sweeps (30) sweeps, the first
-                  --cavi-restarts (20) restarting every document from gamma = 1 as scikit-learn does, the rest
-                  warm started (restarted sweeps keep improving the optimum, warm ones converge it cheaply)
+                  --cavi-restarts (20) restarting every document from Gamma(100, 1/100) draws as scikit-learn
+                  does, the rest warm started (restarted sweeps keep improving the optimum, warm ones converge it
+                  cheaply)
+  CAVI (scikit-learn's draws)  scikit-learn's batch method, 30 iterations, computed by models.exact.lda.doc_step
+                  with numpy's draws in scikit-learn's order: its perplexity, with this project's CPU time
   SVI mean-field  guides.lda.mean_field(local="cavi"): Hoffman et al.'s SVI in Pyro (TraceEnum_ELBO): each
                   minibatch's documents by converged CAVI from their own last gamma, lambda by the natural step
   SVI amortised   guides.lda.amortised(local="cavi"): the same, each document's CAVI started from the
@@ -134,6 +137,31 @@ def method_cavi(x, seed, sweeps, restarts):
                                    "doc_updates_per_sweep": [round(v, 1) for v in fit.doc_iters]}
 
 
+def method_cavi_sklearn_draws(x, seed, sweeps):
+    """scikit-learn's batch method run by this project's document step: its random draws in its order
+    (numpy's RandomState(seed): the initial lambda ~ Gamma(100, 1/100), then each iteration's start of
+    every document, Gamma(100, 1/100)), every sweep restarted, lambda = eta + statistics. The same
+    topics as LatentDirichletAllocation(learning_method="batch", max_iter=sweeps, random_state=seed) to
+    round-off (tests/test_lda_exact.py), so the same perplexity; the clock includes the draws. (Its
+    ``fit`` also runs a final E-step and a perplexity bound after the last iteration, which this skips.)"""
+    from vizoo.models import lda
+    from vizoo.models.exact import lda as exact
+
+    e = exact.entries(x)
+    alpha = torch.full((K,), 1.0 / K, dtype=torch.float64)
+
+    def fit():
+        draws = np.random.RandomState(seed)
+        lam = torch.as_tensor(draws.gamma(100.0, 1.0 / 100.0, (K, e.num_words)))
+        for _ in range(sweeps):
+            start = torch.as_tensor(draws.gamma(100.0, 0.01, (e.num_docs, K)))
+            lam = 1.0 / K + exact.doc_step(e, alpha, exact._expected_log_dirichlet(lam), start).topic_stats
+        return lam
+
+    lam, cpu, wall = timed(fit)
+    return lda.LDAParams(alpha, eta=1.0 / K, lam=lam), cpu, wall, {"sweeps": sweeps, "restarts": sweeps}
+
+
 def method_svi(x, seed, kind, passes, batch, **guide_kw):
     import pyro
     from vizoo.experiments.config import SVIConfig
@@ -175,6 +203,7 @@ def methods(args):
                                             "learning_offset": args.online_offset, "total_samples": None}),
         "gensim": (method_gensim, {"passes": args.gensim_passes}),
         "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts}),
+        "CAVI (scikit-learn's draws)": (method_cavi_sklearn_draws, {"sweeps": 30}),
         "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                         "learning_offset": args.svi_offset}),
         "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
@@ -291,7 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="1,2")
     parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,SVI mean-field,SVI amortised,SVI amortised + CAVI")
+    parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,CAVI (scikit-learn's draws),SVI mean-field,SVI amortised,SVI amortised + CAVI")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cavi-sweeps", type=int, default=30)
     parser.add_argument("--cavi-restarts", type=int, default=20)

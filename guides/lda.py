@@ -21,7 +21,8 @@ lambda (bayesian topics) is a free global parameter in both: there is one per co
 ``local = "cavi"`` gives both guides Hoffman et al.'s (2013) schedule for the local factors: for the
 step's documents, q(theta_d) and q(z_d) are set by CAVI's document updates iterated to convergence per
 document (:func:`models.exact.lda.doc_step`), then lambda takes the natural step. The two guides differ
-only in where each document's iterations start: ``mean_field`` from gamma = 1 (Hoffman et al.'s SVI,
+only in where each document's iterations start: ``mean_field`` from about gamma = 1, scikit-learn's
+Gamma(100, 1/100) draws (Hoffman et al.'s SVI,
 scikit-learn's online LDA; gamma_d is kept for :meth:`variational` only); ``amortised`` from the
 network's gamma, and the network is fitted (least squares on the
 proportions, in :meth:`after_step`) to the converged gamma of each step's documents, so no parameter
@@ -31,7 +32,7 @@ gradient step, and the counts are touched only through their non-zero entries (x
 ``finish_sweeps`` (either guide, natural topic step): after the last SVI step, full-corpus CAVI sweeps from
 the SVI lambda (:meth:`_Topics.finish`, run once at the first :meth:`topic_params` or :meth:`variational`),
 the first ``finish_restarts`` restarting every document (amortised: from the network's gamma; mean-field:
-from gamma = 1). This semi-amortised hybrid is batch CAVI seeded by SVI; on the news corpus it keeps every
+from about gamma = 1). This semi-amortised hybrid is batch CAVI seeded by SVI; on the news corpus it keeps every
 topic alive but does not reach scikit-learn's batch perplexity at its CPU time (docs/models/lda.md).
 
 Valid estimators: Trace_ELBO and TraceGraph_ELBO (score-function gradients for z, reparameterised
@@ -123,7 +124,7 @@ class _Topics(PyroModule):
         lambda, each document converged (:func:`models.exact.lda.doc_step`), each sweep ending with
         lambda = eta + sum_d n_dv phi_dvk. The first ``finish_restarts`` sweeps (default: all) start every
         document afresh from :meth:`_finish_start` (the amortised guide: the network's gamma, the network as
-        SVI left it; the mean-field guide: gamma = 1, as scikit-learn's batch E-step); the later ones warm
+        SVI left it; the mean-field guide: its fixed Gamma(100, 1/100) draws, as scikit-learn's batch E-step); the later ones warm
         start from the previous sweep (cheaper; warm starts from the first sweeps lock documents into the
         topics they first took). This is batch CAVI seeded by SVI, and costs
         ``finish_sweeps`` passes over the corpus; the local factors of training documents then come from
@@ -198,8 +199,8 @@ class _Topics(PyroModule):
 class MeanField(_Topics):
     """Free gamma: (D, K), phi logits: (E, K) and (bayesian) lambda: (K, V).
 
-    local="cavi": gamma is set by converged CAVI document updates (from gamma = 1, as Hoffman et al. and
-    scikit-learn's online LDA; a warm start from its last value locks documents into early topics)
+    local="cavi": gamma is set by converged CAVI document updates (from about gamma = 1, :attr:`restart`, as
+    Hoffman et al. and scikit-learn's online LDA; a warm start from its last value locks documents into early topics)
     each time the document is in the step, and phi is CAVI's optimum for it (not stored)."""
 
     def __init__(self, x, init: LDAParams, gamma: Tensor, phi_logits: Tensor | None, topic_step: str = "natural",
@@ -217,6 +218,17 @@ class MeanField(_Topics):
             self.phi_logits = nn.Parameter(phi_logits.detach().clone())
         # free per document (gamma) and per word entry (phi): experiments/param_groups.py
         self.local_parameters = ("gamma",) if local == "cavi" else ("gamma", "phi_logits")
+        # where CAVI restarts each document (local="cavi", finishing sweeps): scikit-learn's Gamma(100, 1/100)
+        # start, one fixed draw per document and topic (seed 0: the same on every process and after a resume;
+        # not state); exactly gamma = 1 would hold short documents at the symmetric fixed point
+        if local == "cavi" or finish_sweeps:
+            e = corpus_entries(x)
+            self.register_buffer("restart", exact.restart_gamma(e.num_docs, self.num_topics, gamma,
+                                                                torch.Generator().manual_seed(0)), persistent=False)
+
+    def _finish_start(self, e) -> Tensor:
+        """gamma: (D, K) where each restarted finishing sweep starts every document (:attr:`restart`)."""
+        return self.restart
 
     def local_row_points(self, name: str, x) -> Tensor | None:
         """The document of each row of local parameter ``name``: phi's rows are the entries of x (guides/sharding.py);
@@ -228,8 +240,8 @@ class MeanField(_Topics):
         e = corpus_entries(x)
         with pyro.plate("docs", e.num_docs, subsample_size=subsample_size, subsample=subsample, device=x.device) as docs:
             pos, local, weight = batch_entries(e, docs, e.num_docs)
-            if self.local == "cavi":  # Hoffman et al.'s local step: each document from gamma = 1, to convergence
-                gamma, logits = self._local_cavi(x, docs, pos, local, torch.ones_like(self.gamma[docs]))
+            if self.local == "cavi":  # Hoffman et al.'s local step: each document from its restart, to convergence
+                gamma, logits = self._local_cavi(x, docs, pos, local, self.restart[docs])
                 gamma = gamma + 0.0 * self.gamma[docs]  # zero gradient: keeps the ELBO differentiable for train_svi
                 if self.training:
                     with torch.no_grad():
