@@ -23,7 +23,8 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
   CAVI (scikit-learn's draws)  scikit-learn's batch method, 30 iterations, computed by models.exact.lda.doc_step
                   with numpy's draws in scikit-learn's order: its perplexity, with this project's CPU time
   SVI mean-field  guides.lda.mean_field(local="cavi"): Hoffman et al.'s SVI in Pyro (TraceEnum_ELBO): each
-                  minibatch's documents by converged CAVI from their own last gamma, lambda by the natural step
+                  minibatch's documents by converged CAVI from fixed Gamma(100, 1/100) draws (about gamma = 1),
+                  lambda by the natural step
   SVI amortised   guides.lda.amortised(local="cavi"): the same, each document's CAVI started from the
                   network's gamma, the network fitted to where CAVI converges
   SVI amortised + CAVI     the semi-amortised hybrid: SVI amortised for --hybrid-passes (1) passes of
@@ -142,7 +143,7 @@ def method_cavi_sklearn_draws(x, seed, sweeps):
     (numpy's RandomState(seed): the initial lambda ~ Gamma(100, 1/100), then each iteration's start of
     every document, Gamma(100, 1/100)), every sweep restarted, lambda = eta + statistics. The same
     topics as LatentDirichletAllocation(learning_method="batch", max_iter=sweeps, random_state=seed) to
-    round-off (tests/test_lda_exact.py), so the same perplexity; the clock includes the draws. (Its
+    1e-6, the difference its own digamma series (tests/test_lda_exact.py), so the same perplexity; the clock includes the draws. (Its
     ``fit`` also runs a final E-step and a perplexity bound after the last iteration, which this skips.)"""
     from vizoo.models import lda
     from vizoo.models.exact import lda as exact
