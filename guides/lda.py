@@ -113,10 +113,6 @@ class _Topics(PyroModule):
         else:
             self.finished = torch.zeros((), dtype=torch.bool, device=init.alpha.device)
 
-    def _finish_start(self, e) -> Tensor:
-        """gamma: (D, K) where the first finishing sweep starts every document."""
-        return e.count.new_ones(e.num_docs, self.num_topics)
-
     @torch.no_grad()
     def finish(self) -> None:
         """The semi-amortised finish (``finish_sweeps`` > 0), run once, after the last SVI step (the first call
