@@ -195,6 +195,9 @@ def _die(rank: int, port: int, out: str) -> None:
     except distributed.ParallelError as err:
         message = str(err)
     Path(out, "rank0.txt").write_text(message)
+    # leave the group as the runner does (experiments/distributed.py's finally): exiting with a group whose peer
+    # died can abort in gloo's destructor ("terminate called without an active exception", exit -6)
+    dist.destroy_process_group()
 
 
 def _poison(rank: int, port: int, out: str) -> None:
