@@ -32,6 +32,11 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
                   guide_args finish_sweeps (--finish-sweeps, 24) full-corpus CAVI sweeps, the first
                   --finish-restarts (6) restarting every document from the network's gamma, the rest warm
   SVI mean-field + CAVI    the same with the mean-field guide (restarts from gamma = 1); not in the default run
+  ... (document seeds)     CAVI, SVI amortised + CAVI and SVI mean-field + CAVI from model_args.init = "documents"
+                  (models.exact.lda.initial_lambda: the random start plus K seed documents drawn by k-means++'s
+                  D^2 sampling on cosine distance, on the clock); the two hybrids with --seeded-passes (0.5) passes
+                  of --hybrid-batch documents, then --seeded-finish-sweeps (30) sweeps, the first
+                  --seeded-finish-restarts (20) restarted (the mean-field one shows what the network adds)
   SVI amortised (network)  the lda_news config's guide (refine = 10 differentiable updates), for reference
 CPU time is time.process_time() of the fitting alone, with torch and BLAS on one thread (OMP_NUM_THREADS=1,
 torch.set_num_threads(1)); wall time beside it (the machine may be shared).
@@ -129,12 +134,15 @@ def method_gensim(x, seed, passes):
     return lda.LDAParams(torch.full((K,), 1.0 / K, dtype=torch.float64), eta=1.0 / K, lam=lam), cpu, wall, {"passes": passes}
 
 
-def method_cavi(x, seed, sweeps, restarts):
+def method_cavi(x, seed, sweeps, restarts, init="random"):
     from vizoo.models import lda
 
-    init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
-    fit, cpu, wall = timed(lambda: lda.fit_cavi(x, init, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts, seed=seed))
-    return fit.params, cpu, wall, {"sweeps": fit.num_iters, "restarts": restarts, "converged": fit.converged,
+    def fit():  # the start (document seeds: D^2 sampling) is on the clock
+        start = lda.init_params(x, lda.LDAArgs(num_topics=K, init=init), seed)
+        return lda.fit_cavi(x, start, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts, seed=seed)
+
+    fit, cpu, wall = timed(fit)
+    return fit.params, cpu, wall, {"sweeps": fit.num_iters, "restarts": restarts, "converged": fit.converged, "init": init,
                                    "doc_updates_per_sweep": [round(v, 1) for v in fit.doc_iters]}
 
 
@@ -163,7 +171,7 @@ def method_cavi_sklearn_draws(x, seed, sweeps):
     return lda.LDAParams(alpha, eta=1.0 / K, lam=lam), cpu, wall, {"sweeps": sweeps, "restarts": sweeps}
 
 
-def method_svi(x, seed, kind, passes, batch, **guide_kw):
+def method_svi(x, seed, kind, passes, batch, init="random", **guide_kw):
     import pyro
     from vizoo.experiments.config import SVIConfig
     from vizoo.experiments.train import train_svi
@@ -172,19 +180,20 @@ def method_svi(x, seed, kind, passes, batch, **guide_kw):
 
     pyro.settings.set(module_local_params=True)
     pyro.set_rng_seed(seed)
-    init = lda.init_params(x, lda.LDAArgs(num_topics=K), seed)
+    args = lda.LDAArgs(num_topics=K, init=init)
     steps = math.ceil(passes * x.shape[0] / batch)
     lr = guide_kw.pop("lr", 1e-3)
 
-    def fit():
-        model = lda.LDA(init)
-        guide = (lda_guides.amortised if kind == "amortised" else lda_guides.mean_field)(x, init, **guide_kw)
+    def fit():  # the start (document seeds: D^2 sampling) is on the clock
+        start = lda.init_params(x, args, seed)
+        model = lda.LDA(start)
+        guide = (lda_guides.amortised if kind == "amortised" else lda_guides.mean_field)(x, start, **guide_kw)
         train_svi(model, guide, x, SVIConfig(elbo="TraceEnum_ELBO", lr=lr, steps=steps, batch_size=batch),
                   seed=seed + 1, progress=False)
         return guide.topic_params(model.params).detach()
 
     params, cpu, wall = timed(fit)
-    return params, cpu, wall, {"steps": steps, "batch": batch, "passes": passes, "lr": lr, **guide_kw}
+    return params, cpu, wall, {"steps": steps, "batch": batch, "passes": passes, "lr": lr, "init": init, **guide_kw}
 
 
 def score(x, x_test, params):
@@ -205,6 +214,7 @@ def methods(args):
         "gensim": (method_gensim, {"passes": args.gensim_passes}),
         "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts}),
         "CAVI (scikit-learn's draws)": (method_cavi_sklearn_draws, {"sweeps": 30}),
+        "CAVI (document seeds)": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts, "init": "documents"}),
         "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                         "learning_offset": args.svi_offset}),
         "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
@@ -217,6 +227,14 @@ def methods(args):
                                                "local": "cavi", "learning_offset": args.hybrid_offset,
                                                "learning_decay": args.hybrid_decay, "finish_sweeps": args.finish_sweeps,
                                                "finish_restarts": args.finish_restarts}),
+        "SVI amortised + CAVI (document seeds)": (method_svi, {
+            "kind": "amortised", "passes": args.seeded_passes, "batch": args.hybrid_batch, "local": "cavi", "hidden": (100,),
+            "learning_offset": args.hybrid_offset, "learning_decay": args.hybrid_decay, "init": "documents",
+            "finish_sweeps": args.seeded_finish_sweeps, "finish_restarts": args.seeded_finish_restarts}),
+        "SVI mean-field + CAVI (document seeds)": (method_svi, {
+            "kind": "mean_field", "passes": args.seeded_passes, "batch": args.hybrid_batch, "local": "cavi",
+            "learning_offset": args.hybrid_offset, "learning_decay": args.hybrid_decay, "init": "documents",
+            "finish_sweeps": args.seeded_finish_sweeps, "finish_restarts": args.seeded_finish_restarts}),
         "SVI amortised (network)": (method_svi, {"kind": "amortised", "passes": 11, "batch": 256, "hidden": (100,),
                                                  "refine": 10, "lr": 5e-4}),
     }
@@ -321,7 +339,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="1,2")
     parser.add_argument("--corpora", default=",".join(CORPORA))
-    parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,CAVI (scikit-learn's draws),SVI mean-field,SVI amortised,SVI amortised + CAVI")
+    parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,CAVI (scikit-learn's draws),"
+                        "CAVI (document seeds),SVI mean-field,SVI amortised,SVI amortised + CAVI,"
+                        "SVI amortised + CAVI (document seeds),SVI mean-field + CAVI (document seeds)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cavi-sweeps", type=int, default=30)
     parser.add_argument("--cavi-restarts", type=int, default=20)
@@ -333,6 +353,9 @@ def main() -> None:
     parser.add_argument("--hybrid-decay", type=float, default=0.9)
     parser.add_argument("--finish-sweeps", type=int, default=24)
     parser.add_argument("--finish-restarts", type=int, default=6)
+    parser.add_argument("--seeded-passes", type=float, default=0.5)
+    parser.add_argument("--seeded-finish-sweeps", type=int, default=30)
+    parser.add_argument("--seeded-finish-restarts", type=int, default=20)
     parser.add_argument("--online-passes", type=int, default=10)
     parser.add_argument("--gensim-passes", type=int, default=10)
     parser.add_argument("--online-offset", type=float, default=10.0)

@@ -79,18 +79,24 @@ class LDAArgs:
         point estimate: variational EM).
     alpha, eta: symmetric Dirichlet priors on each theta_d and each beta_k; unset means 1 / K, as
         scikit-learn's LatentDirichletAllocation.
+    init: the topics' start, shared by CAVI and every guide (:func:`models.exact.lda.initial_lambda`):
+        "random" (noise about the mean count, scikit-learn's start) or "documents" (that plus K seed
+        documents drawn by k-means++'s D^2 sampling on cosine distance).
     """
 
     num_topics: int = 10
     topics: str = "bayesian"
     alpha: float | None = None
     eta: float | None = None
+    init: str = "random"
 
     def __post_init__(self) -> None:
         if self.num_topics < 1:
             raise ValueError(f"model_args.num_topics must be >= 1, got {self.num_topics}")
         if self.topics not in TOPICS:
             raise ValueError(f"model_args.topics must be one of {TOPICS}, got {self.topics!r}")
+        if self.init not in exact.INITS:
+            raise ValueError(f"model_args.init must be one of {exact.INITS}, got {self.init!r}")
         for key in ("alpha", "eta"):
             value = getattr(self, key)
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -286,11 +292,11 @@ def validate_data(x) -> Tensor:
 
 def init_params(x: Tensor, args: LDAArgs, seed: int) -> LDAParams:
     """Starting point shared by CAVI and every guide: lambda from :func:`models.exact.lda.initial_lambda`
-    (bayesian), or point topics equal to its normalised rows."""
+    (bayesian; ``args.init``), or point topics equal to its normalised rows."""
     k = args.num_topics
     e = corpus_entries(x)
     alpha = e.count.new_full((k,), args.alpha_value)
-    lam = exact.initial_lambda(e, k, args.eta_value, seed)
+    lam = exact.initial_lambda(e, k, args.eta_value, seed, init=args.init)
     if args.topics == "point":
         return LDAParams(alpha, beta=lam / lam.sum(-1, keepdim=True))
     return LDAParams(alpha, eta=args.eta_value, lam=lam)

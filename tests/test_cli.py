@@ -68,6 +68,7 @@ MISUSE = {
                          "eval.importance_samples must be >= 1, got 0"),
     "held-out fraction": ('model = "lda"\n[data]\nname = "reuters"\nheldout = 1.0\n', "data.heldout must be a fraction in [0, 1)"),
     "lda topic step": ('model = "lda"\n[guide_args]\ntopic_step = "newton"\n', "guide_args.topic_step must be"),
+    "lda topics' start": ('model = "lda"\n[model_args]\ninit = "kmeans"\n', "model_args.init must be one of ('random', 'documents'), got 'kmeans'"),
     "fhmm joint states": ('model = "fhmm"\n[data]\nname = "synthetic"\n[model_args]\nnum_chains = 7\nnum_states = 4\n',
                           "exact inference needs L^M = 4^7 = 16,384 joint states"),
     "fhmm enumerated paths": ('model = "fhmm"\n[data]\nname = "synthetic"\n[svi]\nelbo = "TraceEnum_ELBO"\n',

@@ -252,3 +252,58 @@ def test_jittered_restart_leaves_the_symmetric_fixed_point():
     assert moved.gamma.max() > 0.1 + 7 - 1e-3  # every word to one topic
     value = [float(lda.elbo(counts, alpha, lda.CAVIState(g.gamma, None, log_beta))) for g in (flat, moved)]
     assert value[1] > value[0] + 0.1
+
+
+def grouped_corpus(groups: int, per_group: int, words_per_group: int = 5, empty: int = 0) -> torch.Tensor:
+    """``groups`` blocks of identical documents on disjoint words (block g: words g*w .. g*w + w - 1,
+    counts 1..w), then ``empty`` documents with no tokens."""
+    c = torch.zeros(groups * per_group + empty, groups * words_per_group, dtype=torch.float64)
+    for g in range(groups):
+        c[g * per_group:(g + 1) * per_group, g * words_per_group:(g + 1) * words_per_group] = torch.arange(1.0, words_per_group + 1)
+    return c
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_document_seeds_are_d2_sampled_one_from_each_group(seed):
+    """k-means++'s D^2 sampling on cosine distance: documents identical to a chosen one are at distance
+    0, so they are never drawn while another group is left; K groups give one seed each, and no empty
+    document is ever drawn (the first draw is among non-empty documents only)."""
+    c = grouped_corpus(groups=4, per_group=6, empty=5)
+    e = lda.entries(c)
+    freq = e.count / e.lengths[e.doc]
+    chosen = lda.seed_documents(e, freq, 4, torch.Generator().manual_seed(seed))
+    assert chosen.shape == (4,) and bool((chosen < 24).all())
+    assert sorted(int(d) // 6 for d in chosen) == [0, 1, 2, 3]
+    # more seeds than distinct documents: the rest are drawn among the non-empty ones, never empty ones
+    more = lda.seed_documents(e, freq, 7, torch.Generator().manual_seed(seed))
+    assert len({int(d) // 6 for d in more[:4]}) == 4 and bool((more < 24).all())
+
+
+def test_document_seeded_lambda_adds_each_seed_documents_words():
+    """init="documents": lambda is the random start (the same draws) plus, on topic k, weight N / K
+    tokens spread as seed document k's word distribution: the added mass is weight N, and each topic's
+    addition lies on one group's words in the proportions 1 : 2 : ... : 5."""
+    c = grouped_corpus(groups=3, per_group=4)
+    n = float(c.sum())
+    plain = lda.initial_lambda(c, 3, 0.1, seed=5)
+    seeded = lda.initial_lambda(c, 3, 0.1, seed=5, init="documents", document_weight=0.25)
+    extra = seeded - plain
+    assert float(extra.min()) >= 0
+    torch.testing.assert_close(extra.sum(), torch.tensor(0.25 * n, dtype=torch.float64), rtol=1e-12, atol=0)
+    for k in range(3):
+        block = extra[k].reshape(3, 5)
+        g = int(block.sum(-1).argmax())
+        torch.testing.assert_close(block[g], 0.25 * n / 3 * torch.arange(1.0, 6.0, dtype=torch.float64) / 15, rtol=1e-12, atol=0)
+        assert float(block.sum()) == pytest.approx(float(block[g].sum()), abs=1e-12)
+    assert sorted(int(extra[k].reshape(3, 5).sum(-1).argmax()) for k in range(3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="init must be one of"):
+        lda.initial_lambda(c, 3, 0.1, seed=5, init="kmeans")
+    with pytest.raises(ValueError, match="no tokens"):
+        lda.initial_lambda(torch.zeros(3, 4, dtype=torch.float64), 2, 0.1, seed=0, init="documents")
+
+
+def test_document_seeds_are_the_same_dense_or_sparse():
+    c = grouped_corpus(groups=3, per_group=4, empty=2)
+    dense = lda.initial_lambda(c, 3, 0.1, seed=3, init="documents")
+    sparse = lda.initial_lambda(c.to_sparse_csr(), 3, 0.1, seed=3, init="documents")
+    torch.testing.assert_close(dense, sparse, rtol=0, atol=0)

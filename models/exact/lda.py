@@ -371,15 +371,64 @@ class CAVIResult(NamedTuple):
     doc_iters: tuple[float, ...] | list[float] = ()
 
 
-def initial_lambda(counts, num_topics: int, eta: float, seed: int) -> Tensor:
-    """A starting lambda: (K, V): eta + Gamma(100, 1/100) noise times the mean count per topic and word
-    (the usual symmetric-breaking start, as in Hoffman et al.'s online LDA), from a seeded generator (drawn on the
-    CPU and moved to the counts' device: the same start on every device)."""
+INITS = ("random", "documents")
+DOCUMENT_WEIGHT = 0.1  # init="documents": the share of the corpus's tokens put on the seed documents
+
+
+def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "random",
+                   document_weight: float = DOCUMENT_WEIGHT) -> Tensor:
+    """A starting lambda: (K, V), from a seeded generator (drawn on the CPU and moved to the counts'
+    device: the same start on every device).
+
+    init="random": eta + Gamma(100, 1/100) noise times the mean count per topic and word (the usual
+    symmetric-breaking start, as in Hoffman et al.'s online LDA and scikit-learn).
+    init="documents": that start plus, for topic k, ``document_weight`` N / K tokens spread as seed
+    document d_k's words (N the corpus's tokens), the K seed documents chosen by k-means++'s D^2
+    sampling (Arthur & Vassilvitskii, 2007) on the documents' word distributions with cosine distance
+    (:func:`seed_documents`): a data-driven start that puts topics apart from the first sweep."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     gen = torch.Generator().manual_seed(seed)
     e = entries(counts)
     v = e.num_words
     noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64, device="cpu"), generator=gen) / 100.0
-    return (eta + noise.to(e.count.device) * float(e.count.sum()) / (num_topics * v)).to(e.count.dtype)
+    lam = eta + noise.to(e.count.device) * float(e.count.sum()) / (num_topics * v)
+    if init == "documents":
+        lengths = e.lengths
+        freq = e.count / lengths[e.doc]                              # (E,): each document's word distribution
+        chosen = seed_documents(e, freq, num_topics, gen)
+        rows = e.rows(chosen)
+        seeds = lam.new_zeros(num_topics, v).index_put_((rows.doc, rows.word), freq[e.positions(chosen)])
+        lam = lam + document_weight * float(e.count.sum()) / num_topics * seeds
+    return lam.to(e.count.dtype)
+
+
+def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generator) -> Tensor:
+    """``num`` documents (indices: (num,)) by k-means++'s D^2 sampling on cosine distance: the first
+    uniformly among non-empty documents, each next one with probability proportional to the square of
+    its distance to the nearest already chosen (1 - cosine of the word distributions ``freq``: (E,)).
+    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory. Where every non-empty
+    document is as close as 0 to a chosen one (fewer distinct documents than ``num``), the next is drawn
+    uniformly among the non-empty ones."""
+    d = e.num_docs
+    weights = _csr(e.rowptr, e.word, freq, (d, e.num_words))
+    norms = freq.new_zeros(d).index_add_(0, e.doc, freq ** 2).sqrt()
+    nonempty = (norms > 0).to(freq.dtype)
+    if not bool(nonempty.any()):
+        raise ValueError("the corpus has no tokens: there is no document to seed a topic with")
+    dist = nonempty.clone()                                         # empty documents: never drawn
+    chosen: list[int] = []
+    for _ in range(num):
+        p = dist ** 2 if chosen else nonempty
+        if not bool((p > 0).any()):
+            p = nonempty
+        pick = int(torch.multinomial((p / p.sum()).cpu(), 1, generator=generator))
+        chosen.append(pick)
+        col = freq.new_zeros(e.num_words)
+        col[e.word[e.rowptr[pick]:e.rowptr[pick + 1]]] = freq[e.rowptr[pick]:e.rowptr[pick + 1]]
+        cosine = (weights @ col[:, None])[:, 0] / (norms.clamp_min(1e-300) * norms[pick])
+        dist = torch.minimum(dist, (1 - cosine).clamp_min(0) * nonempty)
+    return torch.tensor(chosen, device=e.doc.device)
 
 
 RESTART_SEED_OFFSET = 0x5EED  # the restarts' generator: seed + this, a stream apart from initial_lambda's
