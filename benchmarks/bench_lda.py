@@ -32,6 +32,8 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
                   guide_args finish_sweeps (--finish-sweeps, 24) full-corpus CAVI sweeps, the first
                   --finish-restarts (6) restarting every document from the network's gamma, the rest warm
   SVI mean-field + CAVI    the same with the mean-field guide (restarts from gamma = 1); not in the default run
+  CVB0 (collapsed; not an ELBO)  Asuncion et al.'s CVB0, batch, --cvb0-iters (40) iterations from a random
+                  start: a reference outside the ELBO family (theta and beta integrated out, no bound)
   ... (document seeds)     CAVI, SVI amortised + CAVI and SVI mean-field + CAVI from model_args.init = "documents"
                   (models.exact.lda.initial_lambda: the random start plus K seed documents drawn by k-means++'s
                   D^2 sampling on cosine distance, on the clock); the two hybrids with --seeded-passes (0.5) passes
@@ -171,6 +173,37 @@ def method_cavi_sklearn_draws(x, seed, sweeps):
     return lda.LDAParams(alpha, eta=1.0 / K, lam=lam), cpu, wall, {"sweeps": sweeps, "restarts": sweeps}
 
 
+def method_cvb0(x, seed, iters):
+    """Collapsed variational Bayes, zero-order (CVB0; Asuncion, Welling, Smyth & Teh, 2009), batch, on the
+    count entries: a reference outside the ELBO family (q(z) only, theta and beta integrated out, no bound).
+    Each token of word v in document d shares q(z_dv) = gamma_dv; every iteration updates all entries at once,
+    gamma_dvk ∝ (N_dk - gamma_dvk + alpha)(N_kv - gamma_dvk + eta) / (N_k - gamma_dvk + V eta), the
+    expected counts N leaving out one token, from a random start (Uniform(0, 1), normalised; seeded).
+    lambda = eta + N_kv for the scoring (its mean is CVB0's topic estimate). Memory: a few (E, K) tables."""
+    from vizoo.models import lda
+    from vizoo.models.exact import lda as exact
+
+    e = exact.entries(x)
+    d, v = e.num_docs, e.num_words
+    a = eta = 1.0 / K
+
+    def fit():
+        gen = torch.Generator().manual_seed(seed)
+        gamma = torch.rand(e.doc.shape[0], K, generator=gen, dtype=torch.float64)
+        gamma /= gamma.sum(-1, keepdim=True)
+        n = e.count[:, None]
+        for _ in range(iters):
+            ng = n * gamma
+            ndk = ng.new_zeros(d, K).index_add_(0, e.doc, ng)
+            nkv = ng.new_zeros(v, K).index_add_(0, e.word, ng)
+            gamma = (ndk[e.doc] - gamma + a) * (nkv[e.word] - gamma + eta) / (nkv.sum(0) - gamma + v * eta)
+            gamma /= gamma.sum(-1, keepdim=True)
+        return eta + gamma.new_zeros(v, K).index_add_(0, e.word, n * gamma).T.contiguous()
+
+    lam, cpu, wall = timed(fit)
+    return lda.LDAParams(torch.full((K,), a, dtype=torch.float64), eta=eta, lam=lam), cpu, wall, {"iterations": iters}
+
+
 def method_svi(x, seed, kind, passes, batch, init="random", **guide_kw):
     import pyro
     from vizoo.experiments.config import SVIConfig
@@ -214,6 +247,7 @@ def methods(args):
         "gensim": (method_gensim, {"passes": args.gensim_passes}),
         "CAVI": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts}),
         "CAVI (scikit-learn's draws)": (method_cavi_sklearn_draws, {"sweeps": 30}),
+        "CVB0 (collapsed; not an ELBO)": (method_cvb0, {"iters": args.cvb0_iters}),
         "CAVI (document seeds)": (method_cavi, {"sweeps": args.cavi_sweeps, "restarts": args.cavi_restarts, "init": "documents"}),
         "SVI mean-field": (method_svi, {"kind": "mean_field", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                         "learning_offset": args.svi_offset}),
@@ -341,7 +375,8 @@ def main() -> None:
     parser.add_argument("--corpora", default=",".join(CORPORA))
     parser.add_argument("--methods", default="sklearn batch,sklearn online,gensim,CAVI,CAVI (scikit-learn's draws),"
                         "CAVI (document seeds),SVI mean-field,SVI amortised,SVI amortised + CAVI,"
-                        "SVI amortised + CAVI (document seeds),SVI mean-field + CAVI (document seeds)")
+                        "SVI amortised + CAVI (document seeds),SVI mean-field + CAVI (document seeds),"
+                        "CVB0 (collapsed; not an ELBO)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cavi-sweeps", type=int, default=30)
     parser.add_argument("--cavi-restarts", type=int, default=20)
@@ -353,6 +388,7 @@ def main() -> None:
     parser.add_argument("--hybrid-decay", type=float, default=0.9)
     parser.add_argument("--finish-sweeps", type=int, default=24)
     parser.add_argument("--finish-restarts", type=int, default=6)
+    parser.add_argument("--cvb0-iters", type=int, default=40)
     parser.add_argument("--seeded-passes", type=float, default=0.5)
     parser.add_argument("--seeded-finish-sweeps", type=int, default=30)
     parser.add_argument("--seeded-finish-restarts", type=int, default=20)
