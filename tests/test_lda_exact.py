@@ -307,3 +307,6 @@ def test_document_seeds_are_the_same_dense_or_sparse():
     dense = lda.initial_lambda(c, 3, 0.1, seed=3, init="documents")
     sparse = lda.initial_lambda(c.to_sparse_csr(), 3, 0.1, seed=3, init="documents")
     torch.testing.assert_close(dense, sparse, rtol=0, atol=0)
+    single = lda.initial_lambda(c.float(), 3, 0.1, seed=3, init="documents")  # the counts' dtype, as the random start
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single, dense.float(), rtol=1e-6, atol=0)

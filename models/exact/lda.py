@@ -395,10 +395,10 @@ def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "
     lam = eta + noise.to(e.count.device) * float(e.count.sum()) / (num_topics * v)
     if init == "documents":
         lengths = e.lengths
-        freq = e.count / lengths[e.doc]                              # (E,): each document's word distribution
+        freq = (e.count / lengths[e.doc]).to(torch.float64)         # (E,): each document's word distribution
         chosen = seed_documents(e, freq, num_topics, gen)
         rows = e.rows(chosen)
-        seeds = lam.new_zeros(num_topics, v).index_put_((rows.doc, rows.word), freq[e.positions(chosen)])
+        seeds = lam.new_zeros(num_topics, v).index_put_((rows.doc, rows.word), freq[e.positions(chosen)].to(lam.dtype))
         lam = lam + document_weight * float(e.count.sum()) / num_topics * seeds
     return lam.to(e.count.dtype)
 
@@ -407,7 +407,7 @@ def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generato
     """``num`` documents (indices: (num,)) by k-means++'s D^2 sampling on cosine distance: the first
     uniformly among non-empty documents, each next one with probability proportional to the square of
     its distance to the nearest already chosen (1 - cosine of the word distributions ``freq``: (E,)).
-    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory. Where every non-empty
+    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory (float64 ``freq``). Where every non-empty
     document is as close as 0 to a chosen one (fewer distinct documents than ``num``), the next is drawn
     uniformly among the non-empty ones."""
     d = e.num_docs
@@ -426,7 +426,7 @@ def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generato
         chosen.append(pick)
         col = freq.new_zeros(e.num_words)
         col[e.word[e.rowptr[pick]:e.rowptr[pick + 1]]] = freq[e.rowptr[pick]:e.rowptr[pick + 1]]
-        cosine = (weights @ col[:, None])[:, 0] / (norms.clamp_min(1e-300) * norms[pick])
+        cosine = (weights @ col[:, None])[:, 0] / (torch.where(norms > 0, norms, 1.0) * norms[pick])
         dist = torch.minimum(dist, (1 - cosine).clamp_min(0) * nonempty)
     return torch.tensor(chosen, device=e.doc.device)
 
