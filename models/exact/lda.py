@@ -407,9 +407,9 @@ def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generato
     """``num`` documents (indices: (num,)) by k-means++'s D^2 sampling on cosine distance: the first
     uniformly among non-empty documents, each next one with probability proportional to the square of
     its distance to the nearest already chosen (1 - cosine of the word distributions ``freq``: (E,)).
-    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory (float64 ``freq``). Where every non-empty
-    document is as close as 0 to a chosen one (fewer distinct documents than ``num``), the next is drawn
-    uniformly among the non-empty ones."""
+    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory (float64 ``freq``).
+    Where every non-empty document is as close as 0 to a chosen one (fewer distinct documents than
+    ``num``), the next is drawn uniformly among the non-empty ones."""
     d = e.num_docs
     weights = _csr(e.rowptr, e.word, freq, (d, e.num_words))
     norms = freq.new_zeros(d).index_add_(0, e.doc, freq ** 2).sqrt()
