@@ -10,7 +10,7 @@ Runs the report exactly as ``make run`` does, in a subprocess (``vizoo report --
   (``experiments/report.toml``; 2 seeds, every guide, pictures and ArviZ) and each seed experiment's time;
 * the report's overview table (one row per model: best guide, its gap split), as printed in report.md.
 
-The contract: ``make run`` (install included) within 15 minutes on 2 CPU cores. The install is not timed here
+The contract: ``make run`` (install included) within 10 minutes on 2 CPU cores. The install is not timed here
 (a fresh clone's ``make run`` adds about two minutes for it). Numbers are reported, never asserted.
 
 Run:  .venv/bin/python benchmarks/bench_report.py; results in benchmarks/results/report.json
