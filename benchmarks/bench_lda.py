@@ -240,6 +240,13 @@ def score(x, x_test, params):
 
 def methods(args):
     """name -> (function, keyword arguments); the settings below are the ones the results use."""
+
+    def hybrid(kind, passes, sweeps, restarts, init="random"):  # SVI with local CAVI, then finishing sweeps
+        net = {"hidden": (100,)} if kind == "amortised" else {}
+        return {"kind": kind, "passes": passes, "batch": args.hybrid_batch, "local": "cavi", **net, "init": init,
+                "learning_offset": args.hybrid_offset, "learning_decay": args.hybrid_decay,
+                "finish_sweeps": sweeps, "finish_restarts": restarts}
+
     return {
         "sklearn batch": (method_sklearn, {"learning_method": "batch", "max_iter": 30}),
         "sklearn online": (method_sklearn, {"learning_method": "online", "batch_size": 256, "max_iter": args.online_passes,
@@ -253,22 +260,12 @@ def methods(args):
                                         "learning_offset": args.svi_offset}),
         "SVI amortised": (method_svi, {"kind": "amortised", "passes": args.svi_passes, "batch": 256, "local": "cavi",
                                        "hidden": (100,), "learning_offset": args.svi_offset}),
-        "SVI amortised + CAVI": (method_svi, {"kind": "amortised", "passes": args.hybrid_passes, "batch": args.hybrid_batch,
-                                              "local": "cavi", "hidden": (100,), "learning_offset": args.hybrid_offset,
-                                              "learning_decay": args.hybrid_decay, "finish_sweeps": args.finish_sweeps,
-                                              "finish_restarts": args.finish_restarts}),
-        "SVI mean-field + CAVI": (method_svi, {"kind": "mean_field", "passes": args.hybrid_passes, "batch": args.hybrid_batch,
-                                               "local": "cavi", "learning_offset": args.hybrid_offset,
-                                               "learning_decay": args.hybrid_decay, "finish_sweeps": args.finish_sweeps,
-                                               "finish_restarts": args.finish_restarts}),
-        "SVI amortised + CAVI (document seeds)": (method_svi, {
-            "kind": "amortised", "passes": args.seeded_passes, "batch": args.hybrid_batch, "local": "cavi", "hidden": (100,),
-            "learning_offset": args.hybrid_offset, "learning_decay": args.hybrid_decay, "init": "documents",
-            "finish_sweeps": args.seeded_finish_sweeps, "finish_restarts": args.seeded_finish_restarts}),
-        "SVI mean-field + CAVI (document seeds)": (method_svi, {
-            "kind": "mean_field", "passes": args.seeded_passes, "batch": args.hybrid_batch, "local": "cavi",
-            "learning_offset": args.hybrid_offset, "learning_decay": args.hybrid_decay, "init": "documents",
-            "finish_sweeps": args.seeded_finish_sweeps, "finish_restarts": args.seeded_finish_restarts}),
+        "SVI amortised + CAVI": (method_svi, hybrid("amortised", args.hybrid_passes, args.finish_sweeps, args.finish_restarts)),
+        "SVI mean-field + CAVI": (method_svi, hybrid("mean_field", args.hybrid_passes, args.finish_sweeps, args.finish_restarts)),
+        "SVI amortised + CAVI (document seeds)": (method_svi, hybrid("amortised", args.seeded_passes, args.seeded_finish_sweeps,
+                                                                    args.seeded_finish_restarts, "documents")),
+        "SVI mean-field + CAVI (document seeds)": (method_svi, hybrid("mean_field", args.seeded_passes, args.seeded_finish_sweeps,
+                                                                      args.seeded_finish_restarts, "documents")),
         "SVI amortised (network)": (method_svi, {"kind": "amortised", "passes": 11, "batch": 256, "hidden": (100,),
                                                  "refine": 10, "lr": 5e-4}),
     }

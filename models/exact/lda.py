@@ -392,14 +392,14 @@ def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "
     e = entries(counts)
     v = e.num_words
     noise = torch._standard_gamma(torch.full((num_topics, v), 100.0, dtype=torch.float64, device="cpu"), generator=gen) / 100.0
-    lam = eta + noise.to(e.count.device) * float(e.count.sum()) / (num_topics * v)
+    tokens = float(e.count.sum())
+    lam = eta + noise.to(e.count.device) * tokens / (num_topics * v)
     if init == "documents":
-        lengths = e.lengths
-        freq = (e.count / lengths[e.doc]).to(torch.float64)         # (E,): each document's word distribution
+        freq = (e.count / e.lengths[e.doc]).to(torch.float64)       # (E,): each document's word distribution
         chosen = seed_documents(e, freq, num_topics, gen)
         rows = e.rows(chosen)
         seeds = lam.new_zeros(num_topics, v).index_put_((rows.doc, rows.word), freq[e.positions(chosen)].to(lam.dtype))
-        lam = lam + document_weight * float(e.count.sum()) / num_topics * seeds
+        lam = lam + document_weight * tokens / num_topics * seeds
     return lam.to(e.count.dtype)
 
 
