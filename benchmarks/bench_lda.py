@@ -35,8 +35,8 @@ the whole corpus; models.lda.topic_usage: each topic's share of the training tok
   CVB0 (collapsed; not an ELBO)  Asuncion et al.'s CVB0, batch, --cvb0-iters (40) iterations from a random
                   start: a reference outside the ELBO family (theta and beta integrated out, no bound)
   ... (document seeds)     CAVI, SVI amortised + CAVI and SVI mean-field + CAVI from model_args.init = "documents"
-                  (models.exact.lda.initial_lambda: the random start plus K seed documents drawn by k-means++'s
-                  D^2 sampling on cosine distance, on the clock); the two hybrids with --seeded-passes (0.5) passes
+                  (models.exact.lda.initial_lambda: the random start plus K seed documents chosen by greedy
+                  k-means++ seeding on cosine distance, on the clock); the two hybrids with --seeded-passes (0.5) passes
                   of --hybrid-batch documents, then --seeded-finish-sweeps (30) sweeps, the first
                   --seeded-finish-restarts (20) restarted (the mean-field one shows what the network adds)
   SVI amortised (network)  the lda_news config's guide (refine = 10 differentiable updates), for reference
@@ -139,7 +139,7 @@ def method_gensim(x, seed, passes):
 def method_cavi(x, seed, sweeps, restarts, init="random"):
     from vizoo.models import lda
 
-    def fit():  # the start (document seeds: D^2 sampling) is on the clock
+    def fit():  # the start (document seeds: greedy k-means++) is on the clock
         start = lda.init_params(x, lda.LDAArgs(num_topics=K, init=init), seed)
         return lda.fit_cavi(x, start, max_iter=sweeps, tol=1e-7, restart_sweeps=restarts, seed=seed)
 
@@ -217,7 +217,7 @@ def method_svi(x, seed, kind, passes, batch, init="random", **guide_kw):
     steps = math.ceil(passes * x.shape[0] / batch)
     lr = guide_kw.pop("lr", 1e-3)
 
-    def fit():  # the start (document seeds: D^2 sampling) is on the clock
+    def fit():  # the start (document seeds: greedy k-means++) is on the clock
         start = lda.init_params(x, args, seed)
         model = lda.LDA(start)
         guide = (lda_guides.amortised if kind == "amortised" else lda_guides.mean_field)(x, start, **guide_kw)

@@ -81,7 +81,7 @@ class LDAArgs:
         scikit-learn's LatentDirichletAllocation.
     init: the topics' start, shared by CAVI and every guide (:func:`models.exact.lda.initial_lambda`):
         "random" (noise about the mean count, scikit-learn's start) or "documents" (that plus K seed
-        documents drawn by k-means++'s D^2 sampling on cosine distance).
+        documents chosen by greedy k-means++ seeding on cosine distance).
     """
 
     num_topics: int = 10

@@ -30,6 +30,7 @@ and each update (phi, then gamma, ... then lambda) maximises it in its block, so
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from typing import NamedTuple
 
@@ -383,9 +384,10 @@ def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "
     init="random": eta + Gamma(100, 1/100) noise times the mean count per topic and word (the usual
     symmetric-breaking start, as in Hoffman et al.'s online LDA and scikit-learn).
     init="documents": that start plus, for topic k, ``document_weight`` N / K tokens spread as seed
-    document d_k's words (N the corpus's tokens), the K seed documents chosen by k-means++'s D^2
-    sampling (Arthur & Vassilvitskii, 2007) on the documents' word distributions with cosine distance
-    (:func:`seed_documents`): a data-driven start that puts topics apart from the first sweep."""
+    document d_k's words (N the corpus's tokens), the K seed documents chosen by greedy k-means++ seeding
+    (Arthur & Vassilvitskii, 2007; scikit-learn's greedy variant) on the documents' word distributions
+    with cosine distance (:func:`seed_documents`): a data-driven start that puts topics apart from the
+    first sweep."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -403,31 +405,42 @@ def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "
     return lam.to(e.count.dtype)
 
 
-def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generator) -> Tensor:
-    """``num`` documents (indices: (num,)) by k-means++'s D^2 sampling on cosine distance: the first
-    uniformly among non-empty documents, each next one with probability proportional to the square of
-    its distance to the nearest already chosen (1 - cosine of the word distributions ``freq``: (E,)).
-    Draws on the CPU from ``generator``; one sparse product per pick, O(E) memory (float64 ``freq``).
-    Where every non-empty document is as close as 0 to a chosen one (fewer distinct documents than
-    ``num``), the next is drawn uniformly among the non-empty ones."""
+def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generator, trials: int | None = None) -> Tensor:
+    """``num`` documents (indices: (num,)) by greedy k-means++ seeding on cosine distance (Arthur &
+    Vassilvitskii, 2007; the greedy variant is scikit-learn's ``kmeans_plusplus``): the first uniformly
+    among non-empty documents; for each next one, ``trials`` candidates (default 2 + floor(ln num), as
+    scikit-learn) drawn with probability proportional to the square of their distance to the nearest
+    already chosen (1 - cosine of the word distributions ``freq``: (E,)), and of those the one that leaves
+    the smallest potential (the sum of squared distances to the nearest chosen). ``trials = 1`` is plain
+    D^2 sampling. Draws on the CPU from ``generator``; one sparse product per pick, O(E + D trials)
+    memory (float64 ``freq``). Where every non-empty document is as close as 0 to a chosen one (fewer
+    distinct documents than ``num``), the next candidates are drawn uniformly among the non-empty ones."""
+    trials = 2 + int(math.log(num)) if trials is None else int(trials)
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
     d = e.num_docs
     weights = _csr(e.rowptr, e.word, freq, (d, e.num_words))
     norms = freq.new_zeros(d).index_add_(0, e.doc, freq ** 2).sqrt()
     nonempty = (norms > 0).to(freq.dtype)
     if not bool(nonempty.any()):
         raise ValueError("the corpus has no tokens: there is no document to seed a topic with")
+    safe_norms = torch.where(norms > 0, norms, 1.0)
     dist = nonempty.clone()                                         # empty documents: never drawn
     chosen: list[int] = []
     for _ in range(num):
         p = dist ** 2 if chosen else nonempty
         if not bool((p > 0).any()):
             p = nonempty
-        pick = int(torch.multinomial((p / p.sum()).cpu(), 1, generator=generator))
-        chosen.append(pick)
-        col = freq.new_zeros(e.num_words)
-        col[e.word[e.rowptr[pick]:e.rowptr[pick + 1]]] = freq[e.rowptr[pick]:e.rowptr[pick + 1]]
-        cosine = (weights @ col[:, None])[:, 0] / (torch.where(norms > 0, norms, 1.0) * norms[pick])
-        dist = torch.minimum(dist, (1 - cosine).clamp_min(0) * nonempty)
+        tries = trials if chosen else 1
+        cands = torch.multinomial((p / p.sum()).cpu(), tries, replacement=True, generator=generator).to(e.doc.device)
+        cols = freq.new_zeros(e.num_words, tries)                   # (V, T): each candidate's word distribution
+        for t, c in enumerate(cands.tolist()):
+            cols[e.word[e.rowptr[c]:e.rowptr[c + 1]], t] = freq[e.rowptr[c]:e.rowptr[c + 1]]
+        cosine = (weights @ cols) / (safe_norms[:, None] * norms[cands])           # (D, T)
+        after = torch.minimum(dist[:, None], (1 - cosine).clamp_min(0) * nonempty[:, None])
+        best = int((after ** 2).sum(0).argmin())                     # the first of the smallest potentials
+        chosen.append(int(cands[best]))
+        dist = after[:, best].contiguous()
     return torch.tensor(chosen, device=e.doc.device)
 
 
