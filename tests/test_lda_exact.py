@@ -266,8 +266,9 @@ def grouped_corpus(groups: int, per_group: int, words_per_group: int = 5, empty:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_document_seeds_are_d2_sampled_one_from_each_group(seed):
     """Greedy k-means++ seeding on cosine distance (and plain D^2 sampling, trials = 1): documents
-    identical to a chosen one are at distance 0, so they are never drawn while another group is left; K groups give one seed each, and no empty
-    document is ever drawn (the first draw is among non-empty documents only)."""
+    identical to a chosen one are at distance 0, so they are never drawn while another group is left; K
+    groups give one seed each, and no empty document is ever drawn (the first draw is among non-empty
+    documents only)."""
     c = grouped_corpus(groups=4, per_group=6, empty=5)
     e = lda.entries(c)
     freq = e.count / e.lengths[e.doc]
@@ -278,6 +279,17 @@ def test_document_seeds_are_d2_sampled_one_from_each_group(seed):
         # more seeds than distinct documents: the rest are drawn among the non-empty ones, never empty ones
         more = lda.seed_documents(e, freq, 7, torch.Generator().manual_seed(seed), trials=trials)
         assert len({int(d) // 6 for d in more[:4]}) == 4 and bool((more < 24).all())
+
+
+def varied_groups(groups: int, per_group: int, width: int, high: int) -> torch.Tensor:
+    """Documents in ``groups`` groups over disjoint words (``width`` each), counts Uniform{0..high-1}
+    (seeded), so cosine distances within a group are small but not 0; no empty document."""
+    gen = torch.Generator().manual_seed(0)
+    c = torch.zeros(groups * per_group, groups * width, dtype=torch.float64)
+    for g in range(groups):
+        c[g * per_group:(g + 1) * per_group, g * width:(g + 1) * width] = torch.randint(0, high, (per_group, width), generator=gen).double()
+    c[c.sum(-1) == 0, 0] = 1.0
+    return c
 
 
 def seeds_potential(e, freq, chosen) -> float:
@@ -295,11 +307,7 @@ def test_greedy_document_seeds_lower_the_potential():
     potential kept) against plain D^2 sampling (trials = 1) on a corpus of 3 groups of 20 documents whose
     counts vary within a group, K = 6: over 20 generator seeds the greedy seeds' potential is lower on
     average (0.73 of it here; the potential computed densely, apart from seed_documents' sparse updates)."""
-    gen = torch.Generator().manual_seed(0)
-    c = torch.zeros(60, 18, dtype=torch.float64)
-    for g in range(3):
-        c[g * 20:(g + 1) * 20, g * 6:(g + 1) * 6] = torch.randint(0, 4, (20, 6), generator=gen).double()
-    c[c.sum(-1) == 0, 0] = 1.0
+    c = varied_groups(groups=3, per_group=20, width=6, high=4)
     e = lda.entries(c)
     freq = e.count / e.lengths[e.doc]
     plain = [seeds_potential(e, freq, lda.seed_documents(e, freq, 6, torch.Generator().manual_seed(s), trials=1)) for s in range(20)]
@@ -350,12 +358,8 @@ def test_cavi_from_document_seeds_separates_disjoint_topics():
     the prior), the 4 topics covering the 4 groups. (From the random start, seeds 2 and 3 merge two
     groups into one topic and leave one topic split, still so after 10 sweeps: a local optimum the seeds
     avoid.)"""
-    gen = torch.Generator().manual_seed(0)
-    groups, per_group, width = 4, 30, 6
-    c = torch.zeros(groups * per_group, groups * width, dtype=torch.float64)
-    for g in range(groups):  # varied counts within a group: cosine distances inside a group are small, not 0
-        c[g * per_group:(g + 1) * per_group, g * width:(g + 1) * width] = torch.randint(0, 5, (per_group, width), generator=gen).double()
-    c[c.sum(-1) == 0, 0] = 1.0  # no empty document
+    groups, width = 4, 6
+    c = varied_groups(groups, per_group=30, width=width, high=5)
     alpha = torch.full((groups,), 0.25, dtype=torch.float64)
     covered = 0
     for seed in range(10):
@@ -378,11 +382,7 @@ def test_greedy_document_seeds_cover_disjoint_groups_more_often_than_d2_sampling
     ~0.25^3), plain D^2 sampling (trials = 1) in 131 (expected ~65%: the product of the mass on the
     uncovered groups at each pick, ~0.97 x 0.90 x 0.75); the bounds below are 3 binomial standard
     deviations or more from those."""
-    gen = torch.Generator().manual_seed(0)
-    c = torch.zeros(120, 24, dtype=torch.float64)
-    for g in range(4):
-        c[g * 30:(g + 1) * 30, g * 6:(g + 1) * 6] = torch.randint(0, 5, (30, 6), generator=gen).double()
-    c[c.sum(-1) == 0, 0] = 1.0
+    c = varied_groups(groups=4, per_group=30, width=6, high=5)
     e = lda.entries(c)
     freq = e.count / e.lengths[e.doc]
 

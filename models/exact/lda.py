@@ -412,7 +412,7 @@ def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generato
     scikit-learn) drawn with probability proportional to the square of their distance to the nearest
     already chosen (1 - cosine of the word distributions ``freq``: (E,)), and of those the one that leaves
     the smallest potential (the sum of squared distances to the nearest chosen). ``trials = 1`` is plain
-    D^2 sampling. Draws on the CPU from ``generator``; one sparse product per pick, O(E + D trials)
+    D^2 sampling. Draws on the CPU from ``generator``; one sparse product per pick, O(E + (D + V) trials)
     memory (float64 ``freq``). Where every non-empty document is as close as 0 to a chosen one (fewer
     distinct documents than ``num``), the next candidates are drawn uniformly among the non-empty ones."""
     trials = 2 + int(math.log(num)) if trials is None else int(trials)
