@@ -82,9 +82,9 @@ class LDAArgs:
     init: the topics' start, shared by CAVI and every guide (:func:`models.exact.lda.initial_lambda`):
         "documents" (the default: noise about the mean count plus K seed documents chosen by greedy
         k-means++ seeding on cosine distance) or "random" (the noise alone, scikit-learn's start). From
-        the seeds, CAVI's training ELBO and held-out perplexity are better on each benchmark corpus
-        (docs/models/lda.md), and on the lda_news config the ELBO of CAVI and of the amortised guide is
-        higher on each of 3 seeds.
+        the seeds, CAVI's held-out perplexity is lower on each benchmark corpus (mean of 3 seeds,
+        docs/models/lda.md), and on the lda_news config the training ELBO of CAVI and of the amortised
+        guide is higher on each of 3 seeds.
     """
 
     num_topics: int = 10
