@@ -398,11 +398,15 @@ def initial_lambda(counts, num_topics: int, eta: float, seed: int, init: str = "
     lam = eta + noise.to(e.count.device) * tokens / (num_topics * v)
     if init == "documents":
         freq = (e.count / e.lengths[e.doc]).to(torch.float64)       # (E,): each document's word distribution
-        chosen = seed_documents(e, freq, num_topics, gen)
-        rows = e.rows(chosen)
-        seeds = lam.new_zeros(num_topics, v).index_put_((rows.doc, rows.word), freq[e.positions(chosen)].to(lam.dtype))
+        seeds = _document_rows(e, freq, seed_documents(e, freq, num_topics, gen)).to(lam.dtype)
         lam = lam + document_weight * tokens / num_topics * seeds
     return lam.to(e.count.dtype)
+
+
+def _document_rows(e: Entries, values: Tensor, docs: Tensor) -> Tensor:
+    """(B, V): the dense rows of per-entry ``values`` (E,) for documents ``docs`` (B,), in that order."""
+    rows = e.rows(docs)
+    return values.new_zeros(docs.shape[0], e.num_words).index_put_((rows.doc, rows.word), values[e.positions(docs)])
 
 
 def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generator, trials: int | None = None) -> Tensor:
@@ -433,9 +437,7 @@ def seed_documents(e: Entries, freq: Tensor, num: int, generator: torch.Generato
             p = nonempty
         tries = trials if chosen else 1
         cands = torch.multinomial((p / p.sum()).cpu(), tries, replacement=True, generator=generator).to(e.doc.device)
-        cols = freq.new_zeros(e.num_words, tries)                   # (V, T): each candidate's word distribution
-        for t, c in enumerate(cands.tolist()):
-            cols[e.word[e.rowptr[c]:e.rowptr[c + 1]], t] = freq[e.rowptr[c]:e.rowptr[c + 1]]
+        cols = _document_rows(e, freq, cands).T.contiguous()       # (V, T): each candidate's word distribution
         cosine = (weights @ cols) / (safe_norms[:, None] * norms[cands])           # (D, T)
         after = torch.minimum(dist[:, None], (1 - cosine).clamp_min(0) * nonempty[:, None])
         best = int((after ** 2).sum(0).argmin())                     # the first of the smallest potentials
